@@ -1,0 +1,3 @@
+from fastal.cli import main
+
+main()

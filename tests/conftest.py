@@ -1,0 +1,54 @@
+"""Shared test fixtures: data locations, device lists, markers that skip what this machine lacks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Without a GPU, numba.cuda kernels run under numba's simulator; the variable must be set
+# before numba.cuda is first imported, so it is set here, at collection time.
+try:
+    import torch
+
+    _HAS_CUDA = torch.cuda.is_available()
+except ImportError:  # pragma: no cover - torch is a core dependency
+    _HAS_CUDA = False
+if not _HAS_CUDA:
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+from hypothesis import settings  # noqa: E402
+
+# numba compiles on first call: a per-example deadline would fail on compilation, not on behaviour.
+settings.register_profile("fastal", deadline=None, max_examples=50)
+settings.load_profile("fastal")
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMVID = Path(os.environ.get("FASTAL_CAMVID", ROOT.parent / "shared" / "data" / "CamVid"))
+
+
+def _has_cuml() -> bool:
+    try:
+        import cuml  # noqa: F401
+    except Exception:
+        return False
+    return _HAS_CUDA
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    skips = {
+        "gpu": (not _HAS_CUDA, "needs a CUDA device"),
+        "cuml": (not _has_cuml(), "needs cuML and a CUDA device"),
+        "camvid": (not (CAMVID / "train").is_dir(), f"CamVid not found at {CAMVID}"),
+    }
+    for item in items:
+        for name, (skip, why) in skips.items():
+            if skip and name in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=why))
+
+
+@pytest.fixture(scope="session")
+def camvid_root() -> Path:
+    """The CamVid folder (SegNet layout); tests using it carry ``@pytest.mark.camvid``."""
+    return CAMVID
