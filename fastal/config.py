@@ -1,0 +1,237 @@
+"""The typed configuration of one active-learning run: TOML file, then CLI overrides, validated.
+
+Budgets are percentages of the training pixels; the loop turns them into superpixel counts
+(``round(pct / 100 * num_superpixels)``, SEEDS regions being of near-equal size) and records
+the pixel fraction actually labelled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fastal.errors import FastalError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
+
+
+@dataclass
+class RunConfig:
+    # Optional fields default to None: TOML has no null, so None is written as a missing key.
+    # --- data ---
+    dataset: str = "synthetic"  # synthetic | camvid | cityscapes | folder
+    data_root: str | None = None  # dataset folder (not used by synthetic)
+    scale: float | None = None  # resize factor applied to images and labels
+    image_size: list[int] = field(default_factory=lambda: [48, 64])  # [H, W] of synthetic images
+    train_images: int = 48  # synthetic: images generated; others: the first N (0 = all)
+    val_images: int = 24  # same, for the validation split
+    superpixels: int = 24  # SEEDS superpixels requested per image
+    cache_dir: str | None = None  # superpixel cache location (None = the dataset's default)
+    # --- active learning ---
+    strategy: str = "contrastive"  # see fastal.select.STRATEGIES
+    labels: Literal["dominant", "full"] = "dominant"  # what the oracle reveals per superpixel
+    initial: float = 4.0  # % of pixels labelled at random before the first cycle
+    budget_per_cycle: float = 2.0  # % of pixels queried per cycle
+    cycles: int = 4  # selection cycles after the initial set
+    target_ratio: float | None = None  # stop once mIoU >= target_ratio * full_miou (needs the reference)
+    full_reference: bool = True  # train a fully supervised model first; its mIoU is `full_miou`
+    full_epochs: int | None = None  # epochs of the reference (None = epochs)
+    # --- training ---
+    backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50 | resnet101
+    weights: str | None = None  # local backbone weights file (nothing downloads)
+    epochs: int = 6  # epochs per cycle
+    batch_size: int = 8
+    lr: float = 5e-4
+    retrain: Literal["finetune", "scratch"] = "finetune"  # start each cycle from the last model or anew
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    # --- selection ---
+    engine: Literal["auto", "torch", "cuml"] = "auto"  # UMAP/KMeans backend
+    # --- run ---
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    keep_checkpoints: bool = False  # keep every cycle's checkpoint, not only the latest
+
+    def budget_pct(self) -> float:
+        """Total % of pixels the run may label."""
+        return self.initial + self.cycles * self.budget_per_cycle
+
+
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(RunConfig)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against ``hint``; ints widen to floats. Raises naming ``name``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner)
+    if origin is Literal:
+        if value not in args:
+            raise FastalError(f"config: {name} = {value!r}: choose one of {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise FastalError(f"config: {name} = {value!r}: expected a list")
+        return [_coerce(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    ok = (
+        isinstance(value, bool)
+        if hint is bool
+        else isinstance(value, hint) and not isinstance(value, bool)
+        if hint is int
+        else isinstance(value, (int, float)) and not isinstance(value, bool)
+        if hint is float
+        else isinstance(value, hint)
+    )
+    if not ok:
+        raise FastalError(f"config: {name} = {value!r}: expected {hint.__name__}, got {type(value).__name__}")
+    return float(value) if hint is float else value
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Checks that need no data: ranges, and a budget that fits in 100% of the pixels."""
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise FastalError(f"config: {msg}")
+
+    for name in ("initial", "budget_per_cycle"):
+        v = getattr(cfg, name)
+        need(math.isfinite(v) and 0 < v <= 100, f"{name} = {v}: a percentage of pixels in (0, 100]")
+    need(cfg.cycles >= 0, f"cycles = {cfg.cycles}: must be >= 0")
+    need(
+        cfg.budget_pct() <= 100,
+        f"budget larger than the pool: initial {cfg.initial}% + {cfg.cycles} cycles x "
+        f"{cfg.budget_per_cycle}% = {cfg.budget_pct():g}% of pixels > 100%",
+    )
+    if cfg.target_ratio is not None:
+        need(0 < cfg.target_ratio <= 1, f"target_ratio = {cfg.target_ratio}: a fraction in (0, 1]")
+        need(cfg.full_reference, "target_ratio needs full_reference = true (the fully supervised mIoU)")
+    for name in ("epochs", "batch_size", "superpixels"):
+        need(getattr(cfg, name) >= 1, f"{name} = {getattr(cfg, name)}: must be >= 1")
+    need(cfg.full_epochs is None or cfg.full_epochs >= 1, f"full_epochs = {cfg.full_epochs}: must be >= 1")
+    for name in ("train_images", "val_images"):
+        need(getattr(cfg, name) >= 0, f"{name} = {getattr(cfg, name)}: must be >= 0 (0 = all)")
+    need(cfg.lr > 0, f"lr = {cfg.lr}: must be > 0")
+    need(cfg.scale is None or 0 < cfg.scale <= 8, f"scale = {cfg.scale}: a factor in (0, 8]")
+    need(
+        len(cfg.image_size) == 2 and min(cfg.image_size) >= 16,
+        f"image_size = {cfg.image_size}: expected [H, W], each >= 16",
+    )
+    return cfg
+
+
+def make_config(values: dict[str, Any], source: str = "config") -> RunConfig:
+    """A validated RunConfig from ``values`` (defaults for what is missing)."""
+    hints = _hints()
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise FastalError(
+            f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(hints))})"
+        )
+    try:
+        checked = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
+    except FastalError as e:
+        raise FastalError(f"{source}: {str(e).removeprefix('config: ')}") from None
+    return validate(RunConfig(**checked))
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise FastalError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise FastalError(f"{path}: not valid TOML ({e})") from None
+    nested = [k for k, v in data.items() if isinstance(v, dict)]
+    if nested:
+        raise FastalError(f"{path}: unknown section [{nested[0]}] (the run config is flat key = value)")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults, then the TOML file at ``path``, then ``overrides`` (CLI values, ``None`` = not given)."""
+    values = read_toml(path) if path is not None else {}
+    source = str(path) if path is not None else "config"
+    make_config(values, source)  # errors name the file before any override hides them
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return make_config(values, source)
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dumps_toml(data: dict[str, Any]) -> str:
+    """TOML for a dict of scalars / lists of scalars / nested such dicts; ``None`` values are left out
+    (TOML has no null; a missing key reads back as the default ``None``)."""
+    lines: list[str] = []
+
+    def table(d: dict[str, Any], prefix: str) -> None:
+        subs = [(k, v) for k, v in d.items() if isinstance(v, dict)]
+        for k, v in d.items():
+            if v is not None and not isinstance(v, dict):
+                lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+        for k, v in subs:
+            name = f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k)
+            lines.append("")
+            lines.append(f"[{name}]")
+            table(v, name)
+
+    table(data, "")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_str(s: str) -> str:
+    # TOML basic string: escape quote, backslash and control characters (tab aside), nothing else.
+    out = []
+    for ch in s:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif (ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_key(key: str) -> str:
+    bare = key.isascii() and key.replace("_", "").replace("-", "").isalnum()
+    return key if bare else _toml_str(key)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    from fastal.atomic import atomic_write_text
+
+    atomic_write_text(path, dumps_toml(to_dict(cfg)))

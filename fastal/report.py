@@ -1,0 +1,194 @@
+"""Results of runs side by side: mean ± std over seeds at each cycle, as a table, a plot and JSON.
+
+One run's ``curve.png`` is drawn by the same :func:`plot_curves` as the multi-run report.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastal.atomic import atomic_write_bytes, atomic_write_json
+from fastal.errors import FastalError
+
+RESULT_KEYS = ("dataset", "strategy", "seed", "full_miou", "cycles")
+CYCLE_KEYS = (
+    "cycle",
+    "labelled_superpixels",
+    "labelled_pixel_fraction",
+    "cost_clicks",
+    "miou",
+    "per_class_iou",
+    "train_seconds",
+    "select_seconds",
+)
+
+
+def read_results(run_dir: str | Path) -> dict[str, Any]:
+    """``RUN_DIR/results.json``, checked for the keys a report needs."""
+    path = Path(run_dir) / "results.json"
+    try:
+        res = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FastalError(f"{path}: not found (is {run_dir} a fastal run directory?)") from None
+    except json.JSONDecodeError as e:
+        raise FastalError(f"{path}: not valid JSON ({e})") from None
+    missing = [k for k in RESULT_KEYS if k not in res]
+    if missing:
+        raise FastalError(f"{path}: missing key {missing[0]!r}")
+    for c in res["cycles"]:
+        gone = [k for k in ("cycle", "labelled_pixel_fraction", "miou") if k not in c]
+        if gone:
+            raise FastalError(f"{path}: a cycle record lacks {gone[0]!r}")
+    return res
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    # Sample standard deviation (ddof=1) over seeds; a single seed has no spread: 0.
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+@dataclass
+class Group:
+    """Runs of one (dataset, strategy): one point per cycle, averaged over the runs that reached it."""
+
+    dataset: str
+    strategy: str
+    runs: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    full_miou: tuple[float, float] | None = None
+    # per cycle: (cycle, pixel % mean, mIoU mean, mIoU std, number of runs)
+    points: list[tuple[int, float, float, float, int]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "strategy": self.strategy,
+            "runs": self.runs,
+            "seeds": self.seeds,
+            "full_miou": None
+            if self.full_miou is None
+            else {"mean": self.full_miou[0], "std": self.full_miou[1]},
+            "points": [
+                {"cycle": c, "pixel_pct_mean": x, "miou_mean": m, "miou_std": s, "n": n}
+                for c, x, m, s, n in self.points
+            ],
+        }
+
+
+def group_runs(run_dirs: list[str | Path]) -> list[Group]:
+    """Groups runs by (dataset, strategy), in first-seen order."""
+    if not run_dirs:
+        raise FastalError("report: give at least one run directory")
+    by_key: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
+    for d in run_dirs:
+        res = read_results(d)
+        by_key.setdefault((res["dataset"], res["strategy"]), []).append((str(d), res))
+    groups = []
+    for (dataset, strategy), items in by_key.items():
+        g = Group(dataset, strategy, [d for d, _ in items], [r["seed"] for _, r in items])
+        fulls = [r["full_miou"] for _, r in items if r["full_miou"] is not None]
+        if fulls:
+            g.full_miou = _mean_std(fulls)
+        cycles = sorted({c["cycle"] for _, r in items for c in r["cycles"]})
+        for cyc in cycles:
+            recs = [c for _, r in items for c in r["cycles"] if c["cycle"] == cyc]
+            x, _ = _mean_std([100 * c["labelled_pixel_fraction"] for c in recs])
+            m, s = _mean_std([c["miou"] for c in recs])
+            g.points.append((cyc, x, m, s, len(recs)))
+        groups.append(g)
+    return groups
+
+
+def plot_curves(groups: list[Group], path: str | Path, title: str | None = None) -> None:
+    """mIoU against % of pixels labelled, one line per group (band = ± std when > 1 run),
+    dashed lines at the fully supervised mIoU. Written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for i, g in enumerate(groups):
+        color = f"C{i}"
+        x = np.array([p[1] for p in g.points])
+        m = np.array([p[2] for p in g.points])
+        s = np.array([p[3] for p in g.points])
+        n = max(len(g.runs), 1)
+        label = g.strategy if n == 1 else f"{g.strategy} (n={n})"
+        ax.plot(x, m, "o-", color=color, label=label, markersize=4)
+        if n > 1:
+            ax.fill_between(x, m - s, m + s, color=color, alpha=0.2, linewidth=0)
+        if g.full_miou is not None:
+            ax.axhline(g.full_miou[0], color=color, linestyle="--", linewidth=1,
+                       label=f"fully supervised ({g.full_miou[0]:.3f})")
+    ax.set_xlabel("% of pixels labelled")
+    ax.set_ylabel("mIoU (validation)")
+    ax.set_title(title or ", ".join(sorted({g.dataset for g in groups})))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def curve_for_results(results: dict[str, Any], path: str | Path) -> None:
+    """One run's ``curve.png`` from its results dict."""
+    g = Group(results["dataset"], results["strategy"], ["."], [results["seed"]])
+    if results.get("full_miou") is not None:
+        g.full_miou = (results["full_miou"], 0.0)
+    g.points = [
+        (c["cycle"], 100 * c["labelled_pixel_fraction"], c["miou"], 0.0, 1) for c in results["cycles"]
+    ]
+    plot_curves([g], path, title=f"{results['dataset']}, seed {results['seed']}")
+
+
+def _fmt(m: float, s: float, n: int) -> str:
+    return f"{m:.3f}" if n == 1 else f"{m:.3f} ± {s:.3f} (n={n})"
+
+
+def report_table(groups: list[Group]):
+    """A rich table: one row per cycle, one column per group."""
+    from rich.table import Table
+
+    table = Table(title="mIoU by cycle (mean ± std over seeds)")
+    table.add_column("cycle", justify="right")
+    for g in groups:
+        table.add_column(f"{g.strategy}\n% px", justify="right")
+        table.add_column(f"{g.strategy}\nmIoU", justify="right")
+    cycles = sorted({p[0] for g in groups for p in g.points})
+    for cyc in cycles:
+        row = [str(cyc)]
+        for g in groups:
+            p = next((p for p in g.points if p[0] == cyc), None)
+            row += ["", ""] if p is None else [f"{p[1]:.2f}", _fmt(p[2], p[3], p[4])]
+        table.add_row(*row)
+    fulls = [g.full_miou for g in groups]
+    if any(f is not None for f in fulls):
+        row = ["full"]
+        for g in groups:
+            f = g.full_miou
+            row += ["100", "" if f is None else _fmt(f[0], f[1], len(g.runs))]
+        table.add_row(*row)
+    return table
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path | None, json_path: str | Path | None) -> list[Group]:
+    """Table on the console, plot at ``out`` and JSON at ``json_path`` when given."""
+    from fastal.progress import console
+
+    groups = group_runs(run_dirs)
+    console.print(report_table(groups))
+    if out is not None:
+        plot_curves(groups, out)
+    if json_path is not None:
+        atomic_write_json(json_path, {"groups": [g.to_json() for g in groups]})
+    return groups
