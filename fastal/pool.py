@@ -212,17 +212,22 @@ class RegionPool:
     def noisy_pixels(self) -> int:
         return int(self.noisy.sum(dtype=np.int64))
 
-    def summary(self) -> dict[str, Any]:
-        """Budget and cost spent so far (JSON-ready)."""
-        valid = int(self.valid.sum(dtype=np.int64))
+    def summary(self, cycle: int | None = None) -> dict[str, Any]:
+        """Budget and cost spent up to and including ``cycle`` (default: all), JSON-ready."""
+        upto = self.current_cycle if cycle is None else int(cycle)
+        sel = (self.state > 0) & (self.state <= upto)
+        valid = int(self.valid[sel].sum(dtype=np.int64))
+        noisy = int(self.noisy[sel].sum(dtype=np.int64))
+        pixels = int(self.sizes[sel].sum())
+        total = self.total_pixels
         return {
-            "cycle": self.current_cycle,
-            "labelled_superpixels": self.num_labelled,
-            "labelled_pixels": self.labelled_pixels,
-            "labelled_pixel_fraction": self.labelled_pixel_fraction,
-            "cost_clicks": self.cost_clicks,
-            "noisy_pixels": self.noisy_pixels,
-            "label_noise": self.noisy_pixels / valid if valid else 0.0,
+            "cycle": upto,
+            "labelled_superpixels": int(np.count_nonzero(sel)),
+            "labelled_pixels": pixels,
+            "labelled_pixel_fraction": pixels / total if total else 0.0,
+            "cost_clicks": int(self.clicks[sel].sum(dtype=np.int64)),
+            "noisy_pixels": noisy,
+            "label_noise": noisy / valid if valid else 0.0,
         }
 
     def records(self, gids: Any) -> list[dict[str, Any]]:
@@ -368,8 +373,11 @@ class RegionPool:
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> RegionPool:
-        """Read a pool written by :meth:`save`; a missing or damaged file is a FastalError."""
+    def load(cls, path: str | os.PathLike, offsets: Any = None, sizes: Any = None) -> RegionPool:
+        """Read a pool written by :meth:`save`; a missing or damaged file is a FastalError.
+
+        With ``offsets``/``sizes`` (the cache's), also check the file describes those superpixels.
+        """
         try:
             with np.load(path, allow_pickle=False) as z:
                 d: dict[str, Any] = {k: z[k] for k in z.files if k != "meta"}
@@ -380,9 +388,16 @@ class RegionPool:
             raise FastalError(f"{path}: not a readable pool state ({e})") from None
         d.update(meta)
         try:
-            return cls.from_state_dict(d)
+            pool = cls.from_state_dict(d)
         except FastalError as e:
             raise FastalError(f"{path}: {e}") from None
+        for name, want in (("offsets", offsets), ("sizes", sizes)):
+            if want is not None and not np.array_equal(getattr(pool, name), want):
+                raise FastalError(
+                    f"{path}: pool state describes other superpixels than the cache "
+                    f"({pool.num_images} images / {pool.num_superpixels} superpixels; {name} differ)"
+                )
+        return pool
 
 
 def random_initial(pool: RegionPool, fraction: float, rng: np.random.Generator | None = None) -> np.ndarray:

@@ -262,8 +262,33 @@ def test_save_load_round_trip(tmp_path):
     loaded = RegionPool.load(tmp_path / "pool.npz")
     assert_same_pool(pool, loaded)
     assert loaded.log == pool.log and loaded.summary() == pool.summary()
-    np.testing.assert_array_equal(random_initial(loaded, 0.9), random_initial(pool, 0.9))
     assert [p.name for p in tmp_path.iterdir()] == ["pool.npz"]
+    assert_same_pool(RegionPool.load(tmp_path / "pool.npz", cache.offsets, cache.sizes), pool)
+    with pytest.raises(FastalError, match="other superpixels"):
+        RegionPool.load(tmp_path / "pool.npz", sizes=cache.sizes + 1)
+    np.testing.assert_array_equal(random_initial(loaded, 0.9), random_initial(pool, 0.9))
+
+
+def test_summary_per_cycle_equals_naive_sums():
+    cache, truths = random_scene(np.random.default_rng(5), num_images=4)
+    pool = RegionPool(cache.offsets, cache.sizes, label_mode="dominant", seed=1)
+    oracle = oracle_for(cache, truths, "dominant")
+    answers = {1: oracle.query(random_initial(pool, 0.2))}
+    pool.add(answers[1], cycle=1)
+    answers[3] = oracle.query(random_initial(pool, 0.5))
+    pool.add(answers[3], cycle=3)
+    for upto, keys in ((0, []), (1, [1]), (2, [1]), (3, [1, 3]), (None, [1, 3])):
+        got = pool.summary(upto)
+        parts = [answers[k] for k in keys]
+        pixels = sum(int(a.pixels.sum()) for a in parts)
+        noisy, valid = sum(a.noisy_pixels for a in parts), sum(a.valid_pixels for a in parts)
+        assert got["labelled_superpixels"] == sum(len(a) for a in parts)
+        assert got["labelled_pixels"] == pixels
+        assert got["labelled_pixel_fraction"] == pytest.approx(pixels / cache.sizes.sum())
+        assert got["cost_clicks"] == sum(int(a.clicks.sum()) for a in parts)
+        assert got["noisy_pixels"] == noisy
+        assert got["label_noise"] == pytest.approx(noisy / valid if valid else 0.0)
+    assert pool.summary()["cycle"] == 3
 
 
 def test_failed_save_keeps_old_file(tmp_path, monkeypatch):
