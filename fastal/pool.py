@@ -164,7 +164,16 @@ class RegionPool:
         return global_to_local(self.offsets, check_ids(gids, self.num_superpixels))
 
     def to_global(self, image: Any, local: Any) -> np.ndarray:
-        """(image index, local id) -> global ids."""
+        """(image index, local id) -> global ids; both must be in range."""
+        image, local = np.broadcast_arrays(np.asarray(image, dtype=np.int64), np.asarray(local, dtype=np.int64))
+        bad_image = (image < 0) | (image >= self.num_images)
+        if bad_image.any():
+            raise FastalError(f"image indices outside 0..{self.num_images - 1}: {_show(image[bad_image])}")
+        bad = (local < 0) | (local >= self.counts[image])
+        if bad.any():
+            raise FastalError(
+                f"local superpixel ids out of range: {_show(local[bad])} in images {_show(image[bad])}"
+            )
         return local_to_global(self.offsets, image, local)
 
     def _check_image(self, i: int) -> None:

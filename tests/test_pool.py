@@ -177,6 +177,20 @@ def test_index_conversions_round_trip(counts, data):
     np.testing.assert_array_equal(local_to_global(offsets, image, local), gids)
 
 
+def test_pool_index_conversions_check_ranges():
+    pool = RegionPool([0, 3, 3, 5], [2, 2, 2, 3, 3])  # image 1 has no superpixels
+    image, local = pool.to_local([4, 0, 3])
+    assert image.tolist() == [2, 0, 2] and local.tolist() == [1, 0, 0]
+    assert pool.to_global(image, local).tolist() == [4, 0, 3]
+    assert pool.image_ids(2).tolist() == [3, 4] and pool.image_ids(1).size == 0
+    with pytest.raises(FastalError, match=r"local superpixel ids out of range: \[0\] in images \[1\]"):
+        pool.to_global([0, 1], [2, 0])
+    with pytest.raises(FastalError, match="image indices outside 0..2"):
+        pool.to_global([3], [0])
+    with pytest.raises(FastalError, match="out of range"):
+        pool.to_local([5])
+
+
 # ---- label maps ----------------------------------------------------------------------------------
 @given(seed=st.integers(0, 2**32 - 1), mode=st.sampled_from(["full", "dominant"]), frac=st.floats(0, 1))
 def test_label_map_equals_per_pixel_loop(seed, mode, frac):
