@@ -144,6 +144,11 @@ class Oracle:
             if y.shape != local_sp.shape:
                 raise FastalError(f"image {i}: label shape {y.shape} != superpixel map shape {local_sp.shape}")
             count = int(self.offsets[i + 1] - self.offsets[i])
+            if local_sp.size and int(local_sp.max()) >= count:
+                raise FastalError(
+                    f"superpixel cache does not match image {i}: map holds id {int(local_sp.max())}, "
+                    f"offsets give {count} superpixels; rebuild the cache"
+                )
             hist[rows] = superpixel_histograms(local_sp, y, count, self.num_classes)[local[rows]]
         answer = answer_from_histograms(self.mode, gids, hist)
         stale = answer.pixels != self.sizes[gids]

@@ -130,6 +130,10 @@ def test_oracle_errors():
     stale.sizes = stale.sizes + 1
     with pytest.raises(FastalError, match="rebuild the cache"):
         SimulatedOracle(ds, stale).query([1])
+    fewer = StandInCache([np.minimum(LOCAL, 1)])  # offsets say 2 superpixels, map below says 3
+    fewer._locals = [LOCAL]
+    with pytest.raises(FastalError, match="map holds id 2"):
+        SimulatedOracle(ds, fewer).query([1])
 
 
 def test_mask_oracle_answers_from_returned_masks():
