@@ -124,12 +124,13 @@ def contrastive_loss(
     """InfoNCE, mean over the anchors that have at least one negative (0 if none):
     ``-log(exp(a.p/tau) / (exp(a.p/tau) + sum_n exp(a.n/tau)))`` in fp32, with ``a`` the anchor's
     embedding (rows of emb (B, D, h, w)), ``p`` = ``positives[class]`` (C, D) and ``n`` the
-    sampled rows of ``bank_features`` (N, D)."""
+    sampled rows of ``bank_features`` (N, D). Computed in fp32, or fp64 for fp64 input."""
     D = emb.shape[1]
-    a = emb.permute(0, 2, 3, 1).reshape(-1, D)[sample.anchors].float()  # (M, D)
-    pos = (a * positives[sample.classes].float()).sum(1, keepdim=True) / tau  # (M, 1)
+    dtype = torch.promote_types(emb.dtype, torch.float32)  # fp32 under AMP, fp64 kept for tests
+    a = emb.permute(0, 2, 3, 1).reshape(-1, D)[sample.anchors].to(dtype)  # (M, D)
+    pos = (a * positives[sample.classes].to(dtype)).sum(1, keepdim=True) / tau  # (M, 1)
     # One (M, N) product then a gather: cheaper in memory than gathering (M, K, D) bank rows.
-    neg = (a @ bank_features.float().T).gather(1, sample.negatives) / tau  # (M, K)
+    neg = (a @ bank_features.to(dtype).T).gather(1, sample.negatives) / tau  # (M, K)
     neg = neg.masked_fill(~sample.valid, float("-inf"))
     per_anchor = torch.logsumexp(torch.cat([pos, neg], 1), dim=1) - pos[:, 0]
     used = sample.valid.any(1)
