@@ -2,12 +2,108 @@
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
 from fastal.cli import app
 
 
-@app.command()
-def prepare() -> None:
-    """Compute (or reuse) the SEEDS superpixel cache of a dataset split."""
-    from fastal.errors import FastalError
+def _command(params: dict[str, Any]) -> str:
+    """The command line that reproduces this run (options that were set), for result files."""
+    args = ["fastal", "prepare"]
+    for name, value in params.items():
+        if value is not None:
+            args += ["--json" if name == "json_path" else f"--{name.replace('_', '-')}", str(value)]
+    return shlex.join(args)
 
-    raise FastalError("prepare: not built yet")
+
+@app.command()
+def prepare(
+    ctx: typer.Context,
+    dataset: str = typer.Option("synthetic", help="synthetic, camvid, cityscapes or folder."),
+    data_root: Optional[Path] = typer.Option(None, help="Dataset folder (not for synthetic)."),
+    split: str = typer.Option("train", help="Split to prepare."),
+    scale: Optional[float] = typer.Option(None, help="Resize factor (> 0)."),
+    size: Optional[str] = typer.Option(None, help="Resize to HxW, e.g. 180x240."),
+    superpixels: int = typer.Option(1000, help="Requested superpixels per image."),
+    space: str = typer.Option("lab", help="Colour space SEEDS works in: lab or hsv."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N images."),
+    seed: int = typer.Option(0, help="Seed of the synthetic dataset."),
+    num_images: Optional[int] = typer.Option(None, help="Images of the synthetic split."),
+    classes: Optional[str] = typer.Option(None, help="Comma-separated class names (folder)."),
+    cache: Optional[Path] = typer.Option(None, help="Cache root (default: $FASTAL_CACHE/superpixels, else ~/.cache/fastal/superpixels)."),
+    workers: Optional[int] = typer.Option(None, help="Worker processes (default: all cores)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the summary here as JSON."),
+) -> None:
+    """Compute (or reuse) the SEEDS superpixel cache of a dataset split and summarise it."""
+    import time
+
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from fastal.atomic import atomic_write_json
+    from fastal.data import load_dataset
+    from fastal.data.superpixels import build_cache
+
+    start = time.perf_counter()
+    ds = load_dataset(
+        dataset,
+        root=data_root,
+        split=split,
+        scale=scale,
+        size=size,
+        limit=limit,
+        seed=seed,
+        num_images=num_images,
+        classes=[c.strip() for c in classes.split(",")] if classes else None,
+    )
+    sp = build_cache(ds, superpixels=superpixels, space=space, cache_dir=cache, workers=workers)
+    seconds = time.perf_counter() - start
+
+    pixels = int(sp.sizes.sum())
+    summary = {
+        "dataset": ds.name,
+        "split": ds.split,
+        "images": sp.num_images,
+        "superpixels": sp.num_superpixels,
+        "superpixels_per_image": sp.num_superpixels / sp.num_images,
+        "superpixels_requested": superpixels,
+        "grids": sp.manifest["grids"],
+        "mean_size": pixels / sp.num_superpixels,
+        "seconds": round(seconds, 3),
+        "build_seconds": sp.manifest["build_seconds"],
+        "purity": sp.purity,
+        "reused": sp.reused,
+        "space": space,
+        "scale": ds.scale,
+        "size": list(ds.size) if ds.size else None,
+        "image_shapes": sorted({f"{h}x{w}" for h, w in sp.shapes.tolist()}),
+        "cache": str(sp.path),
+    }
+
+    table = Table(title=f"superpixels of {ds.name}/{ds.split}", show_header=False)
+    grids = ", ".join(f"{hw}: {g['realised']}" for hw, g in sp.manifest["grids"].items())
+    rows = [
+        ("images", f"{sp.num_images} ({', '.join(summary['image_shapes'])})"),
+        ("superpixels", f"{sp.num_superpixels} (requested {superpixels}/image, SEEDS grid {grids})"),
+        ("per image", f"{summary['superpixels_per_image']:.1f} mean, {int(np.min(sp.counts))}..{int(np.max(sp.counts))}"),
+        ("mean size", f"{summary['mean_size']:.1f} px"),
+        ("purity", f"{sp.purity:.4f}"),
+        ("seconds", f"{seconds:.2f}" + (" (reused)" if sp.reused else f" (built with {sp.manifest['workers']} workers)")),
+        ("reused", "yes" if sp.reused else "no"),
+        ("cache", str(sp.path)),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    Console().print(table)
+
+    if json_path is not None:
+        from fastal.machine import machine_info
+
+        summary["command"] = _command(ctx.params)
+        summary["machine"] = machine_info()
+        atomic_write_json(json_path, summary)
