@@ -31,9 +31,10 @@ class RunConfig:
     dataset: str = "synthetic"  # synthetic | camvid | cityscapes | folder
     data_root: str | None = None  # dataset folder (not used by synthetic)
     scale: float | None = None  # resize factor applied to images and labels
-    image_size: list[int] = field(default_factory=lambda: [48, 64])  # [H, W] of synthetic images
+    image_size: list[int] = field(default_factory=lambda: [48, 64])  # [H, W] of synthetic images (unless scale)
     train_images: int = 48  # synthetic: images generated; others: the first N (0 = all)
     val_images: int = 24  # same, for the validation split
+    data_seed: int = 0  # generator seed of the synthetic dataset (fixed across run seeds)
     superpixels: int = 24  # SEEDS superpixels requested per image
     cache_dir: str | None = None  # superpixel cache location (None = the dataset's default)
     # --- active learning ---
@@ -52,7 +53,7 @@ class RunConfig:
     batch_size: int = 8
     lr: float = 5e-4
     retrain: Literal["finetune", "scratch"] = "finetune"  # start each cycle from the last model or anew
-    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    amp: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     # --- selection ---
     engine: Literal["auto", "torch", "cuml"] = "auto"  # UMAP/KMeans backend
     # --- run ---

@@ -25,7 +25,9 @@ app.add_typer(bench_app, name="bench")
 
 # Each module registers its commands on `app` / `bench_app` when imported.
 from fastal.cli import prepare  # noqa: E402,F401
+from fastal.cli import query  # noqa: E402,F401
 from fastal.cli import report  # noqa: E402,F401
+from fastal.cli import run  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,61 @@
+"""`fastal run`: the active-learning experiment, new or resumed."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from fastal.cli import app
+
+
+@app.command()
+def run(
+    config: Path | None = typer.Argument(None, help="TOML run configuration (see configs/); options override it."),
+    dataset: str | None = typer.Option(None, help="synthetic | camvid | cityscapes | folder"),
+    data_root: str | None = typer.Option(None, "--data-root", help="Dataset folder."),
+    strategy: str | None = typer.Option(None, help="Selection strategy (contrastive, random, entropy, ...)."),
+    initial: float | None = typer.Option(None, "--initial", help="% of pixels labelled at random first."),
+    budget_per_cycle: float | None = typer.Option(None, "--budget-per-cycle", help="% of pixels per cycle."),
+    cycles: int | None = typer.Option(None, help="Selection cycles after the initial set."),
+    epochs: int | None = typer.Option(None, help="Training epochs per cycle."),
+    backbone: str | None = typer.Option(None, help="resnet18 | resnet34 | resnet50 | resnet101"),
+    labels: str | None = typer.Option(None, help="full | dominant: what the oracle reveals."),
+    device: str | None = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
+    seed: int | None = typer.Option(None, help="Seed of every random choice."),
+    superpixels: int | None = typer.Option(None, help="SEEDS superpixels per image."),
+    scale: float | None = typer.Option(None, help="Resize factor of the images."),
+    engine: str | None = typer.Option(None, help="auto | torch | cuml: UMAP/KMeans backend."),
+    retrain: str | None = typer.Option(None, help="finetune | scratch: how each cycle trains."),
+    full_reference: bool | None = typer.Option(
+        None, "--full-reference/--no-full-reference", help="Train a fully supervised reference first."
+    ),
+    target_ratio: float | None = typer.Option(
+        None, "--target-ratio", help="Stop at this fraction of the fully supervised mIoU."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Run directory (default runs/<dataset>-<strategy>-seed<S>-<time>)."),
+    resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory."),
+) -> None:
+    """Run the active-learning experiment (no arguments: the built-in synthetic dataset, ~3 min on 2 CPU cores)."""
+    from fastal.config import load_config
+    from fastal.errors import FastalError
+    from fastal.loop import run_experiment
+
+    overrides = {
+        "dataset": dataset, "data_root": data_root, "strategy": strategy, "initial": initial,
+        "budget_per_cycle": budget_per_cycle, "cycles": cycles, "epochs": epochs, "backbone": backbone,
+        "labels": labels, "device": device, "seed": seed, "superpixels": superpixels, "scale": scale,
+        "engine": engine, "retrain": retrain, "full_reference": full_reference, "target_ratio": target_ratio,
+    }  # fmt: skip
+    if resume is not None:
+        given = [k for k, v in overrides.items() if v is not None] + (["config"] if config else [])
+        if given or out is not None:
+            extra = given[0] if given else "out"
+            raise FastalError(f"--resume continues {resume} with its own config.toml; drop --{extra.replace('_', '-')}")
+        run_experiment(None, resume, resume=True)
+        return
+    cfg = load_config(config, overrides)
+    if out is None:
+        out = Path("runs") / f"{cfg.dataset}-{cfg.strategy}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_experiment(cfg, out)

@@ -1,0 +1,493 @@
+"""The active-learning experiment: initial random set, then cycles of select -> query -> train -> evaluate.
+
+The run directory is the one source of truth::
+
+    config.toml          the resolved RunConfig (written once, with the directory)
+    pool.npz             RegionPool state: which superpixel was labelled in which cycle
+    queries.jsonl        one line per queried superpixel, append-only; rebuilt from pool.npz on resume
+    full.json            the fully supervised reference (when trained)
+    checkpoints/cycle-K.pt   Trainer state after training cycle K
+    timings.json         seconds spent per cycle (the only thing a resumed run may not reproduce)
+    results.json         one record per evaluated cycle
+    labels/<image id>.png    masks people returned (`fastal label import`), read in full label mode
+    curve.png            mIoU against % of pixels labelled
+
+Cycle K commits three times, each by an atomic write that a later phase only reads:
+
+1. selection: queries.jsonl lines appended, then ``pool.npz`` saved with the cycle's ids
+   (the pool is authoritative: jsonl lines of a cycle the pool lacks are dropped on resume);
+2. training: ``checkpoints/cycle-K.pt``;
+3. evaluation: ``results.json`` gains cycle K, ``curve.png`` redrawn.
+
+Resume looks at what exists and redoes the first missing phase. Every phase is seeded from
+``(seed, cycle, phase)`` and reads its inputs (checkpoint K-1, the pool) from disk even in an
+uninterrupted run, so a phase redone after a kill computes what it computed the first time:
+on CPU a resumed run ends with the same labelled set and results as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastal.atomic import atomic_dir, atomic_write_json, atomic_write_text
+from fastal.config import RunConfig, load_config, save_config
+from fastal.errors import FastalError
+from fastal.progress import console
+
+CONFIG, POOL, QUERIES, FULL, TIMINGS, RESULTS, CURVE, LABELS = (
+    "config.toml", "pool.npz", "queries.jsonl", "full.json", "timings.json", "results.json", "curve.png",
+    "labels",
+)  # fmt: skip
+PHASE_SELECT, PHASE_TRAIN, PHASE_EVAL = 0, 1, 2
+
+
+def crash_point(name: str) -> None:
+    """Fault injection for the resume tests: ``FASTAL_CRASH_AT=name`` SIGKILLs the process here."""
+    if os.environ.get("FASTAL_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def seed_everything(seed: int, cycle: int, phase: int) -> int:
+    """Seed Python, numpy and torch from ``(seed, cycle, phase)``; returns the derived seed."""
+    import torch
+
+    s = int(np.random.SeedSequence([seed, cycle, phase]).generate_state(1)[0])
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+    return s
+
+
+@dataclass
+class Setup:
+    """Data and derived sizes of a run; built (and checked) before the run directory exists."""
+
+    cfg: RunConfig
+    train: Any  # SegDataset
+    val: Any
+    cache: Any  # SuperpixelCache
+    device: Any  # torch.device
+    initial_k: int  # superpixels in the initial random set
+    cycle_k: int  # superpixels queried per cycle
+
+    @property
+    def last_cycle(self) -> int:
+        return 1 + self.cfg.cycles
+
+
+def _dataset_args(cfg: RunConfig, split: str, count: int) -> dict[str, Any]:
+    args: dict[str, Any] = {"root": cfg.data_root, "split": split, "scale": cfg.scale}
+    if cfg.dataset == "synthetic":
+        args.update(seed=cfg.data_seed, num_images=count or None)
+        if cfg.scale is None:
+            args["size"] = tuple(cfg.image_size)
+    elif count:
+        args["limit"] = count
+    return args
+
+
+def prepare(cfg: RunConfig) -> Setup:
+    """Load both splits, build or reuse the superpixel cache, check the budget against the pool."""
+    from fastal.data import load_dataset
+    from fastal.data.superpixels import build_cache
+    from fastal.device import resolve_device
+    from fastal.model import BACKBONES
+    from fastal.select import STRATEGIES
+
+    if cfg.strategy not in STRATEGIES:
+        raise FastalError(f"strategy {cfg.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    if cfg.backbone not in BACKBONES:
+        raise FastalError(f"backbone {cfg.backbone!r}: choose one of {', '.join(BACKBONES)}")
+    device = resolve_device(cfg.device)
+    train = load_dataset(cfg.dataset, **_dataset_args(cfg, "train", cfg.train_images))
+    val = load_dataset(cfg.dataset, **_dataset_args(cfg, "val", cfg.val_images))
+    if train.num_classes != val.num_classes:
+        raise FastalError(f"{cfg.dataset}: train has {train.num_classes} classes, val {val.num_classes}")
+    cache = build_cache(train, superpixels=cfg.superpixels, cache_dir=cfg.cache_dir)
+    n = cache.num_superpixels
+    initial_k = max(1, round(cfg.initial / 100 * n))
+    cycle_k = max(1, round(cfg.budget_per_cycle / 100 * n))
+    need = initial_k + cfg.cycles * cycle_k
+    if need > n:
+        raise FastalError(
+            f"budget larger than the pool: {initial_k} initial + {cfg.cycles} cycles x {cycle_k} = "
+            f"{need} superpixels, the pool has {n} ({len(train)} images)"
+        )
+    return Setup(cfg, train, val, cache, device, initial_k, cycle_k)
+
+
+def create_run_dir(cfg: RunConfig, run_dir: str | Path) -> Path:
+    """A new run directory holding ``config.toml``, created whole or not at all."""
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        raise FastalError(f"{run_dir}: already exists (use --resume {run_dir} to continue it)")
+    with atomic_dir(run_dir) as tmp:
+        save_config(cfg, tmp / CONFIG)
+        (tmp / "checkpoints").mkdir()
+    return run_dir
+
+
+def open_run(run_dir: str | Path) -> RunConfig:
+    """The configuration of an existing run directory."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise FastalError(f"{run_dir}: not a fastal run directory (no {CONFIG})")
+    return load_config(run_dir / CONFIG)
+
+
+class Run:
+    """One run directory and the objects a cycle needs; every method reads state from disk."""
+
+    def __init__(self, setup: Setup, run_dir: Path) -> None:
+        from fastal.oracle import SimulatedOracle
+        from fastal.pool import RegionPool
+
+        self.s, self.cfg, self.dir = setup, setup.cfg, Path(run_dir)
+        self.oracle = SimulatedOracle(setup.train, setup.cache, mode=self.cfg.labels)
+        if (self.dir / POOL).exists():
+            self.pool = RegionPool.load(self.dir / POOL)
+            if self.pool.num_superpixels != setup.cache.num_superpixels:
+                raise FastalError(f"{self.dir / POOL}: describes another superpixel cache")
+        else:
+            self.pool = RegionPool(setup.cache.offsets, setup.cache.sizes, self.cfg.labels, seed=self.cfg.seed)
+        self.results = self._read_json(RESULTS) or self._empty_results()
+        self.timings = self._read_json(TIMINGS) or {}
+        self._reconcile_queries()
+
+    # ---- files --------------------------------------------------------------------------
+    def _read_json(self, name: str) -> Any:
+        path = self.dir / name
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise FastalError(f"{path}: not valid JSON ({e})") from None
+
+    def _empty_results(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "dataset": cfg.dataset,
+            "strategy": cfg.strategy,
+            "seed": cfg.seed,
+            "labels": cfg.labels,
+            "backbone": cfg.backbone,
+            "num_superpixels": self.s.cache.num_superpixels,
+            "num_pixels": self.pool.total_pixels,
+            "initial_superpixels": self.s.initial_k,
+            "superpixels_per_cycle": self.s.cycle_k,
+            "full_miou": None,
+            "stopped": None,
+            "cycles": [],
+        }
+
+    def ckpt(self, cycle: int) -> Path:
+        return self.dir / "checkpoints" / f"cycle-{cycle}.pt"
+
+    def _query_lines(self, gids: np.ndarray) -> list[str]:
+        lines = []
+        for rec in self.pool.records(gids):
+            rec["image_id"] = self.s.train.image_id(rec["image"])
+            lines.append(json.dumps(rec))
+        return lines
+
+    def _reconcile_queries(self) -> None:
+        """Make queries.jsonl say exactly what the pool state says (the pool is authoritative)."""
+        path = self.dir / QUERIES
+        want = self._query_lines(self.pool.order)
+        have = path.read_text().splitlines() if path.exists() else []
+        if have != want:
+            atomic_write_text(path, "".join(line + "\n" for line in want))
+
+    def _set_timing(self, cycle: int, key: str, seconds: float) -> None:
+        self.timings.setdefault(str(cycle), {})[key] = round(seconds, 3)
+        atomic_write_json(self.dir / TIMINGS, self.timings)
+
+    # ---- phases -------------------------------------------------------------------------
+    def full_reference(self) -> None:
+        """Train on every pixel once; its mIoU is the line the curve aims at."""
+        if not self.cfg.full_reference or (self.dir / FULL).exists():
+            return
+        console.rule("fully supervised reference")
+        seed = seed_everything(self.cfg.seed, 0, PHASE_TRAIN)
+        t0 = time.perf_counter()
+        trainer = self._new_trainer(seed)
+        trainer.fit(self.s.train, self.cfg.full_epochs or self.cfg.epochs, progress=True)
+        seconds = time.perf_counter() - t0
+        seed_everything(self.cfg.seed, 0, PHASE_EVAL)
+        m = self._evaluate(trainer)
+        atomic_write_json(self.dir / FULL, {"miou": m["miou"], "per_class_iou": m["per_class_iou"],
+                                            "train_seconds": round(seconds, 3)})
+        console.print(f"fully supervised mIoU {m['miou']:.4f} ({seconds:.1f} s)")
+
+    def select(self, cycle: int) -> None:
+        """Choose cycle ``cycle``'s superpixels, ask the oracle, commit to queries.jsonl + pool.npz."""
+        from fastal.pool import random_initial
+
+        seed = seed_everything(self.cfg.seed, cycle, PHASE_SELECT)
+        t0 = time.perf_counter()
+        if cycle == 1:
+            rng = np.random.default_rng(seed)
+            ids = np.sort(random_initial(self.pool, self.cfg.initial / 100, rng))
+        else:
+            ids = self._select_with_model(cycle, seed)
+        seconds = time.perf_counter() - t0
+        self.commit(self.oracle.query(ids), cycle)
+        self._set_timing(cycle, "select_seconds", seconds)
+
+    def commit(self, answer: Any, cycle: int) -> None:
+        """Label ``answer`` in ``cycle``: queries.jsonl lines first, then pool.npz (the commit)."""
+        self.pool.add(answer, cycle)
+        lines = self._query_lines(answer.ids)
+        with open(self.dir / QUERIES, "a") as f:
+            for j, line in enumerate(lines):
+                f.write(line + "\n")
+                if j == len(lines) // 2:
+                    f.flush()
+                    crash_point(f"queries:{cycle}")
+            f.flush()
+            os.fsync(f.fileno())
+        self.pool.save(self.dir / POOL)
+        crash_point(f"pool:{cycle}")
+
+    def _select_with_model(self, cycle: int, seed: int) -> np.ndarray:
+        from fastal.select import score_pool, select
+        from fastal.train import Trainer
+
+        k = min(self.s.cycle_k, self.pool.num_superpixels - self.pool.num_labelled)
+        trainer = Trainer.load(self.ckpt(cycle - 1), self.s.device)
+        images = np.unique(self.s.cache.image_of(self.pool.unlabelled_ids()))
+        scores = score_pool(trainer.teacher, self.s.train, self.s.cache, images, self.s.device,
+                            amp=self.cfg.amp)
+        sel = select(self.cfg.strategy, scores, trainer.bank.features(), trainer.bank.labels(), budget=k,
+                     labelled_mask=self.pool.labelled_mask, seed=seed, engine=self.cfg.engine)
+        return np.asarray(sel.ids, dtype=np.int64)
+
+    def train(self, cycle: int) -> None:
+        """Train on the labelled pixels (from checkpoint ``cycle - 1`` or anew); commit the checkpoint."""
+        from fastal.train import Trainer
+
+        seed = seed_everything(self.cfg.seed, cycle, PHASE_TRAIN)
+        t0 = time.perf_counter()
+        if cycle > 1 and self.cfg.retrain == "finetune":
+            trainer = Trainer.load(self.ckpt(cycle - 1), self.s.device)
+        else:
+            trainer = self._new_trainer(seed)
+        trainer.fit(LabelledSamples(self.s.train, self.s.cache, self.pool, self.truth), self.cfg.epochs,
+                    progress=True)
+        seconds = time.perf_counter() - t0
+        crash_point(f"trained:{cycle}")
+        tmp = self.ckpt(cycle).with_suffix(".tmp")
+        trainer.save(tmp)
+        os.replace(tmp, self.ckpt(cycle))
+        crash_point(f"ckpt:{cycle}")
+        self._set_timing(cycle, "train_seconds", seconds)
+
+    def evaluate(self, cycle: int) -> dict[str, Any]:
+        """Evaluate checkpoint ``cycle`` on the validation split; commit results.json and curve.png."""
+        from fastal.report import curve_for_results
+        from fastal.train import Trainer
+
+        seed_everything(self.cfg.seed, cycle, PHASE_EVAL)
+        m = self._evaluate(Trainer.load(self.ckpt(cycle), self.s.device))
+        labelled = (self.pool.state > 0) & (self.pool.state <= cycle)  # a later import may exist
+        t = self.timings.get(str(cycle), {})
+        rec = {
+            "cycle": cycle,
+            "labelled_superpixels": int(labelled.sum()),
+            "labelled_pixel_fraction": float(self.pool.sizes[labelled].sum() / self.pool.total_pixels),
+            "cost_clicks": int(self.pool.clicks[labelled].sum()),
+            "miou": m["miou"],
+            "per_class_iou": m["per_class_iou"],
+            "train_seconds": t.get("train_seconds"),
+            "select_seconds": t.get("select_seconds"),
+        }
+        full = self._read_json(FULL)
+        self.results["full_miou"] = None if full is None else full["miou"]
+        self.results["cycles"].append(rec)
+        self.results["stopped"] = self._stop_reason(cycle, m["miou"])
+        atomic_write_json(self.dir / RESULTS, self.results)
+        curve_for_results(self.results, self.dir / CURVE)
+        if not self.cfg.keep_checkpoints and cycle > 1:
+            self.ckpt(cycle - 1).unlink(missing_ok=True)
+        return rec
+
+    def _stop_reason(self, cycle: int, miou: float) -> str | None:
+        full = self.results["full_miou"]
+        if self.cfg.target_ratio is not None and full is not None and miou >= self.cfg.target_ratio * full:
+            return "target"
+        if cycle >= self.s.last_cycle or self.pool.num_labelled == self.pool.num_superpixels:
+            return "budget"
+        return None
+
+    # ---- helpers ------------------------------------------------------------------------
+    def truth(self, i: int) -> np.ndarray:
+        """Labels of training image ``i``: masks people returned (``labels/``) over the dataset's own."""
+        from fastal.data.base import read_label
+
+        path = self.dir / LABELS / f"{self.s.train.image_id(i)}.png"
+        return read_label(path) if path.exists() else self.s.train[i][1]
+
+    def _new_trainer(self, seed: int) -> Any:
+        from fastal.train import TrainConfig, Trainer
+
+        cfg = self.cfg
+        tc = TrainConfig(backbone=cfg.backbone, weights=cfg.weights, batch_size=cfg.batch_size, lr=cfg.lr,
+                         epochs=cfg.epochs, amp=cfg.amp, seed=seed)
+        return Trainer(tc, self.s.train.num_classes, self.s.device)
+
+    def _evaluate(self, trainer: Any) -> dict[str, Any]:
+        from fastal.train import evaluate
+
+        m = evaluate(trainer.teacher, self.s.val, self.s.train.num_classes, self.s.device, amp=self.cfg.amp)
+        # A class absent from truth and prediction has no IoU: null in JSON, not NaN.
+        return {"miou": float(m["miou"]),
+                "per_class_iou": [None if math.isnan(x) else float(x) for x in m["per_class_iou"]]}
+
+
+class LabelledSamples:
+    """Training samples of the images with labelled superpixels: (image, sparse label map).
+
+    ``truth(i)`` gives image ``i``'s full labels; only full label mode reads it.
+    """
+
+    def __init__(self, ds: Any, cache: Any, pool: Any, truth: Callable[[int], np.ndarray]) -> None:
+        self.ds, self.cache, self.pool, self.truth = ds, cache, pool, truth
+        self.images = pool.labelled_images()  # (n,) image indices
+
+    def __len__(self) -> int:
+        return int(self.images.size)
+
+    def __getitem__(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        i = int(self.images[j])
+        image, _ = self.ds[i]
+        truth = self.truth(i) if self.pool.label_mode == "full" else None
+        return image, self.pool.label_map(i, self.cache.local(i), truth)
+
+
+def cycle_table(results: dict[str, Any]):
+    """The rich table of the cycles so far."""
+    from rich.table import Table
+
+    full = results.get("full_miou")
+    table = Table(title=f"{results['dataset']} / {results['strategy']} / seed {results['seed']}"
+                  + (f"  (fully supervised mIoU {full:.4f})" if full is not None else ""))
+    for col in ("cycle", "superpixels", "% pixels", "clicks", "mIoU", "of full", "train s", "select s"):
+        table.add_column(col, justify="right")
+    for c in results["cycles"]:
+        table.add_row(
+            str(c["cycle"]), str(c["labelled_superpixels"]), f"{100 * c['labelled_pixel_fraction']:.2f}",
+            str(c["cost_clicks"]), f"{c['miou']:.4f}", "" if full is None else f"{c['miou'] / full:.1%}",
+            "" if c["train_seconds"] is None else f"{c['train_seconds']:.1f}",
+            "" if c["select_seconds"] is None else f"{c['select_seconds']:.1f}",
+        )  # fmt: skip
+    return table
+
+
+def run_experiment(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False,
+                   setup: Setup | None = None) -> dict[str, Any]:
+    """Run (or, with ``resume``, continue) the experiment in ``run_dir``; returns results.json's dict.
+
+    A new run validates everything (config, data, budget against the pool) before the
+    directory is created; a resumed run takes its configuration from ``run_dir/config.toml``
+    (``cfg`` is then ignored). ``setup`` reuses data already prepared for ``cfg``.
+    """
+    import torch
+
+    run_dir = Path(run_dir)
+    if resume:
+        cfg = open_run(run_dir)
+    setup = setup or prepare(cfg)
+    if not resume:
+        create_run_dir(cfg, run_dir)
+    if setup.device.type == "cpu":
+        # Deterministic kernels where torch has them; a resumed run must redo a phase bit for bit.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    run = Run(setup, run_dir)
+    run.full_reference()
+    cycle = len(run.results["cycles"]) + 1
+    while True:
+        if run.pool.current_cycle < cycle:
+            # A stopped run still trains on what `fastal label import` added after it stopped.
+            if run.results["stopped"]:
+                break
+            console.rule(f"cycle {cycle}")
+            run.select(cycle)
+        else:
+            console.rule(f"cycle {cycle}")
+        if not run.ckpt(cycle).exists():
+            run.train(cycle)
+        run.evaluate(cycle)
+        console.print(cycle_table(run.results))
+        cycle += 1
+    console.print(f"run directory: {run_dir} (results.json, curve.png)")
+    return run.results
+
+
+def import_masks(round_dir: str | Path, run_dir: str | Path) -> tuple[int, int]:
+    """Label the superpixels of a `fastal select` round from the masks people put in ``round_dir/masks``.
+
+    They become the run's next cycle; in full label mode the masks are also kept under
+    ``run_dir/labels`` for training. Returns (cycle, superpixels labelled).
+    """
+    import cv2
+
+    from fastal.atomic import atomic_write_bytes
+    from fastal.data.base import read_label
+    from fastal.oracle import MaskOracle
+
+    round_dir, run_dir = Path(round_dir), Path(run_dir)
+    qpath = round_dir / "queries.json"
+    try:
+        q = json.loads(qpath.read_text())
+    except FileNotFoundError:
+        raise FastalError(f"{qpath}: not found (is {round_dir} a round written by `fastal select`?)") from None
+    except json.JSONDecodeError as e:
+        raise FastalError(f"{qpath}: not valid JSON ({e})") from None
+    cfg = open_run(run_dir)
+    setup = prepare(cfg)
+    ds, cache = setup.train, setup.cache
+    if q.get("fingerprint") != ds.fingerprint():
+        raise FastalError(f"{qpath}: the round was selected on other data than the run {run_dir} uses")
+    run = Run(setup, run_dir)
+    if run.pool.current_cycle != len(run.results["cycles"]):
+        raise FastalError(f"{run_dir}: cycle {run.pool.current_cycle} is not trained yet; "
+                          f"run `fastal run --resume {run_dir}` first")
+    gids = np.array([r["superpixel"] for r in q["queries"]], dtype=np.int64)
+    images = sorted({r["image"] for r in q["queries"]})
+    masks = {}
+    for i in images:
+        path = round_dir / "masks" / f"{ds.image_id(i)}.png"
+        if not path.exists():
+            raise FastalError(f"{path}: missing (a mask is needed for every image of queries.csv)")
+        m = read_label(path)
+        if m.shape != tuple(ds.image_shape(i)):
+            raise FastalError(f"{path}: mask is {m.shape[0]}x{m.shape[1]}, the image is "
+                              f"{ds.image_shape(i)[0]}x{ds.image_shape(i)[1]}")
+        bad = (m >= ds.num_classes) & (m != 255)
+        if bad.any():
+            raise FastalError(f"{path}: value {int(m[bad][0])} is no class (0..{ds.num_classes - 1}, 255 = none)")
+        masks[i] = m
+    answer = MaskOracle(masks, cache, ds.num_classes, mode=cfg.labels).query(gids)
+    if cfg.labels == "full":
+        # Keep the returned pixels inside the queried superpixels; training reads them from labels/.
+        for i in images:
+            sp = np.asarray(cache.local(i))
+            mine = [r["local"] for r in q["queries"] if r["image"] == i]
+            merged = np.where(np.isin(sp, mine), masks[i], run.truth(i)).astype(np.uint8)
+            _, png = cv2.imencode(".png", merged)
+            atomic_write_bytes(run_dir / LABELS / f"{ds.image_id(i)}.png", png.tobytes())
+    cycle = run.pool.current_cycle + 1
+    run.commit(answer, cycle)
+    return cycle, int(gids.size)
