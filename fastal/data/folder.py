@@ -33,7 +33,7 @@ def load_folder(
     root: Path, split: str = "train", classes: Sequence[str] | None = None, **common
 ) -> FileDataset:
     root = require_dir(Path(root), "dataset root")
-    flat = split == "train" and not (root / split).is_dir()
+    flat = split == "train" and (root / "images").is_dir() and not (root / split).is_dir()
     base = root if flat else root / split
     image_dir = require_dir(base / "images", "images")
     mask_dir = require_dir(base / "masks", "masks")

@@ -305,7 +305,8 @@ def _build(ds: SegDataset, params: dict[str, Any], out: Path, workers: int, show
     sizes: list[np.ndarray] = [np.empty(0, np.int64)] * n
     pure_sum, pure_n = 0.0, 0
     tasks = [(i, grids[tuple(shapes[i])], int(pixel_offsets[i])) for i in range(n)]
-    bar = progress() if show_progress else contextlib.nullcontext()
+    # Transient: the bar goes when done, so a failure leaves just its one error line.
+    bar = progress(transient=True) if show_progress else contextlib.nullcontext()
     with bar:
         task = bar.add_task(f"superpixels {ds.name}/{ds.split}", total=n) if show_progress else None
 
