@@ -30,7 +30,7 @@ DEFAULT_NUM_IMAGES = {"train": 200, "val": 50, "test": 50}
 # Each split draws from its own seed stream.
 SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}
 # Bump when the generator changes: it is part of the fingerprint, so caches are rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SKY, BUILDING, POLE, ROAD, PAVEMENT, TREE, SIGN, FENCE, CAR, PEDESTRIAN, BICYCLIST = range(11)
 
@@ -149,64 +149,62 @@ def _background(s: _Scene) -> dict[str, float]:
     # Far wall: one row of low buildings or trees at depth d_end.
     wall_top = s.project(0, d_end, rng.uniform(6, 20))[1]
     wall_bottom = s.project(0, d_end, 0)[1]
-    wall = (ys >= wall_top) & (ys < wall_bottom)
+    rows = slice(int(np.clip(np.ceil(wall_top - 0.5), 0, h)), int(np.clip(np.ceil(wall_bottom - 0.5), 0, h)))
     wall_cls = TREE if rng.random() < 0.3 else BUILDING
-    wall = np.broadcast_to(wall, (h, w))
-    s.img[wall] = s.pick(GREENS if wall_cls == TREE else FACADES)
-    s.lab[wall] = wall_cls
+    s.img[rows] = s.pick(GREENS if wall_cls == TREE else FACADES)
+    s.lab[rows] = wall_cls
 
-    # Ground: inverse perspective gives every pixel below the horizon its (u, d).
-    d = s.focal * s.cam_height / np.maximum(ys - s.horizon, 1e-3)
-    u = (xs - s.vx) * d / s.focal
-    ground = (ys > wall_bottom) & (d < d_end)
-    ground = np.broadcast_to(ground, (h, w))
-    side = np.abs(u - road_c)
-    road = ground & (side < road_half)
-    pavement = ground & ~road & ((u - road_c) > -road_half - pave[0]) & ((u - road_c) < road_half + pave[1])
-    asphalt = np.asarray(s.pick(GREYS[:3], 8), np.float32)
-    s.img[road] = asphalt
-    s.lab[road] = ROAD
-    # Lane markings (road class, CamVid merges them): dashed centre line, solid edges.
-    dash = (np.abs(u - road_c) < 0.08) & (np.mod(d, 6.0) < 3.0)
-    edge = np.abs(side - road_half + 0.3) < 0.07
-    marks = road & (dash | edge) if rng.random() < 0.8 else road & edge
-    s.img[marks] = (215, 215, 205)
+    # Ground, below the far wall: inverse perspective gives every pixel its (u, d).
+    g0 = rows.stop
+    img, lab = s.img[g0:], s.lab[g0:]  # views
+    d = s.focal * s.cam_height / (ys[g0:] - s.horizon)
+    u = (xs - s.vx) * d / s.focal - road_c  # across the road, from its centre
+    side = np.abs(u)
+    road = side < road_half
+    pavement = ~road & (u > -road_half - pave[0]) & (u < road_half + pave[1])
+    lab[road] = ROAD
+    lab[pavement] = PAVEMENT
     tiles = np.asarray(s.pick(GREYS[1:] + [(170, 120, 100)], 10), np.float32)
-    s.img[pavement] = tiles
-    grout = pavement & ((np.mod(u, 0.6) < 0.05) | ((np.mod(d, 0.6) < 0.05) & (d < 12)))
-    s.img[grout] = tiles * 0.8
-    s.lab[pavement] = PAVEMENT
+    grout = (np.mod(u, 0.6) < 0.05) | ((np.mod(d, 0.6) < 0.05) & (d < 12))
+    np.copyto(img, np.where(grout[..., None], tiles * 0.8, tiles), where=pavement[..., None])
+    # Lane markings (road class, CamVid merges them): dashed centre line, solid edges.
+    marks = np.abs(side - road_half + 0.3) < 0.07
+    if rng.random() < 0.8:
+        marks |= (side < 0.08) & (np.mod(d, 6.0) < 3.0)
+    asphalt = np.asarray(s.pick(GREYS[:3], 8), np.float32)
+    paint = np.asarray((215, 215, 205), np.float32)
+    np.copyto(img, np.where(marks[..., None], paint, asphalt), where=road[..., None])
 
     # Facades: a vertical plane at u_left / u_right, cut into segments along the depth.
-    for u_side, cols in ((u_left, xs < s.vx), (u_right, xs > s.vx)):
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dc = np.where(cols, s.focal * u_side / (xs - s.vx), np.nan)  # (1, W) depth per column
-        visible = cols & (dc < d_end) & (dc > 0)
+    glass = [(40, 50, 65), (90, 110, 140), (170, 195, 225)]  # dark, tinted, sky reflection
+    split = int(np.clip(np.floor(s.vx), 0, w))
+    for u_side, cols in ((u_left, slice(0, split)), (u_right, slice(split, w))):
+        dx = xs[:, cols] - s.vx
+        with np.errstate(divide="ignore"):
+            dc = s.focal * u_side / dx  # (1, w') depth of the facade in each column
+        visible = (dc > 0) & (dc < d_end)
         bounds = [0.0]
         while bounds[-1] < d_end:
             bounds.append(bounds[-1] + rng.uniform(6, 22))
-        seg = np.clip(np.searchsorted(np.asarray(bounds), np.nan_to_num(dc, nan=0.0)) - 1, 0, len(bounds) - 2)
+        bounds = np.asarray(bounds)
+        seg = np.clip(np.searchsorted(bounds, np.where(visible, dc, 0)) - 1, 0, len(bounds) - 2)
         kinds = rng.choice([BUILDING, TREE, FENCE], size=len(bounds) - 1, p=[0.72, 0.2, 0.08])
-        heights = np.where(kinds == BUILDING, rng.uniform(6, 22, len(kinds)), np.where(kinds == TREE, rng.uniform(3, 8, len(kinds)), rng.uniform(1.2, 2.2, len(kinds))))  # fmt: skip
-        z = s.cam_height - (ys - s.horizon) * dc / s.focal  # height on the facade of each pixel
+        heights = np.select([kinds == BUILDING, kinds == TREE], [rng.uniform(6, 22, len(kinds)), rng.uniform(3, 8, len(kinds))], rng.uniform(1.2, 2.2, len(kinds)))  # fmt: skip
+        z = s.cam_height - (ys - s.horizon) * np.where(visible, dc, 0) / s.focal  # height up the facade
         on = visible & (z >= 0) & (z < heights[seg])
-        kind = np.broadcast_to(kinds[seg], (h, w))
-        s.lab[on] = kind[on]
+        kind = kinds[seg]  # (1, w')
         colours = np.array([s.pick(FACADES if k == BUILDING else GREENS if k == TREE else FENCE_COLOURS) for k in kinds], np.float32)
-        # Light comes from one side: the two facades differ in brightness.
-        s.img[on] = np.broadcast_to(colours[seg] * rng.uniform(0.7, 1.1), (h, w, 3))[on]
-        # Windows on buildings, in facade coordinates (along depth, up the wall).
-        along = (dc - np.asarray(bounds)[seg]) / rng.uniform(2.5, 4.0)
-        floors = z / rng.uniform(2.8, 3.6)
+        # Windows on buildings, in facade coordinates (along the street, up the wall).
+        along = np.mod((dc - bounds[seg]) / rng.uniform(2.5, 4.0), 1.0)
+        floors = np.mod(z / rng.uniform(2.8, 3.6), 1.0)
         window = (
-            on & (kind == BUILDING)
-            & (np.mod(along, 1.0) > 0.3) & (np.mod(along, 1.0) < 0.75)
-            & (np.mod(floors, 1.0) > 0.35) & (np.mod(floors, 1.0) < 0.8)
-            & (z > 3.0) & (z < heights[seg] - 1.0)
+            (kind == BUILDING) & (along > 0.3) & (along < 0.75)
+            & (floors > 0.35) & (floors < 0.8) & (z > 3.0) & (z < heights[seg] - 1.0)
         )  # fmt: skip
-        glass = [(40, 50, 65), (90, 110, 140), (170, 195, 225)]  # dark, tinted, sky reflection
-        s.img[window] = s.pick(glass, 15)
-        s.img[window] = s.pick(glass, 15)
+        # Light comes from one side: the two facades differ in brightness.
+        wall_colour = colours[seg] * rng.uniform(0.7, 1.1)  # (1, w', 3)
+        np.copyto(s.img[:, cols], np.where(window[..., None], np.asarray(s.pick(glass, 15), np.float32), wall_colour), where=on[..., None])
+        np.copyto(s.lab[:, cols], np.broadcast_to(kind, on.shape).astype(np.uint8), where=on)
     return {"road_c": road_c, "road_half": road_half, "u_left": u_left, "u_right": u_right, "d_end": d_end}
 
 
