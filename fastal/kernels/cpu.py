@@ -1,0 +1,306 @@
+"""CPU implementations: numba ``njit(parallel=True)`` kernels behind the public signatures.
+
+Inputs arrive validated (``fastal.kernels.ops``). Work is split without races: segment ops and the
+feature pooling walk each segment's elements in a counting-sort order (one thread owns a segment),
+the entropy kernel gives every thread a private row of per-superpixel sums that are added at the end.
+numba has no fp16/bf16 arithmetic on the CPU, so half inputs are converted to float32 first (one
+pass over the input; for the superpixel functions that input is the small low-resolution map).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+import torch
+
+from fastal.kernels.bilinear import bilinear_taps
+from fastal.kernels.scalar import argmax_better
+
+_better = nb.njit(inline="always", cache=True)(argmax_better)
+
+
+@nb.njit(parallel=True, cache=True)
+def _csr(seg, num_segments, nt):  # pragma: no cover - compiled
+    """Stable counting sort: ``perm[indptr[s]:indptr[s+1]]`` are the indices i with seg[i] == s, ascending.
+
+    ``nt`` chunks of ``seg`` are counted and placed in parallel.
+    """
+    n = seg.shape[0]
+    chunk = (n + nt - 1) // nt
+    hist = np.zeros((nt, num_segments), np.int64)
+    for t in nb.prange(nt):
+        for i in range(t * chunk, min(n, (t + 1) * chunk)):
+            hist[t, seg[i]] += 1
+    # Thread t writes its elements of segment s after those of threads < t: stable and race-free.
+    indptr = np.empty(num_segments + 1, np.int64)
+    total = 0
+    for s in range(num_segments):
+        indptr[s] = total
+        for t in range(nt):
+            count = hist[t, s]
+            hist[t, s] = total
+            total += count
+    indptr[num_segments] = total
+    perm = np.empty(n, np.int64)
+    for t in nb.prange(nt):
+        for i in range(t * chunk, min(n, (t + 1) * chunk)):
+            s = seg[i]
+            perm[hist[t, s]] = i
+            hist[t, s] += 1
+    return perm, indptr
+
+
+@nb.njit(parallel=True, cache=True)
+def _segment_sum_private(values, seg, partial):  # pragma: no cover - compiled
+    # values (N, D) in row order; thread t adds its chunk of rows into its own partial[t] (S, D).
+    n, d = values.shape
+    nt = partial.shape[0]
+    chunk = (n + nt - 1) // nt
+    for t in nb.prange(nt):
+        lo, hi = t * chunk, min(n, (t + 1) * chunk)
+        if d == 1:  # scores/entropies: 1-D views let LLVM drop the inner loop (2.5x faster)
+            acc = partial[t, :, 0]
+            src = values[:, 0]
+            for i in range(lo, hi):
+                acc[seg[i]] += src[i]
+        else:
+            for i in range(lo, hi):
+                s = seg[i]
+                for j in range(d):
+                    partial[t, s, j] += values[i, j]
+
+
+@nb.njit(parallel=True, cache=True)
+def _segment_sum_sorted(values, perm, indptr, out):  # pragma: no cover - compiled
+    # values (N, D), out (S, D) zeroed: one segment per task, rows summed in index order.
+    d = values.shape[1]
+    for s in nb.prange(out.shape[0]):
+        row = out[s]
+        for k in range(indptr[s], indptr[s + 1]):
+            src = values[perm[k]]
+            for j in range(d):
+                row[j] += src[j]
+
+
+@nb.njit(parallel=True, cache=True)
+def _segment_argmax(scores, perm, indptr, out):  # pragma: no cover - compiled
+    for s in nb.prange(out.shape[0]):
+        best = 0.0
+        best_index = -1
+        for k in range(indptr[s], indptr[s + 1]):
+            i = perm[k]
+            if _better(scores[i], i, best, best_index):
+                best = scores[i]
+                best_index = i
+        out[s] = best_index
+
+
+@nb.njit(inline="always", cache=True)
+def _touch(cell, w, s, weight, seen, touched, n_touched):  # pragma: no cover - compiled
+    """Add weight ``w`` to ``cell`` for superpixel ``s``, listing the cell the first time s touches it."""
+    if seen[cell] != s:
+        seen[cell] = s
+        touched[n_touched] = cell
+        n_touched += 1
+    weight[cell] += w
+    return n_touched
+
+
+@nb.njit(parallel=True, cache=True)
+def _pool_features(feat, perm, indptr, width, y0, y1, ly, x0, x1, lx, out, nt):  # pragma: no cover
+    """Mean of bilinearly upsampled ``feat`` per superpixel, without the upsampled map.
+
+    feat (B, h, w, D) channel-last; perm/indptr group flat full-res pixel indices (b*H + y)*W + x by
+    superpixel; out (S, D) zeroed. Each pixel adds its 4 bilinear weights to a per-thread
+    (B*h*w) scratch of low-res cell weights; then the superpixel's row is sum(weight * feat[cell])
+    over the few cells it touched: D multiply-adds per touched cell instead of 4*D per pixel.
+    """
+    nb_, h, w, d = feat.shape
+    height = y0.shape[0]
+    cells = feat.reshape(nb_ * h * w, d)
+    num_sp = out.shape[0]
+    for t in nb.prange(nt):
+        weight = np.zeros(nb_ * h * w, np.float64)
+        seen = np.full(nb_ * h * w, -1, np.int64)
+        touched = np.empty(nb_ * h * w, np.int64)
+        for s in range(t, num_sp, nt):
+            n_touched = 0
+            for k in range(indptr[s], indptr[s + 1]):
+                p = perm[k]
+                r = p // width
+                x = p - r * width
+                b = r // height
+                y = r - b * height
+                base = b * h * w
+                wy = np.float64(ly[y])
+                wx = np.float64(lx[x])
+                top = base + y0[y] * w
+                bottom = base + y1[y] * w
+                n_touched = _touch(top + x0[x], (1.0 - wy) * (1.0 - wx), s, weight, seen, touched, n_touched)
+                n_touched = _touch(top + x1[x], (1.0 - wy) * wx, s, weight, seen, touched, n_touched)
+                n_touched = _touch(bottom + x0[x], wy * (1.0 - wx), s, weight, seen, touched, n_touched)
+                n_touched = _touch(bottom + x1[x], wy * wx, s, weight, seen, touched, n_touched)
+            count = indptr[s + 1] - indptr[s]
+            row = out[s]
+            for m in range(n_touched):
+                c = touched[m]
+                wc = weight[c] / count
+                weight[c] = 0.0
+                src = cells[c]
+                for j in range(d):
+                    row[j] += wc * src[j]
+
+
+_LN2 = math.log(2.0)
+# Taylor coefficients of 2**f = exp(f ln2) for |f| <= 1/2; degree 6 leaves ~1e-7 relative error.
+# float32 constants keep the arithmetic in float32 (float64 literals would promote it and halve the vector width).
+_EXP2_COEF = tuple(np.float32(_LN2**k / math.factorial(k)) for k in range(7))
+
+
+@nb.njit(inline="always", cache=True, fastmath=True)
+def _exp2_parts(t):  # pragma: no cover - compiled
+    """2**t for t <= 0 as (mantissa polynomial, biased exponent bits); 2**-126 stands for smaller values.
+
+    Plain arithmetic that LLVM vectorises (numba's math.exp is a scalar libm call per element);
+    the caller turns the bits into a float32 with an array ``view``.
+    """
+    t = max(t, np.float32(-126.0))
+    n = math.floor(t + np.float32(0.5))
+    f = t - n
+    c0, c1, c2, c3, c4, c5, c6 = _EXP2_COEF
+    p = c0 + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * c6)))))
+    return p, (np.int32(n) + np.int32(127)) << np.int32(23)
+
+
+@nb.njit(parallel=True, cache=True, fastmath=True)
+def _entropy_rows(logits, sp, y0, y1, ly, x0, x1, lx, partial):  # pragma: no cover - compiled
+    """Per-thread sums of base-2 softmax entropy of upsampled ``logits`` (B, C, h, w) per superpixel.
+
+    Works one full-res row at a time in small buffers: blend the two source rows (C x w), blend
+    columns (C x W), softmax entropy per pixel, add into this thread's row of ``partial`` (T, S).
+    """
+    nb_, nc, h, w = logits.shape
+    height, width = sp.shape[1], sp.shape[2]
+    rows = nb_ * height
+    nt = partial.shape[0]
+    chunk = (rows + nt - 1) // nt
+    log2e = np.float32(1.0 / _LN2)
+    for t in nb.prange(nt):
+        blend = np.empty((nc, w), np.float32)
+        z = np.empty((nc, width), np.float32)
+        zmax = np.empty(width, np.float32)
+        mantissa = np.empty(width, np.float32)
+        bits = np.empty(width, np.int32)
+        scale = bits.view(np.float32)
+        total = np.empty(width, np.float32)
+        weighted = np.empty(width, np.float32)
+        acc = partial[t]
+        for r in range(t * chunk, min(rows, (t + 1) * chunk)):
+            b = r // height
+            y = r - b * height
+            wy = ly[y]
+            for c in range(nc):
+                top = logits[b, c, y0[y]]
+                bottom = logits[b, c, y1[y]]
+                for i in range(w):
+                    blend[c, i] = top[i] + wy * (bottom[i] - top[i])
+            for c in range(nc):
+                src = blend[c]
+                dst = z[c]
+                for x in range(width):
+                    left = src[x0[x]]
+                    dst[x] = (left + lx[x] * (src[x1[x]] - left)) * log2e
+            zmax[:] = z[0]
+            for c in range(1, nc):
+                for x in range(width):
+                    zmax[x] = max(zmax[x], z[c, x])
+            total[:] = 0.0
+            weighted[:] = 0.0
+            # In base 2 with e = 2**(z - max): H = log2(sum e) - sum(e * (z - max)) / sum(e);
+            # both terms are >= 0, so there is no cancellation.
+            for c in range(nc):
+                for x in range(width):
+                    mantissa[x], bits[x] = _exp2_parts(z[c, x] - zmax[x])
+                for x in range(width):
+                    e = mantissa[x] * scale[x]
+                    total[x] += e
+                    weighted[x] += e * (z[c, x] - zmax[x])
+            labels = sp[b, y]
+            for x in range(width):
+                acc[labels[x]] += math.log2(total[x]) - weighted[x] / total[x]
+
+
+def _as_float(t: torch.Tensor) -> np.ndarray:
+    """float32/float64 numpy view (a converted copy for fp16/bf16, which numba cannot compute in)."""
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.float()
+    return t.contiguous().numpy()
+
+
+def _csr_of(seg: torch.Tensor, num_segments: int) -> tuple[np.ndarray, np.ndarray]:
+    # Thread count is read here: inside a cached kernel numba.get_num_threads() blocks caching.
+    return _csr(seg.reshape(-1).to(torch.int64).contiguous().numpy(), num_segments, nb.get_num_threads())
+
+
+def _segment_sum(
+    values: torch.Tensor, seg: torch.Tensor, num_segments: int, mean: bool
+) -> np.ndarray:
+    """Sums (or means) per segment, (S, ...) float32 (float64 for float64 input)."""
+    src = _as_float(values)
+    rows = src.reshape(src.shape[0], math.prod(src.shape[1:]))  # (N, D); D = 1 for [N]
+    ids = seg.to(torch.int64).contiguous().numpy()
+    threads = nb.get_num_threads()
+    # Private per-thread sums stream the rows in order (fastest) while they are no larger than the
+    # input; with many segments (S ~ N) a counting sort lets each thread own whole segments instead.
+    if threads * num_segments <= max(rows.shape[0], 1):
+        partial = np.zeros((threads, num_segments, rows.shape[1]), src.dtype)
+        _segment_sum_private(rows, ids, partial)
+        out = partial.sum(axis=0)
+        counts = np.bincount(ids, minlength=num_segments) if mean else None
+    else:
+        out = np.zeros((num_segments, rows.shape[1]), src.dtype)
+        perm, indptr = _csr(ids, num_segments, threads)
+        _segment_sum_sorted(rows, perm, indptr, out)
+        counts = np.diff(indptr)
+    if mean:
+        out /= np.maximum(counts, 1).astype(out.dtype)[:, None]
+    return out.reshape(num_segments, *src.shape[1:])
+
+
+def segment_sum(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
+    return torch.from_numpy(_segment_sum(values, seg, num_segments, mean=False))
+
+
+def segment_mean(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
+    return torch.from_numpy(_segment_sum(values, seg, num_segments, mean=True))
+
+
+def segment_argmax(scores: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
+    out = np.empty(num_segments, np.int64)
+    perm, indptr = _csr_of(seg, num_segments)
+    _segment_argmax(_as_float(scores), perm, indptr, out)
+    return torch.from_numpy(out)
+
+
+def _taps(feat: torch.Tensor, sp: torch.Tensor) -> tuple[np.ndarray, ...]:
+    (h, w), (height, width) = feat.shape[-2:], sp.shape[-2:]
+    return (*bilinear_taps(h, height), *bilinear_taps(w, width))
+
+
+def superpixel_mean_features(feat: torch.Tensor, sp: torch.Tensor, num_sp: int) -> torch.Tensor:
+    cells = feat.permute(0, 2, 3, 1).to(torch.float32).contiguous().numpy()  # (B, h, w, D)
+    out = np.zeros((num_sp, feat.shape[1]), np.float32)
+    perm, indptr = _csr_of(sp, num_sp)
+    _pool_features(cells, perm, indptr, sp.shape[-1], *_taps(feat, sp), out, nb.get_num_threads())
+    return torch.from_numpy(out)
+
+
+def superpixel_entropy_sum(logits: torch.Tensor, sp: torch.Tensor, num_sp: int) -> torch.Tensor:
+    src = logits.to(torch.float32).contiguous().numpy()  # (B, C, h, w)
+    labels = sp.to(torch.int64).contiguous().numpy()  # (B, H, W)
+    threads = max(1, min(nb.get_num_threads(), labels.shape[0] * labels.shape[1]))
+    partial = np.zeros((threads, num_sp), np.float64)
+    _entropy_rows(src, labels, *_taps(logits, sp), partial)
+    return torch.from_numpy(partial.sum(axis=0).astype(np.float32))

@@ -1,0 +1,147 @@
+"""The public kernel API: one function per operation, one signature for every device.
+
+Each function validates its inputs, then dispatches once on the tensors' device to ``cpu.py``
+(numba) or ``cuda.py`` (numba.cuda, imported on first CUDA call). Inputs are never modified.
+Validation reads ``seg.min()``/``seg.max()``: on a GPU that is one device-to-host sync per call.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+
+from fastal.errors import FastalError
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+INDEX_DTYPES = (torch.uint8, torch.int16, torch.uint16, torch.int32, torch.int64)
+
+
+def _backend(*tensors: torch.Tensor) -> ModuleType:
+    devices = {t.device for t in tensors}
+    if len(devices) != 1:
+        raise FastalError(f"kernels: inputs must be on one device, got {sorted(map(str, devices))}")
+    device = devices.pop()
+    if device.type == "cpu":
+        from fastal.kernels import cpu
+
+        return cpu
+    if device.type == "cuda":
+        from fastal.kernels import cuda
+
+        return cuda
+    raise FastalError(f"kernels: no implementation for device {device} (use cpu or cuda)")
+
+
+def _check_float(name: str, t: torch.Tensor) -> None:
+    if t.dtype not in FLOAT_DTYPES:
+        raise FastalError(f"{name}: dtype {t.dtype} is not a float type (float16/bfloat16/float32/float64)")
+
+
+def _check_ids(name: str, ids: torch.Tensor, num: int, what: str) -> None:
+    if ids.dtype not in INDEX_DTYPES:
+        raise FastalError(f"{name}: dtype {ids.dtype} is not an integer id type")
+    if num < 0:
+        raise FastalError(f"{what} = {num} is negative")
+    if ids.numel():
+        low, high = (int(v) for v in torch.aminmax(ids.reshape(-1).long()))  # device-to-host sync
+        if low < 0 or high >= num:
+            raise FastalError(f"{name}: ids span [{low}, {high}], outside [0, {what} = {num})")
+
+
+def _check_segments(values: torch.Tensor, seg: torch.Tensor, num_segments: int, name: str) -> None:
+    _check_float(name, values)
+    if values.dim() not in (1, 2):
+        raise FastalError(f"{name}: expected shape [N] or [N, D], got {list(values.shape)}")
+    if seg.dim() != 1 or seg.shape[0] != values.shape[0]:
+        raise FastalError(f"seg: expected shape [{values.shape[0]}] to match {name}, got {list(seg.shape)}")
+    _check_ids("seg", seg, num_segments, "num_segments")
+
+
+def segment_sum(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Sum of the rows of each segment: ``out[s] = values[seg == s].sum(0)``.
+
+    Shapes: ``values`` [N, D] or [N] (any float dtype), ``seg`` [N] integer ids in
+    ``[0, num_segments)`` -> [num_segments, D] or [num_segments]; empty segments give 0.
+    Accumulates and returns float32 (float64 for float64 input). Deterministic on both devices
+    (each segment is reduced in a fixed order, no atomics).
+
+    >>> values, seg = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), torch.tensor([0, 2, 0])
+    >>> segment_sum(values, seg, 3).tolist()
+    [[6.0, 8.0], [0.0, 0.0], [3.0, 4.0]]
+    """
+    _check_segments(values, seg, num_segments, "values")
+    return _backend(values, seg).segment_sum(values, seg, num_segments)
+
+
+def segment_mean(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Mean of the rows of each segment; same shapes and dtypes as :func:`segment_sum`.
+
+    Empty segments give 0. Deterministic.
+
+    >>> values, seg = torch.tensor([1.0, 2.0, 6.0]), torch.tensor([1, 1, 1])
+    >>> segment_mean(values, seg, 2)
+    tensor([0., 3.])
+    """
+    _check_segments(values, seg, num_segments, "values")
+    return _backend(values, seg).segment_mean(values, seg, num_segments)
+
+
+def segment_argmax(scores: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Index into ``scores`` of each segment's largest score -> int64 [num_segments].
+
+    ``scores`` [N] any float dtype, ``seg`` [N]. Ties go to the lowest index, NaN counts as the
+    largest value (as in ``torch.argmax``), an empty segment gives -1. Deterministic.
+
+    >>> scores, seg = torch.tensor([0.5, 0.9, 0.9, 0.1]), torch.tensor([0, 0, 0, 2])
+    >>> segment_argmax(scores, seg, 3)
+    tensor([ 1, -1,  3])
+    """
+    if scores.dim() != 1:
+        raise FastalError(f"scores: expected shape [N], got {list(scores.shape)}")
+    _check_segments(scores, seg, num_segments, "scores")
+    return _backend(scores, seg).segment_argmax(scores, seg, num_segments)
+
+
+def _check_maps(name: str, maps: torch.Tensor, sp: torch.Tensor, num_sp: int) -> None:
+    _check_float(name, maps)
+    if maps.dim() != 4:
+        raise FastalError(f"{name}: expected shape [B, D, h, w], got {list(maps.shape)}")
+    if sp.dim() != 3 or sp.shape[0] != maps.shape[0]:
+        raise FastalError(f"sp: expected shape [{maps.shape[0]}, H, W] to match {name}, got {list(sp.shape)}")
+    if min(maps.shape[2:]) < 1 and sp.numel():
+        raise FastalError(f"{name}: empty spatial size {list(maps.shape[2:])} cannot be upsampled")
+    _check_ids("sp", sp, num_sp, "num_sp")
+
+
+def superpixel_mean_features(feat: torch.Tensor, sp: torch.Tensor, num_sp: int) -> torch.Tensor:
+    """Per-superpixel mean of ``feat`` bilinearly upsampled to ``sp``'s size -> float32 [num_sp, D].
+
+    ``feat`` [B, D, h, w] (any float dtype), ``sp`` [B, H, W] integer superpixel ids in
+    ``[0, num_sp)``. Equals ``F.interpolate(feat, (H, W), mode="bilinear", align_corners=False)``
+    followed by a per-superpixel mean, but never builds the upsampled map: every full-resolution
+    pixel spreads its four bilinear weights over low-resolution cells. Empty superpixels give 0.
+    Accumulates in float32 (cell weights in float64 on the CPU). Deterministic.
+
+    >>> feat, sp = torch.randn(1, 128, 45, 60), torch.randint(0, 700, (1, 360, 480))
+    >>> superpixel_mean_features(feat, sp, 700).shape
+    torch.Size([700, 128])
+    """
+    _check_maps("feat", feat, sp, num_sp)
+    return _backend(feat, sp).superpixel_mean_features(feat, sp, num_sp)
+
+
+def superpixel_entropy_sum(logits: torch.Tensor, sp: torch.Tensor, num_sp: int) -> torch.Tensor:
+    """Per-superpixel sum of the base-2 softmax entropy of upsampled ``logits`` -> float32 [num_sp].
+
+    ``logits`` [B, C, h, w] (any float dtype), ``sp`` [B, H, W] ids in ``[0, num_sp)``. For each
+    full-resolution pixel the C logits are interpolated (``align_corners=False``), softmaxed and
+    ``-sum p log2 p`` is added to its superpixel, fused: no full-resolution map is written.
+    Accumulates in float32 (float64 per-thread totals on the CPU). Deterministic.
+
+    >>> logits, sp = torch.zeros(1, 4, 2, 2), torch.zeros(1, 8, 8, dtype=torch.int64)
+    >>> superpixel_entropy_sum(logits, sp, 1)  # 64 pixels of uniform 4-way softmax: 2 bits each
+    tensor([128.])
+    """
+    _check_maps("logits", logits, sp, num_sp)
+    return _backend(logits, sp).superpixel_entropy_sum(logits, sp, num_sp)

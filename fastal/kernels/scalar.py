@@ -1,0 +1,37 @@
+"""Scalar helpers written once in plain Python and compiled by each backend (numba CPU, numba.cuda)."""
+
+from __future__ import annotations
+
+import math
+
+
+def argmax_better(value: float, index: int, best: float, best_index: int) -> bool:
+    """Whether ``(value, index)`` beats the running ``(best, best_index)`` of an argmax.
+
+    NaN counts as the largest value (as in ``torch.argmax``); ties go to the lower index; a
+    negative ``best_index`` means nothing was seen yet.
+    """
+    if best_index < 0:
+        return True
+    if value != value:
+        return best == best or index < best_index
+    if best != best:
+        return False
+    return value > best or (value == best and index < best_index)
+
+
+def bf16_bits_to_float(bits: int) -> float:
+    """The value of a bfloat16 given its 16 bits (numba has no bfloat16 type, so kernels read the bits).
+
+    bfloat16 is the top half of a float32: 1 sign, 8 exponent, 7 mantissa bits.
+    """
+    b = bits & 0xFFFF
+    exponent = (b >> 7) & 0xFF
+    mantissa = b & 0x7F
+    if exponent == 0xFF:
+        v = math.inf if mantissa == 0 else math.nan
+    elif exponent == 0:
+        v = math.ldexp(mantissa, -133)
+    else:
+        v = math.ldexp(mantissa | 0x80, exponent - 134)
+    return -v if b & 0x8000 else v
