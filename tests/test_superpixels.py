@@ -271,3 +271,11 @@ def test_bad_cache_arguments_touch_nothing(tmp_path, kwargs, message):
     with pytest.raises(FastalError, match=message):
         build_cache(small_synthetic(1), cache_dir=tmp_path / "cache", show_progress=False, **kwargs)
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.camvid
+def test_camvid_superpixels_are_pure(camvid_root, tmp_path):
+    ds = load_dataset("camvid", root=camvid_root, scale=0.5, limit=3)
+    cache = build_cache(ds, superpixels=1000, cache_dir=tmp_path, workers=1, show_progress=False)
+    assert cache.manifest["grids"]["180x240"]["realised"] == seeds_grid(180, 240, 1000).realised
+    assert cache.purity >= 0.9
