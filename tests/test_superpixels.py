@@ -279,3 +279,10 @@ def test_camvid_superpixels_are_pure(camvid_root, tmp_path):
     cache = build_cache(ds, superpixels=1000, cache_dir=tmp_path, workers=1, show_progress=False)
     assert cache.manifest["grids"]["180x240"]["realised"] == seeds_grid(180, 240, 1000).realised
     assert cache.purity >= 0.9
+
+
+def test_unwritable_cache_root_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(FastalError, match="cannot write the superpixel cache"):
+        build_cache(small_synthetic(1), superpixels=40, cache_dir=blocker / "cache", workers=1, show_progress=False)

@@ -431,8 +431,8 @@ def build_cache(
         cache.reused = True
         return cache
     created = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
     try:
+        root.mkdir(parents=True, exist_ok=True)
         with _locked(root):
             cache = _open_valid(path, content_hash)  # another process may have built it meanwhile
             if cache is not None:
@@ -456,9 +456,11 @@ def build_cache(
                     **summary,
                 }
                 atomic_write_json(tmp / "manifest.json", manifest)
-    except BaseException:
+    except BaseException as e:
         if created:
             with contextlib.suppress(OSError):
                 root.rmdir()  # only if empty: leave nothing behind when the first build fails
+        if isinstance(e, OSError):
+            raise FastalError(f"{path}: cannot write the superpixel cache ({e.strerror or e})") from None
         raise
     return SuperpixelCache(path)
