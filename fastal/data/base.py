@@ -31,25 +31,18 @@ def parse_size(size: str | tuple[int, int] | list[int] | None) -> tuple[int, int
     """``"360x480"`` or ``(360, 480)`` -> ``(360, 480)`` (height, width); both must be >= 1."""
     if size is None:
         return None
-    if isinstance(size, str):
-        parts = size.lower().split("x")
-        try:
-            hw = tuple(int(p) for p in parts)
-        except ValueError:
-            hw = ()
-    else:
-        hw = tuple(int(p) for p in size)
+    parts = size.lower().split("x") if isinstance(size, str) else size
+    try:
+        hw = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        hw = ()
     if len(hw) != 2 or min(hw) < 1:
         raise FastalError(f"size {size!r}: expected HxW with positive integers, e.g. 360x480")
     return hw  # type: ignore[return-value]
 
 
-def resized_shape(
-    shape: tuple[int, int], scale: float | None, size: tuple[int, int] | None
-) -> tuple[int, int]:
-    """The (H, W) an image of raw ``shape`` has after resizing by ``scale`` or to ``size``."""
-    if size is not None:
-        return size
+def resized_shape(shape: tuple[int, int], scale: float | None) -> tuple[int, int]:
+    """The (H, W) an image of raw ``shape`` has after resizing by ``scale`` (rounded, >= 1)."""
     if scale is None or scale == 1.0:
         return shape
     return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
@@ -226,7 +219,7 @@ class SegDataset:
         if self.size is not None:
             return self.size
         if i not in self._shapes:
-            self._shapes[i] = resized_shape(self._raw_shape(i), self.scale, None)
+            self._shapes[i] = resized_shape(self._raw_shape(i), self.scale)
         return self._shapes[i]
 
     def identity(self) -> dict[str, Any]:
