@@ -8,6 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastal.data import DATASETS, load_dataset
 from fastal.data.base import resize_pair
@@ -98,6 +100,13 @@ def test_synthetic_size_and_scale():
     ds = load_dataset("synthetic", num_images=2, scale=0.5)
     assert ds.image_shape(0) == (60, 80) and ds[0][1].shape == (60, 80)
     assert len(load_dataset("synthetic", limit=3)) == 3
+
+
+@settings(max_examples=25)
+@given(h=st.integers(1, 70), w=st.integers(1, 90), index=st.integers(0, 10**6))
+def test_synthetic_any_size_gives_valid_items(h, w, index):
+    ds = load_dataset("synthetic", num_images=index + 1, size=(h, w))
+    check_item(ds, index)
 
 
 def test_resize_nearest_keeps_label_values_and_bilinear_image():
