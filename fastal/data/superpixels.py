@@ -299,8 +299,9 @@ def _build(ds: SegDataset, params: dict[str, Any], out: Path, workers: int, show
         raise FastalError(f"{ds.name}: an image of {shapes.prod(1).max()} pixels is too large")
     total = int(pixel_offsets[-1])
     for name, dtype in (("labels", label_dtype), ("order", np.uint32)):
-        # Only the header and the file size: workers fill it through their own memory maps.
-        open_memmap(out / f"{name}.npy", mode="w+", dtype=dtype, shape=(total,))._mmap.close()
+        # Only the header and the file size here: workers fill it through their own memory maps.
+        empty = open_memmap(out / f"{name}.npy", mode="w+", dtype=dtype, shape=(total,))
+        del empty
 
     sizes: list[np.ndarray] = [np.empty(0, np.int64)] * n
     pure_sum, pure_n = 0.0, 0
