@@ -417,6 +417,8 @@ def build_cache(
     (dataset, split, root, resize, image ids) and the parameters; a cache there whose content
     hash (file sizes and mtimes, parameters, code version) differs is rebuilt. The build runs
     in ``workers`` processes (default: all cores) and is atomic: it appears whole or not at all.
+    Workers start with ``forkserver``: a script calling this with ``workers > 1`` needs the
+    usual ``if __name__ == "__main__":`` guard.
     """
     params = cache_params(superpixels, space, iterations, prior, histogram_bins)
     if workers is not None and workers < 1:
