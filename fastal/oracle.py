@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from fastal.data.superpixels import class_histograms
 from fastal.errors import FastalError
 from fastal.pool import IGNORE, LABEL_MODES, check_ids, global_to_local
 
@@ -60,18 +61,6 @@ class OracleAnswer:
     def noise(self) -> float:
         """Fraction of labelled non-ignore pixels whose label is wrong."""
         return self.noisy_pixels / self.valid_pixels if self.valid_pixels else 0.0
-
-
-def superpixel_histograms(local_sp: np.ndarray, truth: np.ndarray, count: int, num_classes: int) -> np.ndarray:
-    """Per-superpixel class histogram of one image: int64 [count, num_classes + 1].
-
-    Column ``num_classes`` counts ignore pixels. One bincount over
-    ``local id * (num_classes + 1) + class``.
-    """
-    width = num_classes + 1
-    cls = np.where(truth == IGNORE, num_classes, truth).astype(np.int64)
-    key = local_sp.astype(np.int64).ravel() * width + cls.ravel()
-    return np.bincount(key, minlength=count * width).reshape(count, width)
 
 
 def answer_from_histograms(mode: str, ids: np.ndarray, hist: np.ndarray) -> OracleAnswer:
@@ -149,7 +138,7 @@ class Oracle:
                     f"superpixel cache does not match image {i}: map holds id {int(local_sp.max())}, "
                     f"offsets give {count} superpixels; rebuild the cache"
                 )
-            hist[rows] = superpixel_histograms(local_sp, y, count, self.num_classes)[local[rows]]
+            hist[rows] = class_histograms(local_sp, y, count, self.num_classes)[local[rows]]
         answer = answer_from_histograms(self.mode, gids, hist)
         stale = answer.pixels != self.sizes[gids]
         if stale.any():

@@ -137,17 +137,28 @@ def seeds_superpixels(
     return remap[raw], int(present.sum())
 
 
+def class_histograms(
+    local: np.ndarray, label: np.ndarray, count: int, num_classes: int, ignore_index: int = IGNORE
+) -> np.ndarray:
+    """Per superpixel, its pixels of each class: int64 [count, num_classes + 1].
+
+    The last column counts ignore pixels. One bincount over ``local id * (C + 1) + class``.
+    """
+    label = label.ravel()
+    cls = np.where(label == ignore_index, num_classes, label).astype(np.int64)
+    if (cls > num_classes).any():
+        raise FastalError(f"label values {np.unique(cls[cls > num_classes])} >= {num_classes} classes")
+    width = num_classes + 1
+    key = local.ravel().astype(np.int64) * width + cls
+    return np.bincount(key, minlength=count * width).reshape(count, width)
+
+
 def dominant(
     local: np.ndarray, label: np.ndarray, count: int, num_classes: int, ignore_index: int = IGNORE
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per superpixel: dominant class (-1 when all its pixels are ignore; ties -> lowest class),
     pixels of that class, and non-ignore pixels. All int64 [count]."""
-    local, label = local.ravel().astype(np.int64), label.ravel()
-    keep = label != ignore_index
-    if (label[keep] >= num_classes).any():
-        raise FastalError(f"label values {np.unique(label[keep][label[keep] >= num_classes])} >= {num_classes} classes")
-    hist = np.bincount(local[keep] * num_classes + label[keep], minlength=count * num_classes)
-    hist = hist.reshape(count, num_classes)
+    hist = class_histograms(local, label, count, num_classes, ignore_index)[:, :-1]
     labelled = hist.sum(1)
     cls = np.where(labelled > 0, hist.argmax(1), -1)
     return cls, hist.max(1), labelled
