@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastal.atomic import atomic_write_bytes
+from fastal.data.base import IGNORE
 from fastal.errors import FastalError
 
 if TYPE_CHECKING:
     from fastal.oracle import OracleAnswer
 
-IGNORE = 255
 LABEL_MODES = ("dominant", "full")
 _FORMAT_VERSION = 1
 # Arrays of the saved state besides offsets/sizes: name -> dtype.
