@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 def argmax_better(value: float, index: int, best: float, best_index: int) -> bool:
     """Whether ``(value, index)`` beats the running ``(best, best_index)`` of an argmax.
@@ -25,13 +27,14 @@ def bf16_bits_to_float(bits: int) -> float:
 
     bfloat16 is the top half of a float32: 1 sign, 8 exponent, 7 mantissa bits.
     """
-    b = bits & 0xFFFF
+    b = np.int32(bits) & 0xFFFF  # int16 bits are sign-extended: keep the low 16
     exponent = (b >> 7) & 0xFF
     mantissa = b & 0x7F
+    # A float32 mantissa selects numba.cuda's float32 ldexp.
     if exponent == 0xFF:
-        v = math.inf if mantissa == 0 else math.nan
+        v = np.float32(math.inf) if mantissa == 0 else np.float32(math.nan)
     elif exponent == 0:
-        v = math.ldexp(mantissa, -133)
+        v = math.ldexp(np.float32(mantissa), -133)
     else:
-        v = math.ldexp(mantissa | 0x80, exponent - 134)
+        v = math.ldexp(np.float32(mantissa | 0x80), int(exponent) - 134)
     return -v if b & 0x8000 else v

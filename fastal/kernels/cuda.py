@@ -1,0 +1,314 @@
+"""CUDA implementations: numba.cuda kernels behind the public signatures.
+
+Every reduction walks each segment's elements in sorted order: ``torch.sort`` on the device gives
+the order, ``bincount`` + ``cumsum`` the segment bounds, and one thread block per segment reduces
+its elements in registers and shared memory and writes the result once. There are no atomics, so
+results are deterministic and no global atomic is issued per (pixel, channel).
+
+Tensors go in zero-copy through ``__cuda_array_interface__`` (``cuda.as_cuda_array``) and kernels
+launch on torch's current stream. Values accumulate in float32 (float64 for float64 input to the
+segment ops); fp16 is read natively and bfloat16, which numba has no type for, is read as int16
+bits and decoded in the kernel. Under ``NUMBA_ENABLE_CUDASIM=1`` the same kernels run in numba's
+CUDA simulator on CPU tensors (numpy views), which is how CI tests them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from numba import cuda
+from numba.core import config
+
+from fastal.errors import FastalError
+from fastal.kernels.bilinear import bilinear_taps
+from fastal.kernels.scalar import argmax_better, bf16_bits_to_float
+
+SIMULATED = bool(config.ENABLE_CUDASIM)
+MAX_THREADS = 256  # threads per block on a GPU; shared buffers are sized for it
+# The simulator runs every thread as a Python thread: small blocks keep CI fast.
+THREADS = 32 if SIMULATED else MAX_THREADS
+_INV_LN2 = np.float32(1 / math.log(2))  # nats to bits, a float32 constant (kernels stay in float32)
+
+_better = cuda.jit(device=True)(argmax_better)
+_bf16 = cuda.jit(device=True)(bf16_bits_to_float)
+
+
+@cuda.jit(device=True)
+def _load_f32(x):  # pragma: no cover - compiled
+    return np.float32(x)
+
+
+@cuda.jit(device=True)
+def _load_f64(x):  # pragma: no cover - compiled
+    return np.float64(x)
+
+
+@cuda.jit(device=True)
+def _load_bf16(x):  # pragma: no cover - compiled
+    return _bf16(x)
+
+
+@cuda.jit(device=True)
+def _tree_sum(buf, tx, ty, bx, by):  # pragma: no cover - compiled
+    """Sum ``buf[ty * bx + tx]`` over ty (by a power of two) into ``buf[tx]``; all threads must call."""
+    cuda.syncthreads()
+    half = by // 2
+    while half > 0:
+        if ty < half:
+            buf[ty * bx + tx] += buf[(ty + half) * bx + tx]
+        cuda.syncthreads()
+        half //= 2
+
+
+# How values of each storage kind are read and accumulated.
+_KINDS = {
+    "f32": (_load_f32, np.float32),  # float16 and float32
+    "f64": (_load_f64, np.float64),
+    "bf16": (_load_bf16, np.float32),  # int16 bits of bfloat16
+}
+
+
+@functools.cache
+def kernels(kind: str) -> SimpleNamespace:
+    """The kernels for one storage kind of the input values (see ``_KINDS``); compiled on first launch."""
+    load, acc_t = _KINDS[kind]
+
+    @cuda.jit
+    def segment_sum(values, perm, indptr, out):  # pragma: no cover - compiled
+        # values (N, D), out (S, D); block (bx over D, by over rows), one block per segment.
+        s = cuda.blockIdx.x
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        bx, by = cuda.blockDim.x, cuda.blockDim.y
+        buf = cuda.shared.array(MAX_THREADS, np.float64)
+        start, stop = indptr[s], indptr[s + 1]
+        for d0 in range(0, values.shape[1], bx):
+            d = d0 + tx
+            acc = acc_t(0)
+            if d < values.shape[1]:
+                for k in range(start + ty, stop, by):
+                    acc += load(values[perm[k], d])
+            buf[ty * bx + tx] = acc
+            _tree_sum(buf, tx, ty, bx, by)
+            if ty == 0 and d < values.shape[1]:
+                out[s, d] = buf[tx]
+            cuda.syncthreads()
+
+    @cuda.jit
+    def segment_argmax(scores, perm, indptr, out):  # pragma: no cover - compiled
+        s = cuda.blockIdx.x
+        tid, nthreads = cuda.threadIdx.x, cuda.blockDim.x
+        best_value = cuda.shared.array(MAX_THREADS, np.float64)
+        best_index = cuda.shared.array(MAX_THREADS, np.int64)
+        value, index = np.float64(0), np.int64(-1)
+        for k in range(indptr[s] + tid, indptr[s + 1], nthreads):
+            i = perm[k]
+            v = np.float64(load(scores[i]))
+            if _better(v, i, value, index):
+                value, index = v, i
+        best_value[tid], best_index[tid] = value, index
+        cuda.syncthreads()
+        half = nthreads // 2
+        while half > 0:
+            if tid < half and _better(best_value[tid + half], best_index[tid + half], best_value[tid], best_index[tid]):
+                best_value[tid], best_index[tid] = best_value[tid + half], best_index[tid + half]
+            cuda.syncthreads()
+            half //= 2
+        if tid == 0:
+            out[s] = best_index[0]
+
+    @cuda.jit
+    def pool_features(cells, perm, indptr, y0, y1, ly, x0, x1, lx, h, w, out):  # pragma: no cover
+        # cells (B*h*w, D) channel-last low-res map; perm: flat full-res pixels (b*H + y)*W + x
+        # grouped by superpixel; out (S, D) sums of the bilinearly upsampled rows.
+        s = cuda.blockIdx.x
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        bx, by = cuda.blockDim.x, cuda.blockDim.y
+        height, width, depth = y0.shape[0], x0.shape[0], cells.shape[1]
+        buf = cuda.shared.array(MAX_THREADS, np.float64)
+        start, stop = indptr[s], indptr[s + 1]
+        for d0 in range(0, depth, bx):
+            d = d0 + tx
+            acc = np.float32(0)
+            if d < depth:
+                for k in range(start + ty, stop, by):
+                    p = perm[k]
+                    r = p // width
+                    x = p - r * width
+                    b = r // height
+                    y = r - b * height
+                    top = (b * h + y0[y]) * w
+                    bottom = (b * h + y1[y]) * w
+                    a = load(cells[top + x0[x], d])
+                    upper = a + lx[x] * (load(cells[top + x1[x], d]) - a)
+                    a = load(cells[bottom + x0[x], d])
+                    lower = a + lx[x] * (load(cells[bottom + x1[x], d]) - a)
+                    acc += upper + ly[y] * (lower - upper)
+            buf[ty * bx + tx] = acc
+            _tree_sum(buf, tx, ty, bx, by)
+            if ty == 0 and d < depth:
+                out[s, d] = buf[tx]
+            cuda.syncthreads()
+
+    @cuda.jit
+    def entropy_sum(cells, perm, indptr, y0, y1, ly, x0, x1, lx, h, w, out):  # pragma: no cover
+        # cells (B*h*w, C) channel-last logits; one thread per full-res pixel of the segment, an
+        # online softmax over the C interpolated logits (one pass, nothing stored per pixel).
+        s = cuda.blockIdx.x
+        tid, nthreads = cuda.threadIdx.x, cuda.blockDim.x
+        height, width, classes = y0.shape[0], x0.shape[0], cells.shape[1]
+        buf = cuda.shared.array(MAX_THREADS, np.float64)
+        acc = np.float32(0)
+        for k in range(indptr[s] + tid, indptr[s + 1], nthreads):
+            p = perm[k]
+            r = p // width
+            x = p - r * width
+            b = r // height
+            y = r - b * height
+            top = (b * h + y0[y]) * w
+            bottom = (b * h + y1[y]) * w
+            top0, top1, bottom0, bottom1 = top + x0[x], top + x1[x], bottom + x0[x], bottom + x1[x]
+            wx, wy = lx[x], ly[y]
+            # total = sum e_c, weighted = sum e_c (z_c - zmax), e_c = exp(z_c - zmax), zmax running.
+            zmax, total, weighted = np.float32(0), np.float32(0), np.float32(0)
+            for c in range(classes):
+                a = load(cells[top0, c])
+                upper = a + wx * (load(cells[top1, c]) - a)
+                a = load(cells[bottom0, c])
+                lower = a + wx * (load(cells[bottom1, c]) - a)
+                z = upper + wy * (lower - upper)
+                if c == 0:
+                    zmax, total = z, np.float32(1)
+                elif z > zmax:
+                    shift = zmax - z
+                    scale = math.exp(shift)
+                    weighted = scale * (weighted + shift * total)
+                    total = scale * total + np.float32(1)
+                    zmax = z
+                else:
+                    e = math.exp(z - zmax)
+                    total += e
+                    weighted += e * (z - zmax)
+            if classes > 0:
+                acc += (math.log(total) - weighted / total) * _INV_LN2
+        buf[tid] = acc
+        _tree_sum(buf, 0, tid, 1, nthreads)
+        if tid == 0:
+            out[s] = buf[0]
+
+    return SimpleNamespace(
+        segment_sum=segment_sum, segment_argmax=segment_argmax, pool_features=pool_features, entropy_sum=entropy_sum
+    )
+
+
+def _require_gpu() -> None:
+    if not SIMULATED and not cuda.is_available():
+        raise FastalError(
+            "CUDA tensors given, but numba.cuda finds no usable GPU (driver or NVVM missing?); "
+            "move the tensors to the CPU or fix the numba CUDA install"
+        )
+
+
+def _kind(t: torch.Tensor) -> str:
+    return {torch.bfloat16: "bf16", torch.float64: "f64"}.get(t.dtype, "f32")
+
+
+def _device_array(t):
+    """Zero-copy numba view of a tensor (bf16 as its int16 bits); scalars pass through."""
+    if not isinstance(t, torch.Tensor):
+        return t
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    if SIMULATED:  # the simulator copies arguments in and out and insists on contiguous buffers
+        return np.ascontiguousarray(t.numpy())
+    return cuda.as_cuda_array(t)  # strided views are fine: kernels index through the strides
+
+
+def _launch(kernel, grid: int, block: tuple[int, ...], device: torch.device, *args) -> None:
+    if grid == 0:
+        return
+    if SIMULATED:
+        kernel[grid, block](*map(_device_array, args))
+        return
+    with cuda.gpus[device.index if device.index is not None else torch.cuda.current_device()]:
+        stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
+        kernel[grid, block, stream](*map(_device_array, args))
+
+
+def _csr(seg: torch.Tensor, num_segments: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(perm, indptr): element indices grouped by segment (ascending within one), segment bounds."""
+    seg = seg.reshape(-1)
+    key = seg.to(torch.int32) if num_segments < 2**31 else seg.to(torch.int64)  # 32-bit keys sort faster
+    perm = torch.sort(key, stable=True).indices
+    indptr = torch.zeros(num_segments + 1, dtype=torch.int64, device=seg.device)
+    torch.cumsum(torch.bincount(key, minlength=num_segments), 0, out=indptr[1:])
+    return perm, indptr
+
+
+def _rows_block(depth: int) -> tuple[int, int]:
+    """(bx, by): bx threads across channels (a power of two up to a warp), by across rows."""
+    bx = min(32, 1 << max(0, depth - 1).bit_length())
+    return bx, THREADS // bx
+
+
+def _segment_sum(values: torch.Tensor, seg: torch.Tensor, num_segments: int, mean: bool) -> torch.Tensor:
+    _require_gpu()
+    rows = values.reshape(values.shape[0], -1)  # (N, D); D = 1 for [N]
+    acc_dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
+    out = torch.zeros((num_segments, rows.shape[1]), dtype=acc_dtype, device=values.device)
+    perm, indptr = _csr(seg, num_segments)
+    k = kernels(_kind(values))
+    _launch(k.segment_sum, num_segments, _rows_block(rows.shape[1]), values.device, rows, perm, indptr, out)
+    if mean:
+        out /= torch.diff(indptr).clamp_(min=1).to(acc_dtype)[:, None]
+    return out.reshape(num_segments, *values.shape[1:])
+
+
+def segment_sum(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
+    return _segment_sum(values, seg, num_segments, mean=False)
+
+
+def segment_mean(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
+    return _segment_sum(values, seg, num_segments, mean=True)
+
+
+def segment_argmax(scores: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
+    _require_gpu()
+    out = torch.empty(num_segments, dtype=torch.int64, device=scores.device)
+    perm, indptr = _csr(seg, num_segments)
+    _launch(kernels(_kind(scores)).segment_argmax, num_segments, (THREADS,), scores.device, scores, perm, indptr, out)
+    return out
+
+
+def _upsampling_args(maps: torch.Tensor, sp: torch.Tensor) -> tuple:
+    """Channel-last low-res cells (B*h*w, C) and the bilinear taps, on the device."""
+    # One small copy of the low-res map (float64 narrowed to float32; the result is float32).
+    cells = maps.permute(0, 2, 3, 1).to(torch.float32 if maps.dtype == torch.float64 else maps.dtype)
+    cells = cells.contiguous().reshape(-1, maps.shape[1])
+    (h, w), (height, width) = maps.shape[-2:], sp.shape[-2:]
+    taps = [torch.from_numpy(a).to(maps.device) for a in (*bilinear_taps(h, height), *bilinear_taps(w, width))]
+    return cells, taps, h, w
+
+
+def superpixel_mean_features(feat: torch.Tensor, sp: torch.Tensor, num_sp: int) -> torch.Tensor:
+    _require_gpu()
+    cells, taps, h, w = _upsampling_args(feat, sp)
+    out = torch.zeros((num_sp, feat.shape[1]), dtype=torch.float32, device=feat.device)
+    perm, indptr = _csr(sp, num_sp)
+    k = kernels(_kind(cells))
+    _launch(k.pool_features, num_sp, _rows_block(feat.shape[1]), feat.device, cells, perm, indptr, *taps, h, w, out)
+    return out.div_(torch.diff(indptr).clamp_(min=1).to(torch.float32)[:, None])
+
+
+def superpixel_entropy_sum(logits: torch.Tensor, sp: torch.Tensor, num_sp: int) -> torch.Tensor:
+    _require_gpu()
+    cells, taps, h, w = _upsampling_args(logits, sp)
+    out = torch.zeros(num_sp, dtype=torch.float32, device=logits.device)
+    perm, indptr = _csr(sp, num_sp)
+    k = kernels(_kind(cells))
+    _launch(k.entropy_sum, num_sp, (THREADS,), logits.device, cells, perm, indptr, *taps, h, w, out)
+    return out
