@@ -1,0 +1,163 @@
+"""Score the pool: stream images through the teacher and keep one row per superpixel.
+
+Per batch the network's per-pixel maps (B x 128 x h x w features, B x C x h x w logits) are
+reduced at once by :mod:`fastal.kernels` to rows of the pool-wide matrices and then dropped,
+so memory holds one batch of maps plus (N_sp x 128) floats.
+
+Rows follow ``image_indices`` (each image's superpixels in local-id order), so row r is
+superpixel ``gids[r]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fastal.errors import FastalError
+
+
+@dataclass
+class PoolScores:
+    """Per-superpixel scores of a pool; tensors on the scoring device, ``gids`` on the host.
+
+    ``features`` (N, D) float32 mean projection feature; ``entropy`` (N,) summed base-2 pixel
+    entropy; ``margin`` (N,) top-1 minus top-2 of the superpixel's mean softmax (small = uncertain);
+    ``gids`` (N,) np.int64 global superpixel ids of the rows.
+    """
+
+    features: torch.Tensor
+    entropy: torch.Tensor
+    margin: torch.Tensor
+    gids: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.gids.shape[0])
+
+
+class _ImagesWithSuperpixels(torch.utils.data.Dataset):
+    """(position, image uint8 HWC, local superpixel ids HW int64) for positions in ``image_indices``."""
+
+    def __init__(self, ds: Any, cache: Any, image_indices: np.ndarray) -> None:
+        self.ds, self.cache, self.image_indices = ds, cache, image_indices
+
+    def __len__(self) -> int:
+        return len(self.image_indices)
+
+    def __getitem__(self, pos: int) -> tuple[int, np.ndarray, np.ndarray]:
+        i = int(self.image_indices[pos])
+        image, _ = self.ds[i]
+        sp = np.asarray(self.cache.local(i), dtype=np.int64)
+        if sp.shape != image.shape[:2]:
+            raise FastalError(
+                f"image {i}: superpixel map {sp.shape} does not match the image {image.shape[:2]} "
+                "(rebuild the cache with `fastal prepare`)"
+            )
+        return pos, np.ascontiguousarray(image), sp
+
+
+def _collate(items: list[tuple[int, np.ndarray, np.ndarray]]) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    pos = [p for p, _, _ in items]
+    images = torch.from_numpy(np.stack([im for _, im, _ in items]))
+    sps = torch.from_numpy(np.stack([sp for _, _, sp in items]))
+    return pos, images, sps
+
+
+def _same_shape_batches(ds: Any, image_indices: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Positions grouped into batches of images with one shape, in order within each shape."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for pos, i in enumerate(image_indices):
+        groups.setdefault(tuple(ds.image_shape(int(i))), []).append(pos)
+    return [g[s : s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
+
+
+def score_pool(
+    teacher: torch.nn.Module,
+    ds: Any,
+    cache: Any,
+    image_indices: np.ndarray | list[int],
+    device: torch.device | str,
+    batch_size: int = 8,
+    amp: bool | None = None,
+    num_workers: int | None = None,
+    show_progress: bool = True,
+) -> PoolScores:
+    """Mean feature, summed entropy and margin of every superpixel of ``image_indices``.
+
+    ``teacher(x)`` returns ``(logits (B, C, h, w), emb (B, D, h, w))``. ``amp``: bf16 autocast
+    (default on CUDA, off on CPU). ``num_workers``: loader processes (default 2 on CUDA, 0 on
+    CPU, where the network already uses every core). Deterministic on CPU.
+
+    Example::
+
+        scores = score_pool(trainer.teacher, ds, cache, np.arange(len(ds)), "cpu")
+        scores.features.shape  # (cache.num_superpixels, 128)
+    """
+    from fastal.kernels import superpixel_entropy_sum, superpixel_mean_features
+    from fastal.progress import progress
+    from fastal.train import to_tensor_batch
+
+    device = torch.device(device)
+    image_indices = np.asarray(image_indices, dtype=np.int64).reshape(-1)
+    if image_indices.size and (image_indices.min() < 0 or image_indices.max() >= cache.num_images):
+        raise FastalError(f"image_indices outside 0..{cache.num_images - 1}")
+    if batch_size < 1:
+        raise FastalError(f"batch_size = {batch_size}: must be >= 1")
+    cuda = device.type == "cuda"
+    amp = cuda if amp is None else amp
+    counts = np.asarray(cache.counts, dtype=np.int64)[image_indices]
+    row_start = np.concatenate([[0], np.cumsum(counts)])  # first row of each position
+    n = int(row_start[-1])
+    gids = np.concatenate(
+        [np.arange(cache.offsets[i], cache.offsets[i + 1], dtype=np.int64) for i in image_indices]
+        or [np.zeros(0, np.int64)]
+    )
+    features: torch.Tensor | None = None
+    entropy = torch.zeros(n, dtype=torch.float32, device=device)
+    margin = torch.zeros(n, dtype=torch.float32, device=device)
+    loader = torch.utils.data.DataLoader(
+        _ImagesWithSuperpixels(ds, cache, image_indices),
+        batch_sampler=_same_shape_batches(ds, image_indices, batch_size),
+        collate_fn=_collate,
+        num_workers=(2 if cuda else 0) if num_workers is None else num_workers,
+        pin_memory=cuda,
+    )
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.inference_mode(), progress(transient=True) as bar:
+            task = bar.add_task("scoring pool", total=len(image_indices), visible=show_progress)
+            for pos, images, sps in loader:
+                x = to_tensor_batch(images, device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits, emb = teacher(x)
+                logits, emb = logits.float(), emb.float()  # kernels accumulate in float32
+                # Batch-local ids: each image's local ids shifted past the previous images'.
+                local_counts = torch.as_tensor(counts[pos], device=device)
+                shift = torch.cumsum(local_counts, 0) - local_counts
+                sp = sps.to(device, non_blocking=True) + shift[:, None, None]
+                num_sp = int(local_counts.sum())
+                f = superpixel_mean_features(emb, sp, num_sp)  # (num_sp, D)
+                e = superpixel_entropy_sum(logits, sp, num_sp)  # (num_sp,)
+                # Margin from the superpixel's mean softmax: one more C-channel mean, no extra map kept.
+                p = superpixel_mean_features(torch.softmax(logits, 1), sp, num_sp)  # (num_sp, C)
+                top2 = torch.topk(p, 2, dim=1).values if p.shape[1] > 1 else torch.cat([p, 0 * p], 1)
+                m = top2[:, 0] - top2[:, 1]
+                if features is None:
+                    features = torch.zeros(n, f.shape[1], dtype=torch.float32, device=device)
+                off = 0
+                for q in pos:  # rows of each image: the batch's images need not be adjacent in the pool
+                    c = int(counts[q])
+                    r = int(row_start[q])
+                    features[r : r + c] = f[off : off + c]
+                    entropy[r : r + c] = e[off : off + c]
+                    margin[r : r + c] = m[off : off + c]
+                    off += c
+                bar.advance(task, len(pos))
+    finally:
+        teacher.train(was_training)
+    if features is None:
+        features = torch.zeros(0, 0, dtype=torch.float32, device=device)
+    return PoolScores(features=features, entropy=entropy, margin=margin, gids=gids)
