@@ -1,0 +1,47 @@
+"""`fastal train` and `fastal evaluate` end to end on a tiny synthetic set, and their errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fastal.cli import main
+
+
+def _run(argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code
+
+
+def test_train_full_then_evaluate_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = _run(["train", "--full", "--size", "16x24", "--num-images", "4", "--batch-size", "2",
+                 "--epochs", "1", "--out", str(out)])  # fmt: skip
+    assert code in (0, None)
+    record = json.loads((out / "train.json").read_text())
+    assert record["full"] and record["history"][0]["steps"] == 2
+    assert len(record["per_class_iou"]) == 11
+
+    code = _run(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--size", "16x24",
+                 "--json", str(tmp_path / "ev.json")])  # fmt: skip
+    assert code in (0, None)
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    assert ev["miou"] == pytest.approx(record["miou"])  # same teacher, same val split
+    assert len(ev["per_class_iou"]) == 11
+    assert "mIoU" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["evaluate", "--checkpoint", "missing.pt"], "checkpoint missing.pt does not exist"),
+        (["train", "--backbone", "vgg16"], "unknown backbone 'vgg16'"),
+        (["train", "--amp", "fp8"], "amp 'fp8'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
+    assert _run([*argv, "--out", str(tmp_path)] if argv[0] == "train" else argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().count("\n") == 0
