@@ -257,7 +257,7 @@ def _rows_block(depth: int) -> tuple[int, int]:
 
 def _segment_sum(values: torch.Tensor, seg: torch.Tensor, num_segments: int, mean: bool) -> torch.Tensor:
     _require_gpu()
-    rows = values.reshape(values.shape[0], -1)  # (N, D); D = 1 for [N]
+    rows = values.reshape(values.shape[0], math.prod(values.shape[1:]))  # (N, D); D = 1 for [N]
     acc_dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
     out = torch.zeros((num_segments, rows.shape[1]), dtype=acc_dtype, device=values.device)
     perm, indptr = _csr(seg, num_segments)

@@ -70,8 +70,9 @@ def segment_sum(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> t
     >>> segment_sum(values, seg, 3).tolist()
     [[6.0, 8.0], [0.0, 0.0], [3.0, 4.0]]
     """
+    impl = _backend(values, seg)
     _check_segments(values, seg, num_segments, "values")
-    return _backend(values, seg).segment_sum(values, seg, num_segments)
+    return impl.segment_sum(values, seg, num_segments)
 
 
 def segment_mean(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
@@ -83,8 +84,9 @@ def segment_mean(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> 
     >>> segment_mean(values, seg, 2)
     tensor([0., 3.])
     """
+    impl = _backend(values, seg)
     _check_segments(values, seg, num_segments, "values")
-    return _backend(values, seg).segment_mean(values, seg, num_segments)
+    return impl.segment_mean(values, seg, num_segments)
 
 
 def segment_argmax(scores: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
@@ -97,10 +99,11 @@ def segment_argmax(scores: torch.Tensor, seg: torch.Tensor, num_segments: int) -
     >>> segment_argmax(scores, seg, 3)
     tensor([ 1, -1,  3])
     """
+    impl = _backend(scores, seg)
     if scores.dim() != 1:
         raise FastalError(f"scores: expected shape [N], got {list(scores.shape)}")
     _check_segments(scores, seg, num_segments, "scores")
-    return _backend(scores, seg).segment_argmax(scores, seg, num_segments)
+    return impl.segment_argmax(scores, seg, num_segments)
 
 
 def _check_maps(name: str, maps: torch.Tensor, sp: torch.Tensor, num_sp: int) -> None:
@@ -127,8 +130,9 @@ def superpixel_mean_features(feat: torch.Tensor, sp: torch.Tensor, num_sp: int) 
     >>> superpixel_mean_features(feat, sp, 700).shape
     torch.Size([700, 128])
     """
+    impl = _backend(feat, sp)
     _check_maps("feat", feat, sp, num_sp)
-    return _backend(feat, sp).superpixel_mean_features(feat, sp, num_sp)
+    return impl.superpixel_mean_features(feat, sp, num_sp)
 
 
 def superpixel_entropy_sum(logits: torch.Tensor, sp: torch.Tensor, num_sp: int) -> torch.Tensor:
@@ -143,5 +147,6 @@ def superpixel_entropy_sum(logits: torch.Tensor, sp: torch.Tensor, num_sp: int) 
     >>> superpixel_entropy_sum(logits, sp, 1)  # 64 pixels of uniform 4-way softmax: 2 bits each
     tensor([128.])
     """
+    impl = _backend(logits, sp)
     _check_maps("logits", logits, sp, num_sp)
-    return _backend(logits, sp).superpixel_entropy_sum(logits, sp, num_sp)
+    return impl.superpixel_entropy_sum(logits, sp, num_sp)

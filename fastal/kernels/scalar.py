@@ -10,9 +10,11 @@ import numpy as np
 def argmax_better(value: float, index: int, best: float, best_index: int) -> bool:
     """Whether ``(value, index)`` beats the running ``(best, best_index)`` of an argmax.
 
-    NaN counts as the largest value (as in ``torch.argmax``); ties go to the lower index; a
-    negative ``best_index`` means nothing was seen yet.
+    NaN counts as the largest value (as in ``torch.argmax``); ties go to the lower index. A
+    negative index means "no element": an empty candidate never wins, anything beats an empty best.
     """
+    if index < 0:
+        return False
     if best_index < 0:
         return True
     if value != value:
