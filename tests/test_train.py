@@ -136,9 +136,13 @@ def _params(model):
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def test_bf16_autocast_on_cpu_gives_finite_loss_and_moves_weights():
-    trainer = Trainer(TrainConfig(amp="bf16", **TINY), num_classes=3, device="cpu")
-    assert trainer.amp_dtype == torch.bfloat16
+@pytest.mark.parametrize("amp,dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_autocast_on_cpu_gives_finite_loss_and_moves_weights(amp, dtype):
+    trainer = Trainer(TrainConfig(amp=amp, **TINY), num_classes=3, device="cpu")
+    assert trainer.amp_dtype == dtype
+    assert trainer.scaler.is_enabled() == (amp == "fp16")  # GradScaler only for fp16
+    with torch.autocast("cpu", dtype=dtype):
+        assert trainer.student(torch.zeros(1, 3, 16, 16))[0].dtype == dtype
     before = _params(trainer.student).clone()
     images, labels = collate([Samples()[i] for i in range(2)])
     out = [trainer.train_step(images, labels) for _ in range(2)]
