@@ -262,7 +262,7 @@ class Trainer:
         return history
 
     def state_dict(self) -> dict[str, Any]:
-        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state(), "device": self.device.type}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
@@ -303,10 +303,14 @@ class Trainer:
         trainer.scaler.load_state_dict(state["scaler"])
         trainer.bank.load_state_dict(state["bank"])
         trainer.step, trainer.epoch = state["step"], state["epoch"]
-        torch.set_rng_state(state["rng"]["torch"])
-        trainer.generator.set_state(state["rng"]["generator"])
-        if "cuda" in state["rng"] and trainer.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], trainer.device)
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["device"] == trainer.device.type:
+            trainer.generator.set_state(rng["generator"])
+        else:  # CPU and CUDA generator states do not convert; a fresh stream per step count
+            trainer.generator.manual_seed(cfg.seed * 1_000_003 + trainer.step)
+        if "cuda" in rng and trainer.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], trainer.device)
         return trainer
 
 
