@@ -3,6 +3,7 @@
 One step (:meth:`Trainer.train_step`): student forward -> CE on labelled pixels + lambda *
 InfoNCE against the memory bank -> Adam step -> EMA update of the teacher -> the teacher's
 features of the batch go into the bank (the teacher is the model that scores the pool).
+The EMA rate at step t is min(ema, 1 - 1/t), the mean-teacher warm-up.
 
 Mixed precision: ``amp="auto"`` is bf16 autocast on CUDA and fp32 on CPU; ``"bf16"``,
 ``"fp16"`` (with a GradScaler) and ``"fp32"`` force one. Losses are computed in fp32.
@@ -212,7 +213,9 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        ema_update(self.teacher, self.student, cfg.ema)
+        # Mean-teacher warm-up: early on the teacher follows the student closely, so a short
+        # run (a small AL cycle) does not leave it near the random initialisation.
+        ema_update(self.teacher, self.student, min(cfg.ema, 1.0 - 1.0 / (self.step + 1)))
         with torch.no_grad(), autocast(self.device, self.amp_dtype):
             t_logits, t_emb = self.teacher(x)
         self.bank.push(t_emb, t_logits, y_feat)

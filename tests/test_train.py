@@ -152,6 +152,17 @@ def test_autocast_on_cpu_gives_finite_loss_and_moves_weights(amp, dtype):
     assert trainer.step == 2
 
 
+def test_teacher_ema_warm_up():
+    trainer = Trainer(TrainConfig(ema=0.99, **TINY), num_classes=3, device="cpu")
+    images, labels = collate([Samples()[i] for i in range(2)])
+    trainer.train_step(images, labels)  # rate min(0.99, 1 - 1/1) = 0: the teacher copies the student
+    assert torch.equal(_params(trainer.teacher), _params(trainer.student))
+    teacher = _params(trainer.teacher).clone()
+    trainer.train_step(images, labels)  # rate 1/2
+    student = _params(trainer.student)
+    torch.testing.assert_close(_params(trainer.teacher), 0.5 * teacher + 0.5 * student)
+
+
 def test_fp32_is_the_cpu_default():
     assert Trainer(TrainConfig(**TINY), 3, "cpu").amp_dtype is None
 
@@ -218,8 +229,9 @@ def test_fully_supervised_synthetic_run_learns():
     trainer = Trainer(cfg, train.num_classes, "cpu")
     history = trainer.fit(train, progress=False)
     assert history[-1]["ce"] < history[0]["ce"]
-    m = evaluate(trainer.student, val, train.num_classes, "cpu")
-    truth = m["confusion"].sum(1)
-    constant = np.zeros_like(m["confusion"])
-    constant[:, truth.argmax()] = truth  # the best constant predictor: the majority class everywhere
-    assert m["miou"] > 2 * confusion_metrics(constant)["miou"]
+    for model in (trainer.student, trainer.teacher):
+        m = evaluate(model, val, train.num_classes, "cpu")
+        truth = m["confusion"].sum(1)
+        constant = np.zeros_like(m["confusion"])
+        constant[:, truth.argmax()] = truth  # the best constant predictor: the majority class everywhere
+        assert m["miou"] > 2 * confusion_metrics(constant)["miou"]
