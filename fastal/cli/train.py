@@ -50,7 +50,7 @@ def train(
     num_images: Optional[int] = typer.Option(None, help="Images of the synthetic train split."),
     amp: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA when available)."),
-    weights: Optional[str] = typer.Option(None, help="Backbone weights: a local state_dict file or a torchvision name."),
+    weights: Optional[str] = typer.Option(None, help="Backbone weights: local state_dict file or torchvision name."),
     seed: int = typer.Option(0, help="Seed of initialisation, shuffling, flips and the initial set."),
     out: Path = typer.Option(Path("runs/train"), help="Output folder: checkpoint.pt, train.json."),
 ) -> None:
