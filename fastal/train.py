@@ -184,7 +184,7 @@ class Trainer:
         returns the losses, or None when the batch has no labelled pixel (no step taken)."""
         cfg, C = self.cfg, self.num_classes
         x = to_tensor_batch(images, self.device, self.channels_last)  # (B, 3, H, W)
-        y = labels.to(self.device, non_blocking=True).long()  # (B, H, W)
+        y = torch.as_tensor(labels).to(self.device, non_blocking=True).long()  # (B, H, W)
         if cfg.flip:
             x, y = random_hflip(x, y, self.generator)
         self.student.train()
@@ -252,10 +252,11 @@ class Trainer:
                 try:
                     stats = train_one_epoch(
                         self, self.loader(train_samples),
-                        lambda s: bar.update(task, advance=1, description=f"epoch {self.epoch + 1} loss {s:.3f}"),
+                        lambda loss: bar.update(task, advance=1, description=f"epoch {self.epoch + 1} loss {loss:.3f}"),
                     )  # fmt: skip
                 except NonFiniteLoss as e:
-                    kept = f"the last good checkpoint {checkpoint} is kept" if checkpoint else "no checkpoint was saved"
+                    saved = checkpoint is not None and os.path.isfile(checkpoint)
+                    kept = f"the last good checkpoint {checkpoint} is kept" if saved else "no checkpoint was saved"
                     raise NonFiniteLoss(f"{e}; training stopped, {kept}", e.step) from None
                 self.epoch += 1
                 stats["epoch"] = self.epoch
@@ -318,9 +319,10 @@ class Trainer:
 
 
 def train_one_epoch(
-    trainer: Trainer, loader: DataLoader, on_step: Callable[[float], None] | None = None
+    trainer: Trainer, loader: DataLoader, on_batch: Callable[[float], None] | None = None
 ) -> dict[str, float]:
-    """One pass over ``loader``; mean loss, CE and InfoNCE over the steps taken, and throughput."""
+    """One pass over ``loader``; mean loss, CE and InfoNCE over the steps taken, and throughput.
+    ``on_batch(loss)`` follows every batch (NaN for a batch without labels, skipped)."""
     sums = {"loss": 0.0, "ce": 0.0, "nce": 0.0}
     steps = images = skipped = 0
     start = time.perf_counter()
@@ -329,12 +331,12 @@ def train_one_epoch(
         images += len(batch_images)
         if out is None:
             skipped += 1
-            continue
-        steps += 1
-        for k in sums:
-            sums[k] += out[k]
-        if on_step is not None:
-            on_step(out["loss"])
+        else:
+            steps += 1
+            for k in sums:
+                sums[k] += out[k]
+        if on_batch is not None:
+            on_batch(float("nan") if out is None else out["loss"])
     seconds = time.perf_counter() - start
     stats = {k: v / max(steps, 1) for k, v in sums.items()}
     stats.update(steps=steps, skipped=skipped, images=images, seconds=seconds, images_per_s=images / seconds)
