@@ -27,6 +27,18 @@ def _iou_table(title: str, classes: tuple[str, ...], metrics: dict[str, Any]):
     return table
 
 
+def _history_table(history: list[dict[str, Any]]):
+    from rich.table import Table
+
+    table = Table(title="training")
+    for name in ("epoch", "loss", "CE", "InfoNCE", "steps", "images/s"):
+        table.add_column(name, justify="right")
+    for h in history:
+        table.add_row(str(h["epoch"]), f"{h['loss']:.4f}", f"{h['ce']:.4f}", f"{h['nce']:.4f}", str(h["steps"]),
+                      f"{h['images_per_s']:.1f}")  # fmt: skip
+    return table
+
+
 def _json_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     """JSON has no NaN: a class absent from truth and prediction gets null."""
     return {
@@ -80,7 +92,9 @@ def train(
     history = trainer.fit(samples, progress=True, checkpoint=out / "checkpoint.pt")
     teacher = evaluate(trainer.teacher, val_ds, train_ds.num_classes, dev, amp=amp, progress=True)
     student = evaluate(trainer.student, val_ds, train_ds.num_classes, dev, amp=amp, progress=True)
-    Console().print(_iou_table(f"{dataset} val, teacher, {backbone}", train_ds.classes, teacher))
+    console = Console()
+    console.print(_history_table(history))
+    console.print(_iou_table(f"{dataset} val, teacher, {backbone}", train_ds.classes, teacher))
     atomic_write_json(
         out / "train.json",
         {
