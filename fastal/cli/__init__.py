@@ -24,6 +24,7 @@ bench_app = typer.Typer(help="Benchmarks: kernels, selection throughput.", no_ar
 app.add_typer(bench_app, name="bench")
 
 # Each module registers its commands on `app` / `bench_app` when imported.
+from fastal.cli import bench  # noqa: E402,F401
 from fastal.cli import prepare  # noqa: E402,F401
 from fastal.cli import query  # noqa: E402,F401
 from fastal.cli import report  # noqa: E402,F401

@@ -72,7 +72,9 @@ def smooth_knn_dist(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """umap-learn's ``smooth_knn_dist`` for sorted kNN distances (N, K): (sigma (N,), rho (N,)).
 
-    Vectorised over rows; each row stops updating once its search converged, as in the loop.
+    Vectorised over rows. sigma is any value whose kernel sum is within umap-learn's tolerance of
+    log2(k) (Newton; umap-learn's bisection for rows Newton leaves unsettled), then floored as in
+    umap-learn.
     """
     n, kk = dists.shape
     target = float(np.log2(k))
@@ -100,6 +102,39 @@ def smooth_knn_dist(
     rho = torch.where(some, dists[:, -1], rho)  # fewer than needed: the largest distance
 
     d = dists[:, 1:] - rho[:, None]  # umap-learn's sum skips the first neighbour
+    mid = _newton_sigma(d, target)
+    psum = torch.where(d > 0, torch.exp(-(d / mid[:, None])), torch.ones_like(d)).sum(1)
+    left = ((psum - target).abs() >= _SMOOTH_K_TOLERANCE).nonzero()[:, 0]
+    if left.numel():  # rows Newton did not settle: umap-learn's own bisection
+        mid[left] = _bisect_sigma(d[left], target, n_iter)
+    floor_row = _MIN_K_DIST_SCALE * dists.mean(1)
+    floor_all = _MIN_K_DIST_SCALE * dists.mean()
+    sigma = torch.where(rho > 0, torch.maximum(mid, floor_row), torch.maximum(mid, floor_all))
+    return sigma, rho
+
+
+def _newton_sigma(d: torch.Tensor, target: float, n_iter: int = 12) -> torch.Tensor:
+    """Safeguarded Newton on log(sigma) for sum_j exp(-d_j / sigma) = target (terms with d <= 0 count 1).
+
+    umap-learn bisects (up to 64 steps) until the sum is within 1e-5 of the target; any sigma within
+    that tolerance gives the same weights to ~1e-5, and Newton gets there in a handful of steps.
+    """
+    pos = d > 0
+    dp = torch.where(pos, d, torch.zeros_like(d))
+    n_one = (~pos).sum(1).to(d.dtype)
+    sigma = (dp.sum(1) / pos.sum(1).clamp_min(1)).clamp_min(1e-12)  # start at the mean distance
+    for _ in range(n_iter):
+        e = torch.where(pos, torch.exp(-dp / sigma[:, None]), torch.zeros_like(dp))
+        g = n_one + e.sum(1) - target
+        slope = (e * dp).sum(1) / sigma  # d(sum) / d(log sigma) > 0
+        step = torch.where(g.abs() < _SMOOTH_K_TOLERANCE, torch.zeros_like(g), (g / slope).nan_to_num(0.0))
+        sigma = sigma * torch.exp(-step.clamp(-2.0, 2.0))
+    return sigma
+
+
+def _bisect_sigma(d: torch.Tensor, target: float, n_iter: int) -> torch.Tensor:
+    """umap-learn's bisection for sigma, vectorised over rows (each row freezes once converged)."""
+    n, dev = d.shape[0], d.device
     lo = torch.zeros(n, dtype=torch.float32, device=dev)
     hi = torch.full((n,), float("inf"), dtype=torch.float32, device=dev)
     mid = torch.ones(n, dtype=torch.float32, device=dev)
@@ -115,10 +150,7 @@ def smooth_knn_dist(
         lo = torch.where(under, mid, lo)
         mid = torch.where(over, (lo + hi) / 2, mid)
         mid = torch.where(under, torch.where(torch.isinf(hi), mid * 2, (lo + hi) / 2), mid)
-    floor_row = _MIN_K_DIST_SCALE * dists.mean(1)
-    floor_all = _MIN_K_DIST_SCALE * dists.mean()
-    sigma = torch.where(rho > 0, torch.maximum(mid, floor_row), torch.maximum(mid, floor_all))
-    return sigma, rho
+    return mid
 
 
 def membership_weights(dists: torch.Tensor, sigma: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
@@ -145,10 +177,16 @@ def init_from_neighbours(w: torch.Tensor, idx: torch.Tensor, embedding: torch.Te
     return out
 
 
+def _sq_norm(diff: torch.Tensor) -> torch.Tensor:
+    """Row-wise squared norm (E, 1); a matmul with ones beats a size-2 reduction on the CPU."""
+    sq = diff * diff
+    return sq @ torch.ones(diff.shape[1], 1, dtype=diff.dtype, device=diff.device)
+
+
 def _grad_attract(diff: torch.Tensor, a: float, b: float) -> torch.Tensor:
     """Clipped attractive gradient for ``diff = current - other`` (E, dim)."""
-    d2 = (diff * diff).sum(1, keepdim=True)
-    pow_b = d2.pow(b)
+    d2 = _sq_norm(diff)
+    pow_b = torch.exp(b * torch.log(d2))  # d2^b; exp/log is faster than pow on the CPU
     coeff = -2.0 * a * b * pow_b / (d2 * (a * pow_b + 1.0))  # d2^(b-1) = d2^b / d2
     coeff = torch.where(d2 > 0, coeff, torch.zeros_like(coeff))
     return (coeff * diff).clamp_(-4.0, 4.0)
@@ -156,8 +194,8 @@ def _grad_attract(diff: torch.Tensor, a: float, b: float) -> torch.Tensor:
 
 def _grad_repel(diff: torch.Tensor, a: float, b: float, gamma: float) -> torch.Tensor:
     """Clipped repulsive gradient of a negative sample for ``diff = current - other``."""
-    d2 = (diff * diff).sum(1, keepdim=True)
-    coeff = 2.0 * gamma * b / ((0.001 + d2) * (a * d2.pow(b) + 1.0))
+    d2 = _sq_norm(diff)
+    coeff = (2.0 * gamma * b) / ((0.001 + d2) * (a * torch.exp(b * torch.log(d2)) + 1.0))
     coeff = torch.where(d2 > 0, coeff, torch.zeros_like(coeff))
     return (coeff * diff).clamp_(-4.0, 4.0)
 
