@@ -266,10 +266,11 @@ def test_cpu_matches_reference_at_moderate_size():
     torch.testing.assert_close(
         K.superpixel_entropy_sum(logits, sp, 400), reference.superpixel_entropy_sum(logits, sp, 400), rtol=1e-5, atol=1e-3
     )
-    values = torch.from_numpy(rng.normal(size=(5000, 16))).float()
-    many = torch.from_numpy(rng.integers(0, 4000, 5000))  # more segments than rows per thread: sorted path
-    for seg, num in ((many, 4000), (many % 7, 7)):
-        torch.testing.assert_close(K.segment_mean(values, seg, num), reference.segment_mean(values, seg, num))
+    values = torch.from_numpy(rng.normal(size=(70_000, 16))).float()  # > 2**20 elements: threaded
+    many = torch.from_numpy(rng.integers(0, 60_000, 70_000))
+    # S ~ N: counting-sort path; S << N: per-thread private sums; one column: the 1-D path
+    for rows, seg, num in ((values, many, 60_000), (values, many % 7, 7), (values[:, 3], many % 5, 5)):
+        torch.testing.assert_close(K.segment_mean(rows, seg, num), reference.segment_mean(rows, seg, num))
 
 
 # ---------------------------------------------------------------- API contract

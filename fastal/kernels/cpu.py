@@ -10,6 +10,7 @@ pass over the input; for the superpixel functions that input is the small low-re
 from __future__ import annotations
 
 import math
+import os
 
 import numba as nb
 import numpy as np
@@ -18,7 +19,19 @@ import torch
 from fastal.kernels.bilinear import bilinear_taps
 from fastal.kernels.scalar import argmax_better
 
+# numba's default pick here, GNU OpenMP, was 10-30x slower than the workqueue layer on a loaded
+# 2-core machine (every parallel region waited on threads spinning in torch's and numba's two
+# OpenMP runtimes), and GNU OpenMP is not fork-safe while fastal forks workers. "forksafe" takes
+# TBB when installed, else workqueue. It must be set before numba's first parallel launch in the
+# process; a NUMBA_THREADING_LAYER set by the user wins. Caveat of workqueue: do not call these
+# kernels from several Python threads at once.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    nb.config.THREADING_LAYER = "forksafe"
+
 _better = nb.njit(inline="always", cache=True)(argmax_better)
+# Below this many input elements one thread beats waking the thread pool (0.1 ms of work vs
+# 0.3-10 ms of wake-up latency measured on a loaded 2-core machine).
+_PARALLEL_MIN_WORK = 1 << 20
 
 
 @nb.njit(parallel=True, cache=True)
@@ -52,24 +65,40 @@ def _csr(seg, num_segments, nt):  # pragma: no cover - compiled
     return perm, indptr
 
 
+@nb.njit(cache=True)
+def _add_rows(values, seg, acc, lo, hi):  # pragma: no cover - compiled
+    """acc[seg[i]] += values[i] for rows lo..hi-1; values (N, D), acc (S, D)."""
+    if values.shape[1] == 1:  # [N] input: sum runs of equal ids in a register
+        # Pixel ids come in runs (a superpixel's stretch of a row); adding each value straight into
+        # acc would chain every add through a store and a load of the same slot (4x slower).
+        flat = acc[:, 0]
+        src = values[:, 0]
+        current = seg[lo] if lo < hi else 0
+        run = 0.0
+        for i in range(lo, hi):
+            if seg[i] != current:
+                flat[current] += run
+                current = seg[i]
+                run = 0.0
+            run += src[i]
+        if lo < hi:
+            flat[current] += run
+    else:
+        for i in range(lo, hi):
+            row = acc[seg[i]]
+            src = values[i]
+            for j in range(values.shape[1]):
+                row[j] += src[j]
+
+
 @nb.njit(parallel=True, cache=True)
-def _segment_sum_private(values, seg, partial):  # pragma: no cover - compiled
-    # values (N, D) in row order; thread t adds its chunk of rows into its own partial[t] (S, D).
-    n, d = values.shape
+def _add_rows_parallel(values, seg, partial):  # pragma: no cover - compiled
+    # Thread t adds its contiguous chunk of rows into its own partial[t] (S, D): no races.
+    n = values.shape[0]
     nt = partial.shape[0]
     chunk = (n + nt - 1) // nt
     for t in nb.prange(nt):
-        lo, hi = t * chunk, min(n, (t + 1) * chunk)
-        if d == 1:  # scores/entropies: 1-D views let LLVM drop the inner loop (2.5x faster)
-            acc = partial[t, :, 0]
-            src = values[:, 0]
-            for i in range(lo, hi):
-                acc[seg[i]] += src[i]
-        else:
-            for i in range(lo, hi):
-                s = seg[i]
-                for j in range(d):
-                    partial[t, s, j] += values[i, j]
+        _add_rows(values, seg, partial[t], t * chunk, min(n, (t + 1) * chunk))
 
 
 @nb.njit(parallel=True, cache=True)
@@ -232,16 +261,30 @@ def _entropy_rows(logits, sp, y0, y1, ly, x0, x1, lx, partial):  # pragma: no co
                 acc[labels[x]] += math.log2(total[x]) - weighted[x] / total[x]
 
 
-def _as_float(t: torch.Tensor) -> np.ndarray:
-    """float32/float64 numpy view (a converted copy for fp16/bf16, which numba cannot compute in)."""
-    if t.dtype not in (torch.float32, torch.float64):
+def _numpy(t: torch.Tensor, dtype: type | None = None) -> np.ndarray:
+    """Contiguous numpy array of a CPU tensor (a view when nothing needs converting).
+
+    Conversions run in numpy, single-threaded, on purpose: a parallel torch op right before a numba
+    kernel leaves torch's OpenMP threads spinning on the cores the kernel needs (measured 30x
+    slower on 2 cores). bfloat16, which numpy lacks, goes through torch's ``.float()``.
+    """
+    if t.dtype == torch.bfloat16:
         t = t.float()
-    return t.contiguous().numpy()
+    return np.ascontiguousarray(t.detach().numpy(), dtype=dtype)
+
+
+def _as_float(t: torch.Tensor) -> np.ndarray:
+    """float32 or float64 (numba cannot compute in fp16/bf16 on the CPU: halves are widened)."""
+    return _numpy(t, np.float64 if t.dtype == torch.float64 else np.float32)
+
+
+def _ids(t: torch.Tensor) -> np.ndarray:
+    return _numpy(t, np.int64).reshape(-1)
 
 
 def _csr_of(seg: torch.Tensor, num_segments: int) -> tuple[np.ndarray, np.ndarray]:
     # Thread count is read here: inside a cached kernel numba.get_num_threads() blocks caching.
-    return _csr(seg.reshape(-1).to(torch.int64).contiguous().numpy(), num_segments, nb.get_num_threads())
+    return _csr(_ids(seg), num_segments, nb.get_num_threads())
 
 
 def _segment_sum(
@@ -250,14 +293,18 @@ def _segment_sum(
     """Sums (or means) per segment, (S, ...) float32 (float64 for float64 input)."""
     src = _as_float(values)
     rows = src.reshape(src.shape[0], math.prod(src.shape[1:]))  # (N, D); D = 1 for [N]
-    ids = seg.to(torch.int64).contiguous().numpy()
+    ids = _ids(seg)
     threads = nb.get_num_threads()
     # Private per-thread sums stream the rows in order (fastest) while they are no larger than the
     # input; with many segments (S ~ N) a counting sort lets each thread own whole segments instead.
     if threads * num_segments <= max(rows.shape[0], 1):
-        partial = np.zeros((threads, num_segments, rows.shape[1]), src.dtype)
-        _segment_sum_private(rows, ids, partial)
-        out = partial.sum(axis=0)
+        if rows.size < _PARALLEL_MIN_WORK:
+            out = np.zeros((num_segments, rows.shape[1]), src.dtype)
+            _add_rows(rows, ids, out, 0, rows.shape[0])
+        else:
+            partial = np.zeros((threads, num_segments, rows.shape[1]), src.dtype)
+            _add_rows_parallel(rows, ids, partial)
+            out = partial.sum(axis=0)
         counts = np.bincount(ids, minlength=num_segments) if mean else None
     else:
         out = np.zeros((num_segments, rows.shape[1]), src.dtype)
@@ -290,7 +337,7 @@ def _taps(feat: torch.Tensor, sp: torch.Tensor) -> tuple[np.ndarray, ...]:
 
 
 def superpixel_mean_features(feat: torch.Tensor, sp: torch.Tensor, num_sp: int) -> torch.Tensor:
-    cells = feat.permute(0, 2, 3, 1).to(torch.float32).contiguous().numpy()  # (B, h, w, D)
+    cells = np.ascontiguousarray(_numpy(feat).transpose(0, 2, 3, 1), dtype=np.float32)  # (B, h, w, D)
     out = np.zeros((num_sp, feat.shape[1]), np.float32)
     perm, indptr = _csr_of(sp, num_sp)
     _pool_features(cells, perm, indptr, sp.shape[-1], *_taps(feat, sp), out, nb.get_num_threads())
@@ -298,8 +345,8 @@ def superpixel_mean_features(feat: torch.Tensor, sp: torch.Tensor, num_sp: int) 
 
 
 def superpixel_entropy_sum(logits: torch.Tensor, sp: torch.Tensor, num_sp: int) -> torch.Tensor:
-    src = logits.to(torch.float32).contiguous().numpy()  # (B, C, h, w)
-    labels = sp.to(torch.int64).contiguous().numpy()  # (B, H, W)
+    src = _numpy(logits, np.float32)  # (B, C, h, w)
+    labels = _numpy(sp, np.int64)  # (B, H, W)
     threads = max(1, min(nb.get_num_threads(), labels.shape[0] * labels.shape[1]))
     partial = np.zeros((threads, num_sp), np.float64)
     _entropy_rows(src, labels, *_taps(logits, sp), partial)

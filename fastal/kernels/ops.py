@@ -44,7 +44,11 @@ def _check_ids(name: str, ids: torch.Tensor, num: int, what: str) -> None:
     if num < 0:
         raise FastalError(f"{what} = {num} is negative")
     if ids.numel():
-        low, high = (int(v) for v in torch.aminmax(ids.reshape(-1).long()))  # device-to-host sync
+        if ids.device.type == "cpu":  # numpy, not a parallel torch op: see fastal.kernels.cpu._numpy
+            flat = ids.detach().numpy()
+            low, high = int(flat.min()), int(flat.max())
+        else:
+            low, high = (int(v) for v in torch.aminmax(ids.reshape(-1).long()))  # device-to-host sync
         if low < 0 or high >= num:
             raise FastalError(f"{name}: ids span [{low}, {high}], outside [0, {what} = {num})")
 
