@@ -1,8 +1,10 @@
 """CPU implementations: numba ``njit(parallel=True)`` kernels behind the public signatures.
 
-Inputs arrive validated (``fastal.kernels.ops``). Work is split without races: segment ops and the
-feature pooling walk each segment's elements in a counting-sort order (one thread owns a segment),
-the entropy kernel gives every thread a private row of per-superpixel sums that are added at the end.
+Inputs arrive validated (``fastal.kernels.ops``). Work is split without races: segment sums give
+each thread a private (S, D) accumulator over its chunk of rows (or, when S is close to N, own
+whole segments through a counting sort); the argmax and the feature pooling walk each segment's
+elements in counting-sort order, one thread per segment; the entropy kernel gives every thread a
+private row of per-superpixel sums. Results are deterministic for a fixed thread count.
 numba has no fp16/bf16 arithmetic on the CPU, so half inputs are converted to float32 first (one
 pass over the input; for the superpixel functions that input is the small low-resolution map).
 """
@@ -156,12 +158,19 @@ def _pool_features(feat, perm, indptr, width, y0, y1, ly, x0, x1, lx, out, nt): 
         touched = np.empty(nb_ * h * w, np.int64)
         for s in range(t, num_sp, nt):
             n_touched = 0
+            p = -2
+            x = b = y = 0
             for k in range(indptr[s], indptr[s + 1]):
+                # Pixels come row-major: the next one is usually the right neighbour, which spares
+                # the two integer divisions of decoding (b, y, x).
+                if perm[k] == p + 1 and x + 1 < width:
+                    x += 1
+                else:
+                    r = perm[k] // width
+                    x = perm[k] - r * width
+                    b = r // height
+                    y = r - b * height
                 p = perm[k]
-                r = p // width
-                x = p - r * width
-                b = r // height
-                y = r - b * height
                 base = b * h * w
                 wy = np.float64(ly[y])
                 wx = np.float64(lx[x])
