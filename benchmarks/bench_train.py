@@ -58,17 +58,20 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
+                        help="torch thread counts to measure (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_cpu.json"))
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    load_at_start = os.getloadavg()
     results = []
-    for backbone, size in CASES:
-        for amp in ("fp32", "bf16"):
-            r = measure(backbone, size, amp, args.device, args.batch_size, args.steps)
-            print(f"{backbone} {size[0]}x{size[1]} {amp}: {r['images_per_s']:.2f} images/s", flush=True)
-            results.append(r)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for backbone, size in CASES:
+            for amp in ("fp32", "bf16"):
+                r = {"threads": threads, **measure(backbone, size, amp, args.device, args.batch_size, args.steps)}
+                print(f"{threads} threads {backbone} {size[0]}x{size[1]} {amp}: {r['images_per_s']:.2f} images/s",
+                      flush=True)  # fmt: skip
+                results.append(r)
     atomic_write_json(
         args.out,
         {
@@ -77,6 +80,7 @@ def main() -> None:
             "device": args.device,
             "machine": machine_info(),
             # The cores are shared; the load says how much of them the run had.
+            "load_average_at_start": load_at_start,
             "load_average_at_end": os.getloadavg(),
             "results": results,
         },
