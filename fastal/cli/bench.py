@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,6 +10,20 @@ import typer
 
 from fastal.cli import bench_app
 from fastal.errors import FastalError
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """The command with every option spelled out (also right when called in-process, e.g. by tests)."""
+    parts = [ctx.command_path]
+    for name, value in ctx.params.items():
+        if value is None:
+            continue
+        flag = "--json" if name == "json_path" else "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        else:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
 
 
 def synthetic_selection_inputs(
@@ -45,6 +58,7 @@ def synthetic_selection_inputs(
 
 @bench_app.command("selection")
 def selection(
+    ctx: typer.Context,
     superpixels: int = typer.Option(..., help="Pool size (superpixels)."),
     dim: int = typer.Option(128, help="Feature dimension."),
     bank: int = typer.Option(1000, help="Memory-bank entries per class."),
@@ -104,7 +118,7 @@ def selection(
 
     if json_path is not None:
         atomic_write_json(json_path, {
-            "command": "fastal " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "command": _command_line(ctx),
             "strategy": strategy, "engine": engine_name, "device": str(dev),
             "superpixels": superpixels, "dim": dim, "bank": bank, "classes": classes,
             "budget": budget, "seed": seed,

@@ -1,0 +1,83 @@
+"""Torch KMeans against scikit-learn and its own contract (labels = nearest centre)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans
+from sklearn.datasets import make_blobs
+
+from fastal.errors import FastalError
+from fastal.select.kmeans_torch import TorchKMeans, full_assign
+
+
+def _nearest_f64(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    d = ((x[:, None, :].astype(np.float64) - c[None].astype(np.float64)) ** 2).sum(2)
+    return d.argmin(1), d.min(1)
+
+
+@pytest.mark.parametrize(("n", "k", "d", "centres"), [(4000, 60, 2, 60), (3000, 20, 16, 20), (3000, 150, 2, 15)])
+def test_inertia_within_a_few_percent_of_sklearn(n: int, k: int, d: int, centres: int) -> None:
+    x, _ = make_blobs(n, d, centers=centres, cluster_std=1.5, random_state=0)
+    x = x.astype(np.float32)
+    ours = TorchKMeans(k, random_state=0).fit(torch.from_numpy(x))
+    ref = KMeans(k, n_init=1, random_state=0).fit(x)
+    assert ours.inertia_ <= ref.inertia_ * 1.03
+    # The fitted labels are each point's nearest centre, and inertia is their squared distance.
+    lab, d2 = _nearest_f64(x, ours.cluster_centers_.numpy())
+    agree = lab == ours.labels_.numpy()
+    assert agree.mean() > 0.999  # float32 vs float64 near-ties only
+    assert ours.inertia_ == pytest.approx(d2.sum(), rel=1e-4)
+    assert ours.labels_.dtype == torch.int64 and ours.cluster_centers_.shape == (k, d)
+
+
+def test_pruned_assignment_equals_full_scan() -> None:
+    x, _ = make_blobs(5000, 3, centers=40, random_state=1)
+    x = torch.from_numpy(x.astype(np.float32))
+    km = TorchKMeans(300, n_candidates=8, random_state=0)
+    centres = x[torch.randperm(5000, generator=torch.Generator().manual_seed(0))[:300]]
+    start = torch.randint(300, (5000,), generator=torch.Generator().manual_seed(1))  # bad guesses too
+    got, got_d2 = km._assign(x, centres, start)
+    ref, ref_d2 = full_assign(x, centres)
+    torch.testing.assert_close(got_d2, ref_d2, rtol=1e-5, atol=1e-4)
+    assert (got == ref).float().mean() > 0.999
+
+
+def test_deterministic_for_a_seed_and_seed_matters() -> None:
+    x = torch.from_numpy(make_blobs(2000, 2, centers=30, random_state=2)[0].astype(np.float32))
+    a = TorchKMeans(25, random_state=4).fit(x)
+    b = TorchKMeans(25, random_state=4).fit(x)
+    c = TorchKMeans(25, random_state=5).fit(x)
+    assert torch.equal(a.labels_, b.labels_) and torch.equal(a.cluster_centers_, b.cluster_centers_)
+    assert not torch.equal(a.cluster_centers_, c.cluster_centers_)
+
+
+def test_duplicate_points_leave_no_cluster_empty_when_avoidable() -> None:
+    # 6 distinct values repeated; k = 6 must put one centre on each value.
+    vals = torch.tensor([[0.0, 0], [5, 5], [10, 0], [0, 10], [7, 7], [3, 9]])
+    x = vals.repeat(50, 1)
+    km = TorchKMeans(6, random_state=0).fit(x)
+    assert torch.bincount(km.labels_, minlength=6).min() > 0
+    assert km.inertia_ == pytest.approx(0.0, abs=1e-6)
+
+
+def test_more_clusters_than_distinct_points_still_returns_valid_labels() -> None:
+    x = torch.tensor([[0.0, 0.0], [1.0, 1.0]]).repeat(10, 1)
+    km = TorchKMeans(5, random_state=0).fit(x)
+    assert km.labels_.min() >= 0 and km.labels_.max() < 5
+    assert km.inertia_ == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bad_input() -> None:
+    with pytest.raises(FastalError, match="N >= n_clusters = 10"):
+        TorchKMeans(10).fit(torch.zeros(5, 2))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_inertia() -> None:
+    x = torch.from_numpy(make_blobs(20000, 2, centers=100, random_state=3)[0].astype(np.float32))
+    cpu = TorchKMeans(200, random_state=0).fit(x)
+    gpu = TorchKMeans(200, random_state=0).fit(x.cuda())
+    assert gpu.labels_.device.type == "cuda"
+    assert gpu.inertia_ == pytest.approx(cpu.inertia_, rel=0.03)

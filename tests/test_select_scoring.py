@@ -1,0 +1,113 @@
+"""score_pool against a float64 reference built from the full-resolution maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastal.errors import FastalError
+from fastal.select import score_pool
+from fastal.train import to_tensor_batch
+
+
+class TinyTeacher(torch.nn.Module):
+    """(logits (B, C, h, w), emb (B, D, h, w)) at half resolution, like a strided segmentation net."""
+
+    def __init__(self, classes: int = 4, dim: int = 6) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = torch.nn.Conv2d(3, classes + dim, 3, stride=2, padding=1)
+        self.classes = classes
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.head(x)
+        return out[:, : self.classes], F.normalize(out[:, self.classes :], dim=1)
+
+
+class Images:
+    def __init__(self, shapes: list[tuple[int, int]]) -> None:
+        rng = np.random.default_rng(0)
+        self.images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.images[i], np.zeros(self.images[i].shape[:2], np.uint8)
+
+    def image_shape(self, i: int) -> tuple[int, int]:
+        return self.images[i].shape[:2]
+
+
+class Cache:
+    """Blocks of 4x4 pixels as superpixels (realised counts vary with the image size)."""
+
+    def __init__(self, ds: Images) -> None:
+        self.maps = []
+        for im in ds.images:
+            h, w = im.shape[:2]
+            cols = (w + 3) // 4
+            self.maps.append(((np.arange(h)[:, None] // 4) * cols + np.arange(w)[None] // 4).astype(np.uint16))
+        self.counts = np.array([int(m.max()) + 1 for m in self.maps], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)])
+        self.num_images = len(self.maps)
+
+    def local(self, i: int) -> np.ndarray:
+        return self.maps[i]
+
+
+def _reference(teacher: TinyTeacher, ds: Images, cache: Cache, images: list[int]) -> tuple[np.ndarray, ...]:
+    feats, ents, margins = [], [], []
+    with torch.no_grad():
+        for i in images:
+            logits, emb = teacher(to_tensor_batch(ds.images[i], "cpu"))
+            size = ds.images[i].shape[:2]
+            emb_up = F.interpolate(emb.double(), size, mode="bilinear", align_corners=False)[0]
+            logit_up = F.interpolate(logits.double(), size, mode="bilinear", align_corners=False)[0]
+            p = torch.softmax(logit_up, 0)
+            ent = -(p * torch.log2(p)).sum(0)
+            prob_lowres_up = F.interpolate(torch.softmax(logits.double(), 1), size, mode="bilinear", align_corners=False)[0]
+            sp = torch.from_numpy(cache.local(i).astype(np.int64))
+            for s in range(int(cache.counts[i])):
+                m = sp == s
+                feats.append(emb_up[:, m].mean(1).numpy())
+                ents.append(float(ent[m].sum()))
+                top = torch.topk(prob_lowres_up[:, m].mean(1), 2).values
+                margins.append(float(top[0] - top[1]))
+    return np.array(feats), np.array(ents), np.array(margins)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_scores_match_reference(batch_size: int) -> None:
+    ds = Images([(16, 20), (16, 20), (12, 24), (16, 20), (12, 24)])  # two shapes, interleaved
+    cache = Cache(ds)
+    teacher = TinyTeacher()
+    images = [4, 0, 3, 2]
+    scores = score_pool(teacher, ds, cache, images, "cpu", batch_size=batch_size, show_progress=False)
+    feats, ents, margins = _reference(teacher, ds, cache, images)
+    expected_gids = np.concatenate([np.arange(cache.offsets[i], cache.offsets[i + 1]) for i in images])
+    np.testing.assert_array_equal(scores.gids, expected_gids)
+    assert len(scores) == expected_gids.size
+    np.testing.assert_allclose(scores.features.numpy(), feats, atol=1e-5)
+    np.testing.assert_allclose(scores.entropy.numpy(), ents, rtol=1e-4)
+    np.testing.assert_allclose(scores.margin.numpy(), margins, atol=1e-5)
+    assert teacher.training  # restored after scoring
+
+
+def test_bad_image_indices() -> None:
+    ds = Images([(8, 8)])
+    with pytest.raises(FastalError, match="image_indices outside 0..0"):
+        score_pool(TinyTeacher(), ds, Cache(ds), [1], "cpu", show_progress=False)
+
+
+@pytest.mark.gpu
+def test_cuda_scores_match_cpu() -> None:
+    ds = Images([(32, 40)] * 3)
+    cache = Cache(ds)
+    cpu = score_pool(TinyTeacher(), ds, cache, [0, 1, 2], "cpu", show_progress=False)
+    gpu = score_pool(TinyTeacher().cuda(), ds, cache, [0, 1, 2], "cuda", amp=False, show_progress=False)
+    assert gpu.features.device.type == "cuda"
+    torch.testing.assert_close(gpu.features.cpu(), cpu.features, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gpu.entropy.cpu(), cpu.entropy, atol=1e-3, rtol=1e-4)
