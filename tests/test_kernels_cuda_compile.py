@@ -61,3 +61,27 @@ def test_cuda_kernels_compile_to_ptx_without_atomics():
         pytest.skip("libNVVM (CUDA toolkit) not installed: " + result.stdout.strip())
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("ok ") == 16
+
+
+def test_cuda_module_without_gpu_raises_one_clear_error():
+    script = textwrap.dedent(
+        """
+        import torch
+        from numba import cuda
+        from fastal.errors import FastalError
+        from fastal.kernels import cuda as K
+
+        if cuda.is_available():
+            raise SystemExit(77)
+        try:
+            K.superpixel_entropy_sum(torch.zeros(1, 2, 2, 2), torch.zeros(1, 4, 4, dtype=torch.int64), 1)
+        except FastalError as e:
+            print(e)
+        """
+    )
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    if result.returncode == 77:
+        pytest.skip("a GPU is present")
+    assert result.returncode == 0, result.stderr
+    assert "numba.cuda finds no usable GPU" in result.stdout
