@@ -58,6 +58,11 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def score_amp(amp: str) -> bool | None:
+    """The run's ``amp`` setting as pool scoring takes it (None = its device default)."""
+    return None if amp == "auto" else amp != "fp32"
+
+
 def seed_everything(seed: int, cycle: int, phase: int) -> int:
     """Seed Python, numpy and torch from ``(seed, cycle, phase)``; returns the derived seed."""
     import torch
@@ -269,7 +274,7 @@ class Run:
         trainer = Trainer.load(self.ckpt(cycle - 1), self.s.device)
         images = np.unique(self.s.cache.image_of(self.pool.unlabelled_ids()))
         scores = score_pool(trainer.teacher, self.s.train, self.s.cache, images, self.s.device,
-                            amp=self.cfg.amp)
+                            amp=score_amp(self.cfg.amp))
         sel = select(self.cfg.strategy, scores, trainer.bank.features(), trainer.bank.labels(), budget=k,
                      labelled_mask=self.pool.labelled_mask, seed=seed, engine=self.cfg.engine)
         return np.asarray(sel.ids, dtype=np.int64)

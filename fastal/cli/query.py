@@ -102,7 +102,7 @@ def select_cmd(
     """One round for people: which superpixels to label next, as JSON/CSV and outlined PNGs."""
     from fastal.config import load_config
     from fastal.errors import FastalError
-    from fastal.loop import Run, open_run, prepare
+    from fastal.loop import Run, open_run, prepare, score_amp
     from fastal.progress import console
     from fastal.select import score_pool, select
     from fastal.train import Trainer
@@ -133,7 +133,7 @@ def select_cmd(
         raise FastalError(f"--out {out}: already exists")
     trainer = Trainer.load(checkpoint, setup.device)
     images = np.unique(setup.cache.image_of(np.flatnonzero(~labelled)))
-    scores = score_pool(trainer.teacher, setup.train, setup.cache, images, setup.device, amp=cfg.amp)
+    scores = score_pool(trainer.teacher, setup.train, setup.cache, images, setup.device, amp=score_amp(cfg.amp))
     sel = select(cfg.strategy, scores, trainer.bank.features(), trainer.bank.labels(), budget=budget,
                  labelled_mask=labelled, seed=cfg.seed, engine=cfg.engine)
     rows = query_rows(setup.cache, setup.train, np.asarray(sel.ids))

@@ -1,0 +1,71 @@
+"""`fastal run` rejects bad configurations with one line, exit code 2, and no run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fastal.cli import main
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    return e.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("toml", "args", "message"),
+    [
+        ("epochz = 2\n", [], "unknown key 'epochz'"),
+        ('epochs = "two"\n', [], "epochs = 'two': expected int, got str"),
+        ("", ["--labels", "some"], "labels = 'some': choose one of dominant, full"),
+        ("", ["--initial", "40", "--budget-per-cycle", "20", "--cycles", "4"], "budget larger than the pool"),
+        ("", ["--strategy", "clever"], "strategy 'clever': choose one of"),
+        ("", ["--backbone", "vgg"], "backbone 'vgg': choose one of"),
+        ("", ["--dataset", "camvid"], "needs a data root"),
+        ("", ["--device", "tpu"], "not a device"),
+    ],
+)
+def test_bad_config_exit_2_one_line_nothing_written(tmp_path: Path, capsys, toml: str, args: list[str],
+                                                    message: str) -> None:  # fmt: skip
+    config = tmp_path / "c.toml"
+    config.write_text(toml)
+    out = tmp_path / "run"
+    code, err = run_cli(["run", str(config), "--out", str(out), *args], capsys)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["c.toml"]
+
+
+def test_budget_larger_than_the_pool_quotes_superpixels(tmp_path: Path, capsys) -> None:
+    # 2 images x ~4 superpixels: 1 initial + 10 cycles x 1 superpixel do not fit, though 11% < 100%.
+    out = tmp_path / "run"
+    args = ["run", "--out", str(out), "--initial", "1", "--budget-per-cycle", "1", "--cycles", "10"]
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'train_images = 2\nsuperpixels = 4\ncache_dir = "{tmp_path / "cache"}"\n')
+    code, err = run_cli([args[0], str(toml), *args[1:]], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "1 initial + 10 cycles x 1 = 11 superpixels, the pool has" in err and "(2 images)" in err
+    assert not out.exists()
+
+
+def test_resume_takes_no_other_option(tmp_path: Path, capsys) -> None:
+    code, err = run_cli(["run", "--resume", str(tmp_path), "--cycles", "3"], capsys)
+    assert code == 2 and "drop --cycles" in err
+
+
+def test_resume_needs_a_run_directory(tmp_path: Path, capsys) -> None:
+    code, err = run_cli(["run", "--resume", str(tmp_path)], capsys)
+    assert code == 2 and "not a fastal run directory" in err
+
+
+def test_existing_out_is_refused(tmp_path: Path, capsys) -> None:
+    (tmp_path / "run").mkdir()
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'train_images = 2\nval_images = 1\nsuperpixels = 4\ncache_dir = "{tmp_path / "cache"}"\n')
+    code, err = run_cli(["run", str(toml), "--out", str(tmp_path / "run"), "--device", "cpu"], capsys)
+    assert code == 2 and "already exists" in err
+    assert list((tmp_path / "run").iterdir()) == []

@@ -1,0 +1,209 @@
+"""The active-learning loop end to end on a tiny synthetic setup: a run, resumes after SIGKILL
+at several points (compared with an uninterrupted run), and a round with people as the oracle."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fastal.cli import main
+from fastal.config import dumps_toml, make_config
+from fastal.data import load_dataset
+from fastal.data.superpixels import build_cache
+from fastal.loop import run_experiment
+from fastal.oracle import SimulatedOracle
+from fastal.pool import RegionPool
+
+ROOT = Path(__file__).resolve().parents[1]
+# 8 train images 32x48, 4 val, 8 superpixels each, one step per epoch; initial set + 1 cycle.
+# (The memory bank needs > 15 features for contrastive selection: hence 3 epochs.)
+TINY = {
+    "train_images": 8, "val_images": 4, "image_size": [32, 48], "superpixels": 12,
+    "initial": 25.0, "budget_per_cycle": 5.0, "cycles": 1, "epochs": 3, "batch_size": 8,
+    "full_reference": False, "device": "cpu", "strategy": "contrastive", "seed": 3,
+}  # fmt: skip
+TIMINGS = ("train_seconds", "select_seconds")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return {**TINY, "cache_dir": str(tmp_path_factory.mktemp("spcache"))}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run, in this process."""
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    run_experiment(make_config(tiny), run_dir)
+    return run_dir
+
+
+def strip_timings(results: dict) -> dict:
+    out = json.loads(json.dumps(results))
+    for c in out["cycles"]:
+        for k in TIMINGS:
+            c.pop(k)
+    return out
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    pa, pb = RegionPool.load(a / "pool.npz"), RegionPool.load(b / "pool.npz")
+    for name in ("state", "order", "classes", "clicks"):
+        np.testing.assert_array_equal(getattr(pa, name), getattr(pb, name), err_msg=name)
+    assert (a / "queries.jsonl").read_text() == (b / "queries.jsonl").read_text()
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    assert strip_timings(ra) == strip_timings(rb)
+    last = f"checkpoints/cycle-{len(ra['cycles'])}.pt"
+    ta, tb = (torch.load(d / last, map_location="cpu", weights_only=True)["teacher"] for d in (a, b))
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+
+
+def test_run_end_to_end(reference: Path, tiny: dict) -> None:
+    res = json.loads((reference / "results.json").read_text())
+    assert (res["dataset"], res["strategy"], res["seed"], res["full_miou"]) == ("synthetic", "contrastive", 3, None)
+    assert res["stopped"] == "budget"
+    assert [c["cycle"] for c in res["cycles"]] == [1, 2]
+    pool = RegionPool.load(reference / "pool.npz")
+    # Independent check of the accounting: recount from the pool state and the cache sizes.
+    cache = build_cache(load_dataset("synthetic", split="train", num_images=8, size=(32, 48)),
+                        superpixels=12, cache_dir=tiny["cache_dir"], show_progress=False)
+    np.testing.assert_array_equal(pool.sizes, cache.sizes)
+    for c in res["cycles"]:
+        mine = (pool.state > 0) & (pool.state <= c["cycle"])
+        assert c["labelled_superpixels"] == mine.sum()
+        assert c["labelled_pixel_fraction"] == pytest.approx(cache.sizes[mine].sum() / cache.sizes.sum())
+        assert c["cost_clicks"] == mine.sum()  # dominant labels: one click per superpixel
+        assert 0.0 <= c["miou"] <= 1.0 and len(c["per_class_iou"]) == 11
+        assert c["train_seconds"] > 0 and c["select_seconds"] >= 0
+    per_cycle = np.bincount(pool.state, minlength=3)[1:]
+    assert per_cycle[0] >= 1 and per_cycle[1] == res["superpixels_per_cycle"] == round(0.05 * pool.num_superpixels)
+    # The initial set reaches `initial` % of the pixels with its last superpixel, not before.
+    first = cache.sizes[pool.state == 1]
+    assert first.sum() >= 0.25 * cache.sizes.sum() > first.sum() - first.max()
+    # The query log is the pool, line by line, with the oracle's answers.
+    lines = [json.loads(line) for line in (reference / "queries.jsonl").read_text().splitlines()]
+    assert [r["superpixel"] for r in lines] == pool.order.tolist()
+    assert len(set(pool.order.tolist())) == len(lines) == pool.num_labelled
+    truth = SimulatedOracle(load_dataset("synthetic", split="train", num_images=8, size=(32, 48)), cache)
+    answer = truth.query(pool.order)
+    assert [r["class"] for r in lines] == answer.classes.tolist()
+    assert (reference / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (reference / "config.toml").read_text() == dumps_toml(make_config(tiny).__dict__)
+    # Only the last checkpoint is kept.
+    assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == ["cycle-2.pt"]
+
+
+def test_resume_of_finished_run_changes_nothing(reference: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(reference, copy)
+    run_experiment(None, copy, resume=True)
+    assert (copy / "results.json").read_text() == (reference / "results.json").read_text()
+
+
+def fastal_cli(*args: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FASTAL_CRASH_AT": crash_at or ""}
+    return subprocess.run([sys.executable, "-m", "fastal", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def test_resume_after_sigkill_anywhere(reference: Path, tiny: dict, tmp_path: Path) -> None:
+    config = tmp_path / "tiny.toml"
+    config.write_text(dumps_toml(tiny))
+    run_dir = tmp_path / "run"
+    # First kill: at a random moment after the initial set is committed (during cycle 1's training).
+    env = {**os.environ, "FASTAL_CRASH_AT": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "fastal", "run", str(config), "--out", str(run_dir)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (run_dir / "pool.npz").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(float(np.random.default_rng().uniform(0.0, 1.0)))
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    # Then each resumed process dies at the next commit point of cycle 2: half-way through
+    # the query log (before the pool commit), after training (before the checkpoint), after
+    # the checkpoint (before the results).
+    for point in ["queries:2", "trained:2", "ckpt:2"]:
+        p = fastal_cli("run", "--resume", str(run_dir), crash_at=point)
+        assert p.returncode == -signal.SIGKILL, (point, p.stderr)
+        if point == "queries:2":
+            logged = len((run_dir / "queries.jsonl").read_text().splitlines())
+            assert logged > RegionPool.load(run_dir / "pool.npz").num_labelled  # lines without commit
+    p = fastal_cli("run", "--resume", str(run_dir))
+    assert p.returncode == 0, p.stderr
+    assert_same_run(reference, run_dir)
+
+
+def test_people_round_trip(reference: Path, tiny: dict, tmp_path: Path, capsys) -> None:
+    run_dir, round_dir = tmp_path / "run", tmp_path / "round"
+    shutil.copytree(reference, run_dir)
+    with pytest.raises(SystemExit) as e:
+        main(["select", "--run", str(run_dir), "--budget", "3", "--out", str(round_dir)])
+    assert e.value.code == 0
+    q = json.loads((round_dir / "queries.json").read_text())
+    rows = q["queries"]
+    assert len(rows) == 3 and q["classes"][0] == "sky"
+    pool = RegionPool.load(run_dir / "pool.npz")
+    gids = np.array([r["superpixel"] for r in rows])
+    assert not pool.labelled_mask[gids].any()
+    ds = load_dataset("synthetic", split="train", num_images=8, size=(32, 48))
+    cache = build_cache(ds, superpixels=12, cache_dir=tiny["cache_dir"], show_progress=False)
+    csv_lines = (round_dir / "queries.csv").read_text().splitlines()
+    assert csv_lines[0] == "image,image_id,superpixel,local,x0,y0,x1,y1,pixels" and len(csv_lines) == 4
+    for r in rows:
+        ys, xs = np.nonzero(cache.local(r["image"]) == r["local"])
+        assert [r["x0"], r["y0"], r["x1"], r["y1"]] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        assert r["pixels"] == cache.sizes[r["superpixel"]] == xs.size
+        assert r["superpixel"] == cache.offsets[r["image"]] + r["local"]
+    overlays = sorted(p.stem for p in (round_dir / "overlays").iterdir())
+    assert overlays == sorted({r["image_id"] for r in rows})
+
+    # Missing masks: one clear error naming the file, the pool untouched.
+    with pytest.raises(SystemExit) as e:
+        main(["label", "import", str(round_dir), "--run", str(run_dir)])
+    assert e.value.code == 2 and "masks/" in capsys.readouterr().err
+    assert np.array_equal(RegionPool.load(run_dir / "pool.npz").state, pool.state)
+
+    # A person returns masks: here the ground truth, except one superpixel painted class 7.
+    import cv2
+
+    painted = rows[0]
+    for i in {r["image"] for r in rows}:
+        mask = ds[i][1].copy()
+        if i == painted["image"]:
+            mask[cache.local(i) == painted["local"]] = 7
+        cv2.imwrite(str(round_dir / "masks" / f"{ds.image_id(i)}.png"), mask)
+    with pytest.raises(SystemExit) as e:
+        main(["label", "import", str(round_dir), "--run", str(run_dir)])
+    assert e.value.code == 0
+    after = RegionPool.load(run_dir / "pool.npz")
+    assert np.array_equal(np.flatnonzero(after.state == 3), np.sort(gids))
+    expect = SimulatedOracle(ds, cache).query(gids).classes
+    expect[0] = 7
+    assert after.classes[gids].tolist() == expect.tolist()
+    lines = (run_dir / "queries.jsonl").read_text().splitlines()
+    assert len(lines) == after.num_labelled and json.loads(lines[-1])["cycle"] == 3
+    # Nothing more is imported before that cycle is trained.
+    with pytest.raises(SystemExit) as e:
+        main(["label", "import", str(round_dir), "--run", str(run_dir)])
+    assert e.value.code == 2 and "cycle 3 is not trained yet" in capsys.readouterr().err
+    # The resumed run trains and evaluates the imported cycle, and selects nothing more.
+    res = run_experiment(None, run_dir, resume=True)
+    assert [c["cycle"] for c in res["cycles"]] == [1, 2, 3]
+    assert res["cycles"][-1]["labelled_superpixels"] == after.num_labelled
+    assert RegionPool.load(run_dir / "pool.npz").num_labelled == after.num_labelled
+    # Importing the same round again would label superpixels twice.
+    with pytest.raises(SystemExit) as e:
+        main(["label", "import", str(round_dir), "--run", str(run_dir)])
+    assert e.value.code == 2 and "already labelled" in capsys.readouterr().err
