@@ -285,6 +285,7 @@ def test_cpu_matches_reference_at_moderate_size():
         (lambda: K.segment_sum(torch.ones(3, dtype=torch.int64), torch.tensor([0, 1, 1]), 4), "not a float type"),
         (lambda: K.segment_argmax(torch.ones(3, 2), torch.tensor([0, 1, 1]), 4), r"expected shape \[N\]"),
         (lambda: K.segment_sum(torch.ones(3), torch.tensor([0.0, 1.0, 1.0]), 4), "not an integer id type"),
+        (lambda: K.segment_sum(torch.ones(3), torch.tensor([0, 1, 1]), 4.0), "num_segments = 4.0 is not an integer"),
         (lambda: K.superpixel_mean_features(torch.ones(2, 3, 4, 4), torch.zeros(1, 8, 8, dtype=torch.int64), 1), r"\[2, H, W\]"),
         (lambda: K.superpixel_entropy_sum(torch.ones(3, 4, 4), torch.zeros(1, 8, 8, dtype=torch.int64), 1), r"\[B, D, h, w\]"),
         (lambda: K.superpixel_entropy_sum(torch.ones(1, 3, 4, 4), torch.full((1, 8, 8), 3), 3), "num_sp = 3"),

@@ -3,10 +3,13 @@
 Each function validates its inputs, then dispatches once on the tensors' device to ``cpu.py``
 (numba) or ``cuda.py`` (numba.cuda, imported on first CUDA call). Inputs are never modified.
 Validation reads ``seg.min()``/``seg.max()``: on a GPU that is one device-to-host sync per call.
+No kernel uses atomics: results are deterministic (on the CPU, for a given numba thread count,
+which fixes how rows are split into per-thread partial sums).
 """
 
 from __future__ import annotations
 
+import operator
 from types import ModuleType
 
 import torch
@@ -41,6 +44,10 @@ def _check_float(name: str, t: torch.Tensor) -> None:
 def _check_ids(name: str, ids: torch.Tensor, num: int, what: str) -> None:
     if ids.dtype not in INDEX_DTYPES:
         raise FastalError(f"{name}: dtype {ids.dtype} is not an integer id type")
+    try:
+        num = operator.index(num)
+    except TypeError:
+        raise FastalError(f"{what} = {num!r} is not an integer") from None
     if num < 0:
         raise FastalError(f"{what} = {num} is negative")
     if ids.numel():
@@ -67,8 +74,7 @@ def segment_sum(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> t
 
     Shapes: ``values`` [N, D] or [N] (any float dtype), ``seg`` [N] integer ids in
     ``[0, num_segments)`` -> [num_segments, D] or [num_segments]; empty segments give 0.
-    Accumulates and returns float32 (float64 for float64 input). Deterministic on both devices
-    (each segment is reduced in a fixed order, no atomics).
+    Accumulates and returns float32 (float64 for float64 input). Deterministic.
 
     >>> values, seg = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), torch.tensor([0, 2, 0])
     >>> segment_sum(values, seg, 3).tolist()
