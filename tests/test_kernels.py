@@ -251,6 +251,9 @@ def test_empty_inputs(device):
     assert run(device, "segment_sum", torch.zeros(0, 3), none, 2).tolist() == [[0, 0, 0], [0, 0, 0]]
     assert run(device, "segment_argmax", torch.zeros(0), none, 2).tolist() == [-1, -1]
     assert run(device, "segment_mean", torch.zeros(0), none, 0).shape == (0,)
+    no_pixels = torch.zeros(1, 0, 4, dtype=torch.int64)
+    assert run(device, "superpixel_mean_features", torch.ones(1, 3, 2, 2), no_pixels, 2).tolist() == [[0] * 3] * 2
+    assert run(device, "superpixel_entropy_sum", torch.ones(1, 3, 2, 2), no_pixels, 2).tolist() == [0, 0]
 
 
 def test_cpu_matches_reference_at_moderate_size():

@@ -24,7 +24,7 @@ def bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.nda
     ([0, 0, 0, 1], [1, 1, 1, 1], [0.0, 0.25, 0.75, 0.25])
     """
     dst = np.arange(n_out, dtype=np.float32)
-    if n_in == n_out:
+    if n_in == n_out or n_out == 0:
         idx = dst.astype(np.int32)
         return idx, idx.copy(), np.zeros(n_out, np.float32)
     scale = np.float32(n_in) / np.float32(n_out)

@@ -229,7 +229,12 @@ def _device_array(t):
 
 
 def _launch(kernel, grid: int, block: tuple[int, ...], device: torch.device, *args) -> None:
-    if grid == 0:
+    """Run ``kernel`` on torch's current stream; outputs must come pre-filled (0, or -1 for argmax).
+
+    With no blocks or an empty input there is nothing to reduce, and nothing is launched (empty
+    tensors may carry a null pointer that numba refuses).
+    """
+    if grid == 0 or any(isinstance(a, torch.Tensor) and a.numel() == 0 for a in args):
         return
     if SIMULATED:
         kernel[grid, block](*map(_device_array, args))
@@ -278,7 +283,7 @@ def segment_mean(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> 
 
 def segment_argmax(scores: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
     _require_gpu()
-    out = torch.empty(num_segments, dtype=torch.int64, device=scores.device)
+    out = torch.full((num_segments,), -1, dtype=torch.int64, device=scores.device)
     perm, indptr = _csr(seg, num_segments)
     _launch(kernels(_kind(scores)).segment_argmax, num_segments, (THREADS,), scores.device, scores, perm, indptr, out)
     return out
