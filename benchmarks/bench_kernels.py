@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 "device": str(device),
                 "machine": machine_info(),
                 "numba_threads": numba.get_num_threads(),
+                "numba_threading_layer": numba.threading_layer() if device.type == "cpu" else None,
                 "load_average_before": load_before,
                 "load_average_after": os.getloadavg(),
                 "copy_bandwidth_GBps": bandwidth,

@@ -13,6 +13,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastal.kernels as K
 from fastal.errors import FastalError
@@ -274,6 +276,26 @@ def test_cpu_matches_reference_at_moderate_size():
     # S ~ N: counting-sort path; S << N: per-thread private sums; one column: the 1-D path
     for rows, seg, num in ((values, many, 60_000), (values, many % 7, 7), (values[:, 3], many % 5, 5)):
         torch.testing.assert_close(K.segment_mean(rows, seg, num), reference.segment_mean(rows, seg, num))
+
+
+@settings(max_examples=25)
+@given(
+    low=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+    high=st.tuples(st.integers(1, 14), st.integers(1, 14)),
+    num=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_superpixel_functions_match_naive_for_any_sizes(low, high, num, seed):
+    # Any sizes on the CPU, including downsampling (H < h) and single rows or columns.
+    rng = np.random.default_rng(seed)
+    sp = torch.from_numpy(rng.integers(0, num, (1, *high)))
+    maps = torch.from_numpy(rng.normal(size=(1, 3, *low)) * 3).float()
+    expected = naive_mean_features(as64(maps), sp.numpy(), num)
+    got = K.superpixel_mean_features(maps, sp, num).double()
+    torch.testing.assert_close(got, torch.from_numpy(expected), rtol=2e-5, atol=2e-5)
+    expected = naive_entropy_sum(as64(maps), sp.numpy(), num)
+    got = K.superpixel_entropy_sum(maps, sp, num).double()
+    torch.testing.assert_close(got, torch.from_numpy(expected), rtol=2e-5, atol=2e-5)
 
 
 # ---------------------------------------------------------------- API contract
