@@ -278,6 +278,35 @@ def test_cpu_matches_reference_at_moderate_size():
         torch.testing.assert_close(K.segment_mean(rows, seg, num), reference.segment_mean(rows, seg, num))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_results_are_bitwise_repeatable(device):
+    rng = np.random.default_rng(5)
+    sp = torch.from_numpy(rng.integers(0, 6, (2, 9, 11)))
+    maps = torch.from_numpy(rng.normal(size=(2, 4, 3, 4))).float()
+    values = torch.from_numpy(rng.normal(size=(99, 3))).float()
+    seg = sp.reshape(-1)[:99]
+    for op, args in (
+        ("superpixel_mean_features", (maps, sp, 6)),
+        ("superpixel_entropy_sum", (maps, sp, 6)),
+        ("segment_sum", (values, seg, 6)),
+    ):
+        assert torch.equal(run(device, op, *args), run(device, op, *args)), op
+
+
+@pytest.mark.gpu
+def test_cuda_kernels_follow_torchs_current_stream():
+    rng = np.random.default_rng(9)
+    sp = torch.from_numpy(rng.integers(0, 50, (2, 64, 96))).cuda()
+    feat = torch.from_numpy(rng.normal(size=(2, 32, 8, 12))).float().cuda()
+    expected = reference.superpixel_mean_features(feat, sp, 50)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        got = K.superpixel_mean_features(feat * 1, sp, 50)  # the input is produced on the side stream too
+    torch.cuda.current_stream().wait_stream(side)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
 @settings(max_examples=25)
 @given(
     low=st.tuples(st.integers(1, 6), st.integers(1, 6)),
