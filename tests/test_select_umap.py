@@ -81,9 +81,12 @@ def fitted() -> tuple[TorchUMAP, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     return model, bank_y, new, new_y, model.umap_.transform(new)
 
 
-def test_transform_agrees_with_umap_learn(fitted) -> None:
+@pytest.mark.parametrize("sgd", ["auto", "torch"])  # CPU: numba loop; "torch": the CUDA code path
+def test_transform_agrees_with_umap_learn(fitted, sgd: str) -> None:
     model, bank_y, new, new_y, ref = fitted
+    model.sgd = sgd
     ours = model.transform(torch.from_numpy(new)).numpy()
+    model.sgd = "auto"
     assert ours.shape == ref.shape and np.isfinite(ours).all()
     knn = KNeighborsClassifier(15).fit(model.umap_.embedding_, bank_y)
     acc_ours, acc_ref = knn.score(ours, new_y), knn.score(ref, new_y)
@@ -91,7 +94,7 @@ def test_transform_agrees_with_umap_learn(fitted) -> None:
     tw_ref = trustworthiness(new, ref, n_neighbors=10)
     km = KMeans(6, n_init=4, random_state=0)
     ari_ours, ari_ref = adjusted_rand_score(new_y, km.fit_predict(ours)), adjusted_rand_score(new_y, km.fit_predict(ref))
-    print(f"knn acc {acc_ours:.3f}/{acc_ref:.3f} trust {tw_ours:.3f}/{tw_ref:.3f} ARI {ari_ours:.3f}/{ari_ref:.3f}")
+    print(f"{sgd}: knn acc {acc_ours:.3f}/{acc_ref:.3f} trust {tw_ours:.3f}/{tw_ref:.3f} ARI {ari_ours:.3f}/{ari_ref:.3f}")
     assert acc_ours > 0.5  # the data are informative at all
     assert abs(acc_ours - acc_ref) < 0.03
     assert abs(tw_ours - tw_ref) < 0.02
@@ -106,6 +109,10 @@ def test_transform_is_deterministic_and_seeded(fitted) -> None:
     model, _, new, _, _ = fitted
     a = model.transform(torch.from_numpy(new[:300]))
     assert torch.equal(a, model.transform(torch.from_numpy(new[:300])))
+    other = TorchUMAP(UMAPParams(random_state=0, transform_seed=1))
+    other.__dict__.update({k: v for k, v in model.__dict__.items() if k.endswith("_")})
+    other.params_ = UMAPParams(random_state=0, transform_seed=1)
+    assert not torch.equal(a, other.transform(torch.from_numpy(new[:300])))
 
 
 def test_params_translation_and_errors() -> None:

@@ -15,7 +15,9 @@ re-implements umap-learn 0.5's transform step for step, on any torch device:
    epochs-per-sample schedule, negative sampling rate, learning rate ``lr / 4`` decaying
    linearly, gradients clipped at 4.
 
-One deliberate difference: umap-learn moves a point after every sampled edge and every negative
+On the CPU the SGD runs as a numba loop per point (:mod:`fastal.select.umap_sgd_cpu`) in
+umap-learn's exact update order. The tensor version below (CUDA, or ``sgd="torch"``) has one
+deliberate difference: umap-learn moves a point after every sampled edge and every negative
 sample in turn; here each epoch evaluates all of a point's sampled edges at its position at the
 start of the epoch (negatives at the position after their edge's attraction step) and applies
 the sum, so an epoch is a few tensor operations over all edges instead of a sequential loop.
@@ -238,10 +240,10 @@ def optimize_transform(
         cur = head.index_select(0, r)
         step = _grad_attract(cur - tail.index_select(0, dst[sel]), a, b).mul_(alpha)  # (E_n, dim)
         next_sample = torch.where(act, next_sample + eps, next_sample)
-        n_neg = torch.where(act, ((n - next_neg) / eps_neg).trunc().clamp_min(0), 0.0)  # int() in umap-learn
-        next_neg = next_neg + n_neg * eps_neg
+        n_neg = torch.where(act, ((n - next_neg) / eps_neg).trunc(), 0.0)  # int() in umap-learn
+        next_neg = next_neg + n_neg * eps_neg  # also when negative, as umap-learn does
         # Negatives of an edge are drawn where its attraction step left the point, as in umap-learn.
-        e = torch.repeat_interleave(n_neg[sel].long())
+        e = torch.repeat_interleave(n_neg[sel].clamp_min(0).long())
         neg = torch.randint(n_vertices, (e.numel(),), device=head.device, generator=generator)
         pos = (cur + step).index_select(0, e)
         push = _grad_repel(pos - tail.index_select(0, neg), a, b, gamma).mul_(alpha)
@@ -258,9 +260,10 @@ class TorchUMAP:
         emb = TorchUMAP(UMAPParams(random_state=0)).fit(bank).transform(pool)  # (N, 2), pool's device
     """
 
-    def __init__(self, params: UMAPParams | None = None, chunk_size: int = 8192) -> None:
+    def __init__(self, params: UMAPParams | None = None, chunk_size: int = 8192, sgd: str = "auto") -> None:
         self.params = params
         self.chunk_size = chunk_size
+        self.sgd = sgd  # "auto": numba loop on CPU, tensor epochs elsewhere; "torch": tensor epochs everywhere
 
     def fit(self, x: torch.Tensor) -> TorchUMAP:
         """Fit umap-learn on ``x`` (M, D); keeps the fitted points and embedding on ``x``'s device."""
@@ -304,9 +307,11 @@ class TorchUMAP:
         else:
             n_epochs = int(p.n_epochs // 3.0)
         w = torch.where(w < w.max() / float(n_epochs), torch.zeros_like(w), w)
+        kw = dict(gamma=p.repulsion_strength, initial_alpha=p.learning_rate / 4.0,
+                  negative_sample_rate=p.negative_sample_rate)  # fmt: skip
+        if self.sgd == "auto" and x.device.type == "cpu":
+            from fastal.select.umap_sgd_cpu import optimize_transform_cpu
+
+            return optimize_transform_cpu(head, tail, idx, w, n_epochs, self.a_, self.b_, seed=p.transform_seed, **kw)
         gen = torch.Generator(device=x.device).manual_seed(p.transform_seed)
-        return optimize_transform(
-            head, tail, idx, w, n_epochs, self.a_, self.b_,
-            gamma=p.repulsion_strength, initial_alpha=p.learning_rate / 4.0,
-            negative_sample_rate=p.negative_sample_rate, generator=gen,
-        )  # fmt: skip
+        return optimize_transform(head, tail, idx, w, n_epochs, self.a_, self.b_, generator=gen, **kw)
