@@ -2,11 +2,13 @@
 
 Every reduction walks each segment's elements in sorted order: ``torch.sort`` on the device gives
 the order, ``bincount`` + ``cumsum`` the segment bounds, and one thread block per segment reduces
-its elements in registers and shared memory and writes the result once. There are no atomics, so
-results are deterministic and no global atomic is issued per (pixel, channel).
+its elements in registers and shared memory and writes the result once. The kernels use no
+atomics (only torch's bincount counts segment sizes, exactly, in integers), so results are
+deterministic and no global atomic is issued per (pixel, channel).
 
 Tensors go in zero-copy through ``__cuda_array_interface__`` (``cuda.as_cuda_array``) and kernels
-launch on torch's current stream. Values accumulate in float32 (float64 for float64 input to the
+launch on torch's current stream. The one copy is of the small low-resolution map of the
+superpixel functions, made channel-last so that a warp reads 32 adjacent channels at once. Values accumulate in float32 (float64 for float64 input to the
 segment ops); fp16 is read natively and bfloat16, which numba has no type for, is read as int16
 bits and decoded in the kernel. Under ``NUMBA_ENABLE_CUDASIM=1`` the same kernels run in numba's
 CUDA simulator on CPU tensors (numpy views), which is how CI tests them.
@@ -48,11 +50,6 @@ def _load_f64(x):  # pragma: no cover - compiled
 
 
 @cuda.jit(device=True)
-def _load_bf16(x):  # pragma: no cover - compiled
-    return _bf16(x)
-
-
-@cuda.jit(device=True)
 def _tree_sum(buf, tx, ty, bx, by):  # pragma: no cover - compiled
     """Sum ``buf[ty * bx + tx]`` over ty (by a power of two) into ``buf[tx]``; all threads must call."""
     cuda.syncthreads()
@@ -64,11 +61,24 @@ def _tree_sum(buf, tx, ty, bx, by):  # pragma: no cover - compiled
         half //= 2
 
 
+@cuda.jit(device=True)
+def _corners(p, y0, y1, ly, x0, x1, lx, h, w):  # pragma: no cover - compiled
+    """Full-res pixel ``p = (b*H + y)*W + x`` -> its 4 source cells (rows of the (B*h*w, C) map) and
+    the weights (wy, wx) of the lower row and right column."""
+    r = p // x0.shape[0]
+    x = p - r * x0.shape[0]
+    b = r // y0.shape[0]
+    y = r - b * y0.shape[0]
+    top = (b * h + y0[y]) * w
+    bottom = (b * h + y1[y]) * w
+    return top + x0[x], top + x1[x], bottom + x0[x], bottom + x1[x], ly[y], lx[x]
+
+
 # How values of each storage kind are read and accumulated.
 _KINDS = {
     "f32": (_load_f32, np.float32),  # float16 and float32
     "f64": (_load_f64, np.float64),
-    "bf16": (_load_bf16, np.float32),  # int16 bits of bfloat16
+    "bf16": (_bf16, np.float32),  # int16 bits of bfloat16
 }
 
 
@@ -127,7 +137,7 @@ def kernels(kind: str) -> SimpleNamespace:
         s = cuda.blockIdx.x
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
         bx, by = cuda.blockDim.x, cuda.blockDim.y
-        height, width, depth = y0.shape[0], x0.shape[0], cells.shape[1]
+        depth = cells.shape[1]
         buf = cuda.shared.array(MAX_THREADS, np.float64)
         start, stop = indptr[s], indptr[s + 1]
         for d0 in range(0, depth, bx):
@@ -135,18 +145,12 @@ def kernels(kind: str) -> SimpleNamespace:
             acc = np.float32(0)
             if d < depth:
                 for k in range(start + ty, stop, by):
-                    p = perm[k]
-                    r = p // width
-                    x = p - r * width
-                    b = r // height
-                    y = r - b * height
-                    top = (b * h + y0[y]) * w
-                    bottom = (b * h + y1[y]) * w
-                    a = load(cells[top + x0[x], d])
-                    upper = a + lx[x] * (load(cells[top + x1[x], d]) - a)
-                    a = load(cells[bottom + x0[x], d])
-                    lower = a + lx[x] * (load(cells[bottom + x1[x], d]) - a)
-                    acc += upper + ly[y] * (lower - upper)
+                    c00, c01, c10, c11, wy, wx = _corners(perm[k], y0, y1, ly, x0, x1, lx, h, w)
+                    a = load(cells[c00, d])
+                    upper = a + wx * (load(cells[c01, d]) - a)
+                    a = load(cells[c10, d])
+                    lower = a + wx * (load(cells[c11, d]) - a)
+                    acc += upper + wy * (lower - upper)
             buf[ty * bx + tx] = acc
             _tree_sum(buf, tx, ty, bx, by)
             if ty == 0 and d < depth:
@@ -159,26 +163,18 @@ def kernels(kind: str) -> SimpleNamespace:
         # online softmax over the C interpolated logits (one pass, nothing stored per pixel).
         s = cuda.blockIdx.x
         tid, nthreads = cuda.threadIdx.x, cuda.blockDim.x
-        height, width, classes = y0.shape[0], x0.shape[0], cells.shape[1]
+        classes = cells.shape[1]
         buf = cuda.shared.array(MAX_THREADS, np.float64)
         acc = np.float32(0)
         for k in range(indptr[s] + tid, indptr[s + 1], nthreads):
-            p = perm[k]
-            r = p // width
-            x = p - r * width
-            b = r // height
-            y = r - b * height
-            top = (b * h + y0[y]) * w
-            bottom = (b * h + y1[y]) * w
-            top0, top1, bottom0, bottom1 = top + x0[x], top + x1[x], bottom + x0[x], bottom + x1[x]
-            wx, wy = lx[x], ly[y]
+            c00, c01, c10, c11, wy, wx = _corners(perm[k], y0, y1, ly, x0, x1, lx, h, w)
             # total = sum e_c, weighted = sum e_c (z_c - zmax), e_c = exp(z_c - zmax), zmax running.
             zmax, total, weighted = np.float32(0), np.float32(0), np.float32(0)
             for c in range(classes):
-                a = load(cells[top0, c])
-                upper = a + wx * (load(cells[top1, c]) - a)
-                a = load(cells[bottom0, c])
-                lower = a + wx * (load(cells[bottom1, c]) - a)
+                a = load(cells[c00, c])
+                upper = a + wx * (load(cells[c01, c]) - a)
+                a = load(cells[c10, c])
+                lower = a + wx * (load(cells[c11, c]) - a)
                 z = upper + wy * (lower - upper)
                 if c == 0:
                     zmax, total = z, np.float32(1)
