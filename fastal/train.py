@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from fastal.atomic import atomic_open
+from fastal.data.base import IGNORE
 from fastal.errors import FastalError
 from fastal.model import (
     BACKBONES,
@@ -39,7 +40,6 @@ from fastal.model import (
     sample_contrastive,
 )
 
-IGNORE = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AMP_MODES = ("auto", "bf16", "fp16", "fp32")

@@ -7,10 +7,10 @@ from typing import Any
 
 import torch
 
+from fastal.data.base import IGNORE
 from fastal.errors import FastalError
 from fastal.model.ranking import rank_within_groups
 
-IGNORE = 255
 
 
 def entropy2(logits: torch.Tensor) -> torch.Tensor:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fastal.data.base import IGNORE
 from fastal.model.ranking import rank_within_groups
 
-IGNORE = 255
 
 
 def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

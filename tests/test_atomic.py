@@ -1,0 +1,41 @@
+import os
+import stat
+
+import pytest
+
+from fastal.atomic import atomic_dir, atomic_open, atomic_write_json, atomic_write_text
+
+
+def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "state.txt"
+    atomic_write_text(path, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_open(path, "w") as f:
+            f.write("new, half")
+            raise RuntimeError("killed")
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.txt"]
+
+
+def test_written_file_gets_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.json").st_mode) == 0o644
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path):
+    target = tmp_path / "cache"
+    with atomic_dir(target) as d:
+        (d / "f").write_text("1")
+    with pytest.raises(ValueError):
+        with atomic_dir(target) as d:
+            (d / "f").write_text("2")
+            raise ValueError("interrupted")
+    assert (target / "f").read_text() == "1"
+    with atomic_dir(target) as d:
+        (d / "g").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == ["g"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
