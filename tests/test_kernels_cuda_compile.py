@@ -31,16 +31,16 @@ SCRIPT = textwrap.dedent(
         return numba.typeof(np.empty((1,) * ndim, dtype))
 
     i64, i32, f32 = arr(np.int64, 1), arr(np.int32, 1), arr(np.float32, 1)
-    scalar = numba.types.int64
     for kind, dtype in (("f32", np.float16), ("f32", np.float32), ("f64", np.float64), ("bf16", np.int16)):
         kernels = K.kernels(kind)
         acc = np.float64 if kind == "f64" else np.float32
-        taps = (i32, i32, f32, i32, i32, f32, scalar, scalar)
+        # rows, cols, indptr, row_top, row_bottom, row_weight, x0, x1, lx
+        pixels = (i32, i32, i64, i64, i64, f32, i32, i32, f32)
         signatures = {
             "segment_sum": (arr(dtype, 2), i64, i64, arr(acc, 2)),
             "segment_argmax": (arr(dtype, 1), i64, i64, i64),
-            "pool_features": (arr(dtype, 2), i64, i64, *taps, arr(np.float32, 2)),
-            "entropy_sum": (arr(dtype, 2), i64, i64, *taps, f32),
+            "pool_features": (arr(dtype, 2), *pixels, arr(np.float32, 2)),
+            "entropy_sum": (arr(dtype, 2), *pixels, f32),
         }
         for name, signature in signatures.items():
             try:

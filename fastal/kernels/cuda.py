@@ -62,16 +62,11 @@ def _tree_sum(buf, tx, ty, bx, by):  # pragma: no cover - compiled
 
 
 @cuda.jit(device=True)
-def _corners(p, y0, y1, ly, x0, x1, lx, h, w):  # pragma: no cover - compiled
-    """Full-res pixel ``p = (b*H + y)*W + x`` -> its 4 source cells (rows of the (B*h*w, C) map) and
-    the weights (wy, wx) of the lower row and right column."""
-    r = p // x0.shape[0]
-    x = p - r * x0.shape[0]
-    b = r // y0.shape[0]
-    y = r - b * y0.shape[0]
-    top = (b * h + y0[y]) * w
-    bottom = (b * h + y1[y]) * w
-    return top + x0[x], top + x1[x], bottom + x0[x], bottom + x1[x], ly[y], lx[x]
+def _corners(row, col, row_top, row_bottom, row_weight, x0, x1, lx):  # pragma: no cover - compiled
+    """Full-res pixel (row = b*H + y, col = x) -> its 4 source cells (rows of the (B*h*w, C) map)
+    and the weights (wy, wx) of the lower source row and the right source column."""
+    top, bottom = row_top[row], row_bottom[row]
+    return top + x0[col], top + x1[col], bottom + x0[col], bottom + x1[col], row_weight[row], lx[col]
 
 
 # How values of each storage kind are read and accumulated.
@@ -131,8 +126,8 @@ def kernels(kind: str) -> SimpleNamespace:
             out[s] = best_index[0]
 
     @cuda.jit
-    def pool_features(cells, perm, indptr, y0, y1, ly, x0, x1, lx, h, w, out):  # pragma: no cover
-        # cells (B*h*w, D) channel-last low-res map; perm: flat full-res pixels (b*H + y)*W + x
+    def pool_features(cells, rows, cols, indptr, row_top, row_bottom, row_weight, x0, x1, lx, out):  # pragma: no cover
+        # cells (B*h*w, D) channel-last low-res map; rows/cols: full-res pixels (b*H + y, x)
         # grouped by superpixel; out (S, D) sums of the bilinearly upsampled rows.
         s = cuda.blockIdx.x
         tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
@@ -145,7 +140,7 @@ def kernels(kind: str) -> SimpleNamespace:
             acc = np.float32(0)
             if d < depth:
                 for k in range(start + ty, stop, by):
-                    c00, c01, c10, c11, wy, wx = _corners(perm[k], y0, y1, ly, x0, x1, lx, h, w)
+                    c00, c01, c10, c11, wy, wx = _corners(rows[k], cols[k], row_top, row_bottom, row_weight, x0, x1, lx)
                     a = load(cells[c00, d])
                     upper = a + wx * (load(cells[c01, d]) - a)
                     a = load(cells[c10, d])
@@ -158,7 +153,7 @@ def kernels(kind: str) -> SimpleNamespace:
             cuda.syncthreads()
 
     @cuda.jit
-    def entropy_sum(cells, perm, indptr, y0, y1, ly, x0, x1, lx, h, w, out):  # pragma: no cover
+    def entropy_sum(cells, rows, cols, indptr, row_top, row_bottom, row_weight, x0, x1, lx, out):  # pragma: no cover
         # cells (B*h*w, C) channel-last logits; one thread per full-res pixel of the segment, an
         # online softmax over the C interpolated logits (one pass, nothing stored per pixel).
         s = cuda.blockIdx.x
@@ -167,7 +162,7 @@ def kernels(kind: str) -> SimpleNamespace:
         buf = cuda.shared.array(MAX_THREADS, np.float64)
         acc = np.float32(0)
         for k in range(indptr[s] + tid, indptr[s + 1], nthreads):
-            c00, c01, c10, c11, wy, wx = _corners(perm[k], y0, y1, ly, x0, x1, lx, h, w)
+            c00, c01, c10, c11, wy, wx = _corners(rows[k], cols[k], row_top, row_bottom, row_weight, x0, x1, lx)
             # total = sum e_c, weighted = sum e_c (z_c - zmax), e_c = exp(z_c - zmax), zmax running.
             zmax, total, weighted = np.float32(0), np.float32(0), np.float32(0)
             for c in range(classes):
@@ -285,31 +280,42 @@ def segment_argmax(scores: torch.Tensor, seg: torch.Tensor, num_segments: int) -
     return out
 
 
-def _upsampling_args(maps: torch.Tensor, sp: torch.Tensor) -> tuple:
-    """Channel-last low-res cells (B*h*w, C) and the bilinear taps, on the device."""
+def _upsampling_args(maps: torch.Tensor, sp: torch.Tensor, num_sp: int) -> tuple[torch.Tensor, ...]:
+    """Kernel inputs of the superpixel functions, all on the device.
+
+    Returns the channel-last low-res cells (B*h*w, C), the full-res pixels grouped by superpixel
+    as (row = b*H + y, col = x) with their ``indptr``, and per-row / per-column bilinear tables:
+    the first cell of each full-res row's upper and lower source rows, the lower row's weight,
+    and the column taps. Decoding pixels here, in two elementwise ops, spares the kernels three
+    64-bit integer divisions per pixel (per channel chunk).
+    """
     # One small copy of the low-res map (float64 narrowed to float32; the result is float32).
     cells = maps.permute(0, 2, 3, 1).to(torch.float32 if maps.dtype == torch.float64 else maps.dtype)
     cells = cells.contiguous().reshape(-1, maps.shape[1])
-    (h, w), (height, width) = maps.shape[-2:], sp.shape[-2:]
-    taps = [torch.from_numpy(a).to(maps.device) for a in (*bilinear_taps(h, height), *bilinear_taps(w, width))]
-    return cells, taps, h, w
+    batch, (h, w), (height, width) = maps.shape[0], maps.shape[-2:], sp.shape[-2:]
+    perm, indptr = _csr(sp, num_sp)
+    rows = torch.div(perm, width, rounding_mode="floor")
+    cols = (perm - rows * width).to(torch.int32)
+    y0, y1, ly = bilinear_taps(h, height)
+    image_cell = np.repeat(np.arange(batch, dtype=np.int64) * h, height)  # b*h for each full-res row
+    row_top = (image_cell + np.tile(y0, batch)) * w
+    row_bottom = (image_cell + np.tile(y1, batch)) * w
+    tables = (row_top, row_bottom, np.tile(ly, batch), *bilinear_taps(w, width))
+    return cells, rows.to(torch.int32), cols, indptr, *(torch.from_numpy(t).to(maps.device) for t in tables)
 
 
 def superpixel_mean_features(feat: torch.Tensor, sp: torch.Tensor, num_sp: int) -> torch.Tensor:
     _require_gpu()
-    cells, taps, h, w = _upsampling_args(feat, sp)
+    args = _upsampling_args(feat, sp, num_sp)
     out = torch.zeros((num_sp, feat.shape[1]), dtype=torch.float32, device=feat.device)
-    perm, indptr = _csr(sp, num_sp)
-    k = kernels(_kind(cells))
-    _launch(k.pool_features, num_sp, _rows_block(feat.shape[1]), feat.device, cells, perm, indptr, *taps, h, w, out)
-    return out.div_(torch.diff(indptr).clamp_(min=1).to(torch.float32)[:, None])
+    _launch(kernels(_kind(args[0])).pool_features, num_sp, _rows_block(feat.shape[1]), feat.device, *args, out)
+    counts = torch.diff(args[3]).clamp_(min=1).to(torch.float32)
+    return out.div_(counts[:, None])
 
 
 def superpixel_entropy_sum(logits: torch.Tensor, sp: torch.Tensor, num_sp: int) -> torch.Tensor:
     _require_gpu()
-    cells, taps, h, w = _upsampling_args(logits, sp)
+    args = _upsampling_args(logits, sp, num_sp)
     out = torch.zeros(num_sp, dtype=torch.float32, device=logits.device)
-    perm, indptr = _csr(sp, num_sp)
-    k = kernels(_kind(cells))
-    _launch(k.entropy_sum, num_sp, (THREADS,), logits.device, cells, perm, indptr, *taps, h, w, out)
+    _launch(kernels(_kind(args[0])).entropy_sum, num_sp, (THREADS,), logits.device, *args, out)
     return out
