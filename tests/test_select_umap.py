@@ -15,14 +15,9 @@ from umap.umap_ import compute_membership_strengths, init_graph_transform
 from umap.umap_ import smooth_knn_dist as umap_smooth_knn_dist
 
 from fastal.errors import FastalError
+from fastal.select.knn import knn_search
 from fastal.select.umap_params import UMAPParams, translate_umap_params
-from fastal.select.umap_torch import (
-    TorchUMAP,
-    init_from_neighbours,
-    knn_search,
-    membership_weights,
-    smooth_knn_dist,
-)
+from fastal.select.umap_torch import TorchUMAP, init_from_neighbours, membership_weights, smooth_knn_dist
 
 
 def _sorted_dists(seed: int) -> np.ndarray:

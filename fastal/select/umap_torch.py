@@ -5,8 +5,9 @@ on two cores), which dominates a selection cycle over a pool of 10^5-10^6 superp
 is small (C x T <= ~11k points), so fitting stays with umap-learn; :meth:`TorchUMAP.transform`
 re-implements umap-learn 0.5's transform step for step, on any torch device:
 
-1. exact kNN of each new point among the fitted points (chunked matmul + top-k; umap-learn
-   queries its approximate NNDescent index instead),
+1. kNN of each new point among the fitted points (:mod:`fastal.select.knn`: exact below 4,096
+   fitted points, a bf16 screen with exact re-ranking above, where umap-learn queries its
+   approximate NNDescent index),
 2. ``smooth_knn_dist`` (binary search for sigma, rho with ``local_connectivity - 1``) and the
    bipartite membership strengths,
 3. initialisation at the membership-weighted mean of the neighbours' embedding,
@@ -32,41 +33,12 @@ import numpy as np
 import torch
 
 from fastal.errors import FastalError
+from fastal.select.knn import knn_search
 from fastal.select.umap_params import UMAPParams, translate_umap_params
 
 _SMOOTH_K_TOLERANCE = 1e-5  # umap_.SMOOTH_K_TOLERANCE
 _MIN_K_DIST_SCALE = 1e-3  # umap_.MIN_K_DIST_SCALE
 _DISCONNECTION = {"cosine": 2.0, "euclidean": float("inf")}  # umap_.DISCONNECTION_DISTANCES
-
-
-def knn_search(
-    x: torch.Tensor, ref: torch.Tensor, k: int, metric: str, chunk_size: int = 8192
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact k nearest rows of ``ref`` for each row of ``x``: (dists (N,k) float32 ascending, idx (N,k) int64).
-
-    ``metric`` is ``"euclidean"`` or ``"cosine"`` (1 - cosine similarity, as umap-learn).
-    """
-    ref = ref.float()
-    if metric == "cosine":
-        ref = torch.nn.functional.normalize(ref, dim=1)
-    ref_t = ref.T.contiguous()  # (D, M)
-    ref_sq = (ref * ref).sum(1)  # (M,)
-    dists = torch.empty(x.shape[0], k, dtype=torch.float32, device=x.device)
-    idx = torch.empty(x.shape[0], k, dtype=torch.int64, device=x.device)
-    for s in range(0, x.shape[0], chunk_size):
-        xc = x[s : s + chunk_size].float()
-        if metric == "cosine":
-            sim = torch.nn.functional.normalize(xc, dim=1) @ ref_t  # (n, M)
-            top, ti = torch.topk(sim, k, dim=1)
-            d = (1.0 - top).clamp_min(0.0)
-        else:
-            # |x-r|^2 = |x|^2 - 2 x.r + |r|^2; only -2 x.r + |r|^2 decides the order.
-            score = torch.addmm(ref_sq, xc, ref_t, beta=1.0, alpha=-2.0)  # (n, M)
-            top, ti = torch.topk(score, k, dim=1, largest=False)
-            d = (top + (xc * xc).sum(1, keepdim=True)).clamp_min(0.0).sqrt()
-        dists[s : s + chunk_size] = d
-        idx[s : s + chunk_size] = ti
-    return dists, idx
 
 
 def smooth_knn_dist(
