@@ -17,11 +17,12 @@ def _nearest_f64(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return d.argmin(1), d.min(1)
 
 
+@pytest.mark.parametrize("use_numba", [True, False], ids=["numba", "tensor"])  # tensor: the CUDA code path
 @pytest.mark.parametrize(("n", "k", "d", "centres"), [(4000, 60, 2, 60), (3000, 20, 16, 20), (3000, 150, 2, 15)])
-def test_inertia_within_a_few_percent_of_sklearn(n: int, k: int, d: int, centres: int) -> None:
+def test_inertia_within_a_few_percent_of_sklearn(n: int, k: int, d: int, centres: int, use_numba: bool) -> None:
     x, _ = make_blobs(n, d, centers=centres, cluster_std=1.5, random_state=0)
     x = x.astype(np.float32)
-    ours = TorchKMeans(k, random_state=0).fit(torch.from_numpy(x))
+    ours = TorchKMeans(k, random_state=0, use_numba=use_numba).fit(torch.from_numpy(x))
     ref = KMeans(k, n_init=1, random_state=0).fit(x)
     assert ours.inertia_ <= ref.inertia_ * 1.03
     # The fitted labels are each point's nearest centre, and inertia is their squared distance.
@@ -32,10 +33,11 @@ def test_inertia_within_a_few_percent_of_sklearn(n: int, k: int, d: int, centres
     assert ours.labels_.dtype == torch.int64 and ours.cluster_centers_.shape == (k, d)
 
 
-def test_pruned_assignment_equals_full_scan() -> None:
+@pytest.mark.parametrize("use_numba", [True, False], ids=["numba", "tensor"])
+def test_pruned_assignment_equals_full_scan(use_numba: bool) -> None:
     x, _ = make_blobs(5000, 3, centers=40, random_state=1)
     x = torch.from_numpy(x.astype(np.float32))
-    km = TorchKMeans(300, n_candidates=8, random_state=0)
+    km = TorchKMeans(300, n_candidates=8, random_state=0, use_numba=use_numba)
     centres = x[torch.randperm(5000, generator=torch.Generator().manual_seed(0))[:300]]
     start = torch.randint(300, (5000,), generator=torch.Generator().manual_seed(1))  # bad guesses too
     got, got_d2 = km._assign(x, centres, start)

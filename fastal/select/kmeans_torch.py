@@ -38,7 +38,7 @@ def full_assign(x: torch.Tensor, centers: torch.Tensor, chunk_size: int = 4096) 
 
 
 def kmeans_plusplus(
-    x: torch.Tensor, k: int, generator: torch.Generator, n_local_trials: int = 1
+    x: torch.Tensor, k: int, generator: torch.Generator, n_local_trials: int = 1, use_numba: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """k-means++ seeding (greedy with ``n_local_trials`` candidates per step, as scikit-learn).
 
@@ -46,7 +46,7 @@ def kmeans_plusplus(
     the first Lloyd step needs no full scan. CPU tensors go to the numba loop of
     :mod:`fastal.select.kmeans_cpu`; elsewhere each step is a few tensor operations.
     """
-    if x.device.type == "cpu":
+    if use_numba and x.device.type == "cpu":
         from fastal.select.kmeans_cpu import kmeans_plusplus_cpu
 
         return kmeans_plusplus_cpu(x, k, generator, n_local_trials)
@@ -98,6 +98,7 @@ class TorchKMeans:
         n_candidates: int = 32,
         random_state: int = 0,
         chunk_size: int = 4096,
+        use_numba: bool = True,
     ) -> None:
         self.n_clusters = n_clusters
         self.max_iter = max_iter
@@ -106,6 +107,7 @@ class TorchKMeans:
         self.n_candidates = n_candidates
         self.random_state = random_state
         self.chunk_size = chunk_size
+        self.use_numba = use_numba  # CPU tensors: numba kernels; False runs the tensor (CUDA) code on the CPU
 
     def _assign(self, x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact nearest centre, searching the neighbours of each point's current centre first."""
@@ -118,7 +120,7 @@ class TorchKMeans:
         near_d, near = torch.topk(cc, m + 1, dim=1, largest=False)  # the centre itself comes first
         bound = near_d[:, m]  # squared distance to the nearest centre outside the list
         near = near[:, :m]
-        if x.device.type == "cpu":
+        if self.use_numba and x.device.type == "cpu":
             from fastal.select.kmeans_cpu import assign_pruned_cpu
 
             return assign_pruned_cpu(x, centers, labels, near, bound)
@@ -148,7 +150,7 @@ class TorchKMeans:
         x = x.float().contiguous()
         gen = torch.Generator(device=x.device).manual_seed(self.random_state)
         trials = self.n_local_trials or 2 + int(math.log(k))
-        centers, labels, d2 = kmeans_plusplus(x, k, gen, trials)
+        centers, labels, d2 = kmeans_plusplus(x, k, gen, trials, self.use_numba)
         tol = self.tol * float(x.var(0).mean())
         n_iter = 0
         for n_iter in range(1, self.max_iter + 1):
