@@ -388,7 +388,7 @@ def cycle_table(results: dict[str, Any]):
     full = results.get("full_miou")
     table = Table(title=f"{results['dataset']} / {results['strategy']} / seed {results['seed']}"
                   + (f"  (fully supervised mIoU {full:.4f})" if full is not None else ""))
-    for col in ("cycle", "superpixels", "% pixels", "clicks", "mIoU", "of full", "train s", "select s"):
+    for col in ("cycle", "regions", "% pixels", "clicks", "mIoU", "of full", "train s", "select s"):
         table.add_column(col, justify="right")
     for c in results["cycles"]:
         table.add_row(

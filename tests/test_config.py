@@ -84,3 +84,16 @@ def test_toml_writer_matches_tomllib(data: dict) -> None:
 
 def test_none_is_left_out() -> None:
     assert "data_root" not in dumps_toml(to_dict(RunConfig()))
+
+
+def test_default_toml_is_the_default_config() -> None:
+    root = Path(__file__).resolve().parents[1]
+    assert load_config(root / "configs" / "default.toml") == RunConfig()
+    text = (root / "configs" / "default.toml").read_text()
+    for name in RunConfig.__dataclass_fields__:
+        assert f"{name} =" in text, f"configs/default.toml does not document {name}"
+
+
+def test_camvid_example_is_valid() -> None:
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "camvid_cpu.toml")
+    assert cfg.dataset == "camvid" and cfg.budget_pct() <= 100
