@@ -15,15 +15,21 @@ import torch
 
 
 @numba.njit(inline="always")
-def _clip(v: float) -> float:
-    return 4.0 if v > 4.0 else (-4.0 if v < -4.0 else v)
+def _clip(v):  # pragma: no cover - compiled
+    return min(max(v, np.float32(-4.0)), np.float32(4.0))
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _sgd(head, tail, idx, eps, n_epochs, a, b, gamma, initial_alpha, negative_sample_rate, seed):  # pragma: no cover
+    # float32 arithmetic like umap-learn's kernel (its pow on float32 distances is the hot spot)
     n, k = idx.shape
     dim = head.shape[1]
     m = tail.shape[0]
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    attract = np.float32(-2.0) * a * b
+    repel = np.float32(2.0) * gamma * b
+    eps_small = np.float32(0.001)
     for i in numba.prange(n):
         next_sample = eps[i].copy()
         eps_neg = eps[i] / negative_sample_rate
@@ -32,18 +38,18 @@ def _sgd(head, tail, idx, eps, n_epochs, a, b, gamma, initial_alpha, negative_sa
         cur = head[i]
         for ep in range(n_epochs):
             # umap-learn lowers alpha after each epoch: epochs 0 and 1 both run at the initial rate.
-            alpha = initial_alpha if ep == 0 else initial_alpha * (1.0 - (ep - 1) / n_epochs)
+            alpha = np.float32(initial_alpha if ep == 0 else initial_alpha * (1.0 - (ep - 1) / n_epochs))
             for j in range(k):
                 if eps[i, j] <= 0.0 or next_sample[j] > ep:
                     continue
                 other = tail[idx[i, j]]
-                d2 = 0.0
+                d2 = zero
                 for d in range(dim):
                     diff = cur[d] - other[d]
                     d2 += diff * diff
-                if d2 > 0.0:
+                if d2 > zero:
                     pb = d2**b
-                    coeff = -2.0 * a * b * (pb / d2) / (a * pb + 1.0)  # d2^(b-1) = d2^b / d2
+                    coeff = attract * (pb / d2) / (a * pb + one)  # d2^(b-1) = d2^b / d2
                     for d in range(dim):
                         cur[d] += _clip(coeff * (cur[d] - other[d])) * alpha
                 next_sample[j] += eps[i, j]
@@ -53,12 +59,12 @@ def _sgd(head, tail, idx, eps, n_epochs, a, b, gamma, initial_alpha, negative_sa
                     state ^= state >> np.uint64(7)
                     state ^= state << np.uint64(17)
                     other = tail[np.int64(state % np.uint64(m))]
-                    d2 = 0.0
+                    d2 = zero
                     for d in range(dim):
                         diff = cur[d] - other[d]
                         d2 += diff * diff
-                    if d2 > 0.0:
-                        coeff = 2.0 * gamma * b / ((0.001 + d2) * (a * d2**b + 1.0))
+                    if d2 > zero:
+                        coeff = repel / ((eps_small + d2) * (a * d2**b + one))
                         for d in range(dim):
                             cur[d] += _clip(coeff * (cur[d] - other[d])) * alpha
                 next_neg[j] += n_neg * eps_neg[j]  # also when negative, as umap-learn does
@@ -83,6 +89,7 @@ def optimize_transform_cpu(
     wmax = float(w.max())
     n_samples = n_epochs * (w / wmax)  # float32 ratio, float64 schedule (as umap-learn)
     eps = torch.where(w > 0, float(n_epochs) / n_samples.double(), torch.full_like(w, -1.0, dtype=torch.float64))
-    _sgd(h, tail.contiguous().numpy(), idx.contiguous().numpy(), eps.numpy(), int(n_epochs), float(a), float(b),
-         float(gamma), float(initial_alpha), float(negative_sample_rate), int(seed))  # fmt: skip
+    f32 = np.float32
+    _sgd(h, tail.float().contiguous().numpy(), idx.contiguous().numpy(), eps.numpy(), int(n_epochs), f32(a), f32(b),
+         f32(gamma), float(initial_alpha), float(negative_sample_rate), int(seed))  # fmt: skip
     return head
