@@ -92,6 +92,27 @@ def _assign_pruned(x, centers, labels, near, bound, out_labels, out_d2):  # prag
         out_d2[i] = best
 
 
+@numba.njit(parallel=True, cache=True)
+def _assign_full(x, centers, out_labels, out_d2):  # pragma: no cover - compiled
+    for i in numba.prange(x.shape[0]):
+        best = np.inf
+        arg = -1
+        for c in range(centers.shape[0]):
+            d = _sq_to(x, i, centers, c)
+            if d < best:
+                best, arg = d, c
+        out_labels[i] = arg
+        out_d2[i] = best
+
+
+def assign_full_cpu(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centre of every row by a full scan (lowest index on ties): (labels int64, squared distance)."""
+    out_labels = np.empty(x.shape[0], np.int64)
+    out_d2 = np.empty(x.shape[0], np.float64)
+    _assign_full(x.contiguous().numpy(), centers.contiguous().numpy(), out_labels, out_d2)
+    return torch.from_numpy(out_labels), torch.from_numpy(out_d2).to(x.dtype)
+
+
 def assign_pruned_cpu(
     x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor, near: torch.Tensor, bound: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

