@@ -83,3 +83,14 @@ def test_cuda_matches_cpu_inertia() -> None:
     gpu = TorchKMeans(200, random_state=0).fit(x.cuda())
     assert gpu.labels_.device.type == "cuda"
     assert gpu.inertia_ == pytest.approx(cpu.inertia_, rel=0.03)
+
+
+@pytest.mark.parametrize("use_numba", [True, False], ids=["numba", "tensor"])
+def test_seeding_on_a_sample_keeps_quality(use_numba: bool) -> None:
+    x, _ = make_blobs(6000, 2, centers=40, cluster_std=1.5, random_state=4)
+    x = x.astype(np.float32)
+    ours = TorchKMeans(100, seed_sample=0, random_state=0, use_numba=use_numba).fit(torch.from_numpy(x))  # seeds from 2,000
+    ref = KMeans(100, n_init=1, random_state=0).fit(x)
+    assert ours.inertia_ <= ref.inertia_ * 1.03
+    lab, _ = _nearest_f64(x, ours.cluster_centers_.numpy())
+    assert (lab == ours.labels_.numpy()).mean() > 0.999
