@@ -39,7 +39,7 @@ class RunConfig:
     cache_dir: str | None = None  # superpixel cache location (None = the dataset's default)
     # --- active learning ---
     strategy: str = "contrastive"  # see fastal.select.STRATEGIES
-    labels: Literal["dominant", "full"] = "dominant"  # what the oracle reveals per superpixel
+    labels: Literal["dominant", "full"] = "full"  # full: every pixel of a queried region; dominant: its majority class
     initial: float = 4.0  # % of pixels labelled at random before the first cycle
     budget_per_cycle: float = 2.0  # % of pixels queried per cycle
     cycles: int = 4  # selection cycles after the initial set

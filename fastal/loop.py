@@ -83,7 +83,7 @@ class Setup:
     val: Any
     cache: Any  # SuperpixelCache
     device: Any  # torch.device
-    initial_k: int  # superpixels in the initial random set
+    initial_k: int  # superpixels the initial set takes on average (it is drawn up to `initial` % of pixels)
     cycle_k: int  # superpixels queried per cycle
 
     @property
@@ -162,8 +162,9 @@ class Run:
         self.oracle = SimulatedOracle(setup.train, setup.cache, mode=self.cfg.labels)
         if (self.dir / POOL).exists():
             self.pool = RegionPool.load(self.dir / POOL)
-            if self.pool.num_superpixels != setup.cache.num_superpixels:
-                raise FastalError(f"{self.dir / POOL}: describes another superpixel cache")
+            if not np.array_equal(self.pool.sizes, setup.cache.sizes):
+                raise FastalError(f"{self.dir / POOL}: describes other superpixels than the cache "
+                                  f"{setup.cache.path} ({self.pool.num_superpixels} vs {setup.cache.num_superpixels})")
         else:
             self.pool = RegionPool(setup.cache.offsets, setup.cache.sizes, self.cfg.labels, seed=self.cfg.seed)
         self.results = self._read_json(RESULTS) or self._empty_results()
@@ -190,7 +191,6 @@ class Run:
             "backbone": cfg.backbone,
             "num_superpixels": self.s.cache.num_superpixels,
             "num_pixels": self.pool.total_pixels,
-            "initial_superpixels": self.s.initial_k,
             "superpixels_per_cycle": self.s.cycle_k,
             "full_miou": None,
             "stopped": None,
@@ -293,9 +293,7 @@ class Run:
                     progress=True)
         seconds = time.perf_counter() - t0
         crash_point(f"trained:{cycle}")
-        tmp = self.ckpt(cycle).with_suffix(".tmp")
-        trainer.save(tmp)
-        os.replace(tmp, self.ckpt(cycle))
+        trainer.save(self.ckpt(cycle))  # atomic
         crash_point(f"ckpt:{cycle}")
         self._set_timing(cycle, "train_seconds", seconds)
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "train_images": 8, "val_images": 4, "image_size": [32, 48], "superpixels": 12,
     "initial": 25.0, "budget_per_cycle": 5.0, "cycles": 1, "epochs": 3, "batch_size": 8,
-    "full_reference": False, "device": "cpu", "strategy": "contrastive", "seed": 3,
+    "full_reference": False, "device": "cpu", "strategy": "contrastive", "seed": 3, "labels": "dominant",
 }  # fmt: skip
 TIMINGS = ("train_seconds", "select_seconds")
 
