@@ -96,6 +96,19 @@ def test_scores_match_reference(batch_size: int) -> None:
     assert teacher.training  # restored after scoring
 
 
+@pytest.mark.parametrize("amp", ["fp32", False, "auto", None])
+def test_amp_settings_that_mean_fp32_on_cpu_give_exact_scores(amp) -> None:
+    ds = Images([(16, 20)] * 2)
+    cache = Cache(ds)
+    ref = score_pool(TinyTeacher(), ds, cache, [0, 1], "cpu", amp=False, show_progress=False)
+    got = score_pool(TinyTeacher(), ds, cache, [0, 1], "cpu", amp=amp, show_progress=False)
+    assert torch.equal(got.features, ref.features) and torch.equal(got.entropy, ref.entropy)
+    bf16 = score_pool(TinyTeacher(), ds, cache, [0, 1], "cpu", amp="bf16", show_progress=False)
+    assert not torch.equal(bf16.features, ref.features)  # autocast really applies when asked
+    with pytest.raises(FastalError, match="amp = 'fp8'"):
+        score_pool(TinyTeacher(), ds, cache, [0, 1], "cpu", amp="fp8", show_progress=False)
+
+
 def test_bad_image_indices() -> None:
     ds = Images([(8, 8)])
     with pytest.raises(FastalError, match="image_indices outside 0..0"):

@@ -73,6 +73,18 @@ def _same_shape_batches(ds: Any, image_indices: np.ndarray, batch_size: int) -> 
     return [g[s : s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
 
 
+def _autocast_dtype(amp: bool | str | None, cuda: bool) -> torch.dtype | None:
+    """The autocast dtype for ``amp`` (None = no autocast)."""
+    if amp is None or amp == "auto":
+        return torch.bfloat16 if cuda else None
+    if isinstance(amp, bool):
+        return torch.bfloat16 if amp else None
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+    if amp not in dtypes:
+        raise FastalError(f"amp = {amp!r}: choose auto, bf16, fp16 or fp32")
+    return dtypes[amp]
+
+
 def score_pool(
     teacher: torch.nn.Module,
     ds: Any,
@@ -80,14 +92,15 @@ def score_pool(
     image_indices: np.ndarray | list[int],
     device: torch.device | str,
     batch_size: int = 8,
-    amp: bool | None = None,
+    amp: bool | str | None = None,
     num_workers: int | None = None,
     show_progress: bool = True,
 ) -> PoolScores:
     """Mean feature, summed entropy and margin of every superpixel of ``image_indices``.
 
-    ``teacher(x)`` returns ``(logits (B, C, h, w), emb (B, D, h, w))``. ``amp``: bf16 autocast
-    (default on CUDA, off on CPU). ``num_workers``: loader processes (default 2 on CUDA, 0 on
+    ``teacher(x)`` returns ``(logits (B, C, h, w), emb (B, D, h, w))``. ``amp``: autocast for
+    the forward pass, the run config's ``"auto"`` (= None: bf16 on CUDA, off on CPU), ``"bf16"``,
+    ``"fp16"``, ``"fp32"`` (off), or a bool (bf16 / off). ``num_workers``: loader processes (default 2 on CUDA, 0 on
     CPU, where the network already uses every core). Deterministic on CPU.
 
     Example::
@@ -106,7 +119,7 @@ def score_pool(
     if batch_size < 1:
         raise FastalError(f"batch_size = {batch_size}: must be >= 1")
     cuda = device.type == "cuda"
-    amp = cuda if amp is None else amp
+    amp_dtype = _autocast_dtype(amp, cuda)
     counts = np.asarray(cache.counts, dtype=np.int64)[image_indices]
     row_start = np.concatenate([[0], np.cumsum(counts)])  # first row of each position
     n = int(row_start[-1])
@@ -131,7 +144,7 @@ def score_pool(
             task = bar.add_task("scoring pool", total=len(image_indices), visible=show_progress)
             for pos, images, sps in loader:
                 x = to_tensor_batch(images, device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                     logits, emb = teacher(x)
                 logits, emb = logits.float(), emb.float()  # kernels accumulate in float32
                 # Batch-local ids: each image's local ids shifted past the previous images'.
