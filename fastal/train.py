@@ -39,6 +39,7 @@ from fastal.model import (
     ema_update,
     sample_contrastive,
 )
+from fastal.model.network import exception_summary
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -298,7 +299,7 @@ class Trainer:
         except FastalError:
             raise
         except Exception as e:  # unpickling / key errors: not a fastal checkpoint
-            raise FastalError(f"checkpoint {path}: not a fastal training checkpoint ({type(e).__name__}: {e})") from e
+            raise FastalError(f"checkpoint {path}: not a fastal training checkpoint ({exception_summary(e)})") from e
         trainer = cls(cfg, state["num_classes"], device)
         trainer.cfg = TrainConfig(**state["config"])
         trainer.student.load_state_dict(state["student"])

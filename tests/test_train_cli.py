@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 
@@ -45,3 +46,17 @@ def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
     assert _run([*argv, "--out", str(tmp_path)] if argv[0] == "train" else argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.strip().count("\n") == 0
+
+
+def test_foreign_pickle_is_one_line_and_writes_nothing(tmp_path, capsys):
+    # torch's weights_only refusal is several paragraphs; the CLI owes one line.
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(pickle.dumps(print, protocol=2))
+    out = tmp_path / "run"
+    assert _run(["train", "--full", "--weights", str(junk), "--num-images", "2", "--size", "16x24", "--out", str(out)]) == 2
+    assert _run(["evaluate", "--checkpoint", str(junk)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2
+    assert "cannot be read as a torch state_dict (UnpicklingError" in lines[0]
+    assert "not a fastal training checkpoint (UnpicklingError" in lines[1]
+    assert not out.exists()

@@ -127,10 +127,17 @@ def load_weights(model: SegmentationNet, weights: str | os.PathLike) -> None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises several types for a corrupt or foreign file
-            raise FastalError(f"weights file {path}: cannot be read as a torch state_dict ({e})") from e
+            raise FastalError(f"weights file {path}: cannot be read as a torch state_dict ({exception_summary(e)})") from e
         _load_state(model, _unwrap(state), str(path))
     else:
         _load_state(model, _torchvision_state(model.backbone_name, text), f"torchvision weights {text}")
+
+
+def exception_summary(e: BaseException) -> str:
+    """``"Type: first line"`` of an exception: torch's load errors run to paragraphs, and the
+    CLI prints a FastalError as one line."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def _unwrap(state: Any) -> Any:
@@ -152,7 +159,7 @@ def _torchvision_state(backbone: str, name: str) -> dict[str, torch.Tensor]:
         return enum[short].get_state_dict(progress=True, check_hash=True)
     except Exception as e:  # URLError, OSError, hash mismatch: all mean "could not fetch"
         raise FastalError(
-            f"--weights {name}: could not download {enum[short].url} ({type(e).__name__}: {e}); "
+            f"--weights {name}: could not download {enum[short].url} ({exception_summary(e)}); "
             "offline, pass --weights PATH to a local state_dict file"
         ) from e
 
