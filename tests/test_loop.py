@@ -121,7 +121,8 @@ def test_resume_after_sigkill_anywhere(reference: Path, tiny: dict, tmp_path: Pa
     config = tmp_path / "tiny.toml"
     config.write_text(dumps_toml(tiny))
     run_dir = tmp_path / "run"
-    # First kill: at a random moment after the initial set is committed (during cycle 1's training).
+    # First kill: at a random moment after the initial set is committed (within cycle 1's
+    # training, which takes longer than the delay: a redone training must give the same model).
     env = {**os.environ, "FASTAL_CRASH_AT": ""}
     proc = subprocess.Popen([sys.executable, "-m", "fastal", "run", str(config), "--out", str(run_dir)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -131,10 +132,9 @@ def test_resume_after_sigkill_anywhere(reference: Path, tiny: dict, tmp_path: Pa
     time.sleep(float(np.random.default_rng().uniform(0.0, 1.0)))
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    # Then each resumed process dies at the next commit point of cycle 2: half-way through
-    # the query log (before the pool commit), after training (before the checkpoint), after
-    # the checkpoint (before the results).
-    for point in ["queries:2", "trained:2", "ckpt:2"]:
+    # Then each resumed process dies at a commit point of cycle 2: half-way through the query
+    # log (before the pool commit), after the checkpoint (before the results).
+    for point in ["queries:2", "ckpt:2"]:
         p = fastal_cli("run", "--resume", str(run_dir), crash_at=point)
         assert p.returncode == -signal.SIGKILL, (point, p.stderr)
         if point == "queries:2":
