@@ -64,6 +64,20 @@ def test_grid_is_the_closest_realisable_count(shape, requested):
     assert abs(grid.realised - requested) <= 0.35 * requested
 
 
+@pytest.mark.parametrize("h,w,requested", [(20, 20, 5000), (16, 24, 1000), (8, 8, 64), (13, 34, 400)])
+def test_small_images_get_a_grid_seeds_can_run(h, w, requested):
+    # Before the fix each of these picked a one-level grid, on which SEEDS segfaults.
+    grid = seeds_grid(h, w, requested)
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    local, count = seeds_superpixels(image, grid)
+    assert 0 < count <= grid.realised and local.shape == (h, w)
+
+
+def test_image_too_small_for_seeds_is_an_error():
+    with pytest.raises(FastalError, match="4x4 is too small"):
+        seeds_grid(4, 4, 1000)
+
+
 def test_superpixels_are_contiguous_and_cover_the_image():
     image, _ = small_synthetic(1)[0]
     grid = seeds_grid(48, 64, 60)
@@ -225,10 +239,10 @@ def test_failed_build_leaves_nothing(tmp_path):
     mask = np.zeros((10, 14), np.uint8)
     mask[2, 2] = 9
     write_png(root / "masks" / "img2.png", mask)
-    cache_root = tmp_path / "cache"
+    cache_root = tmp_path / "cache" / "nested"
     with pytest.raises(FastalError, match=r"img2.png: label value\(s\) 9"):
         build_cache(load_dataset("folder", root=root), superpixels=10, cache_dir=cache_root, workers=1, show_progress=False)
-    assert not cache_root.exists()
+    assert not (tmp_path / "cache").exists()  # the folders it made on the way go too
 
 
 def test_mixed_image_sizes(tmp_path):

@@ -62,17 +62,22 @@ def seeds_grid_count(height: int, width: int, num_superpixels: int, num_levels: 
     request becomes a grid of blocks, halved once per level, and the top level's block
     count is what is realised. Tests compare it with ``getNumberOfSuperpixels``.
     """
+    return _seeds_layout(height, width, num_superpixels, num_levels)[1]
+
+
+def _seeds_layout(height: int, width: int, num_superpixels: int, num_levels: int) -> tuple[int, int]:
+    """(block levels OpenCV keeps, superpixels it realises); (0, 0) where it has no grid."""
     num_superpixels, num_levels = max(num_superpixels, 10), max(num_levels, 2)
     f32 = np.float32
     n_h = int(np.sqrt(f32(num_superpixels) * f32(height) / f32(width)))
     n_w = n_h * width // height
     if n_h < 1 or n_w < 1:
-        return 0
+        return 0, 0
     levels = num_levels + 1
     while True:
         levels -= 1
         if levels < 1:
-            return 0
+            return 0, 0
         w_f = f32(width) / f32(n_w) / f32(1 << (levels - 1))
         h_f = f32(height) / f32(n_h) / f32(1 << (levels - 1))
         if w_f >= 1 and h_f >= 1:
@@ -81,7 +86,7 @@ def seeds_grid_count(height: int, width: int, num_superpixels: int, num_levels: 
     top_w, top_h = width // block_w, height // block_h
     for _ in range(1, levels):
         top_w, top_h = top_w // 2, top_h // 2
-    return top_w * top_h
+    return levels, top_w * top_h
 
 
 def seeds_grid(height: int, width: int, requested: int, max_levels: int = MAX_LEVELS) -> SeedsGrid:
@@ -99,8 +104,10 @@ def seeds_grid(height: int, width: int, requested: int, max_levels: int = MAX_LE
             n = max(10, int(np.ceil(rows * rows * width / height)))
             while int(np.sqrt(np.float32(n) * np.float32(height) / np.float32(width))) < rows:
                 n += 1
-            realised = seeds_grid_count(height, width, n, levels)
-            if realised == 0:
+            kept, realised = _seeds_layout(height, width, n, levels)
+            # SEEDS segfaults or never returns from iterate() when it keeps a single level
+            # (seen on small images); a process-pool worker would die without a message.
+            if realised == 0 or kept < 2:
                 continue
             rank = (abs(realised - requested), -levels)
             if best is None or rank < best[0]:
@@ -444,7 +451,7 @@ def build_cache(
     if cache is not None:
         cache.reused = True
         return cache
-    created = not root.exists()
+    created = [d for d in (root, *root.parents) if not d.exists()]  # innermost first
     try:
         root.mkdir(parents=True, exist_ok=True)
         with _locked(root):
@@ -471,9 +478,10 @@ def build_cache(
                 }
                 atomic_write_json(tmp / "manifest.json", manifest)
     except BaseException as e:
-        if created:
+        # Only empty folders go: leave nothing behind when the first build fails.
+        for d in created:
             with contextlib.suppress(OSError):
-                root.rmdir()  # only if empty: leave nothing behind when the first build fails
+                d.rmdir()
         if isinstance(e, OSError):
             raise FastalError(f"{path}: cannot write the superpixel cache ({e.strerror or e})") from None
         raise
