@@ -395,6 +395,8 @@ def evaluate(
     "per_class_iou": list (NaN for classes absent from truth and prediction), "confusion":
     (C, C) int64 numpy array}``. The confusion matrix is accumulated on the device as
     ``bincount(C * truth + pred)`` over non-ignored pixels."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise FastalError(f"evaluation batch size {batch_size!r}: must be a positive integer")
     device = torch.device(device)
     dtype = resolve_amp(amp, device)
     was_training = model.training

@@ -60,3 +60,13 @@ def test_foreign_pickle_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert "cannot be read as a torch state_dict (UnpicklingError" in lines[0]
     assert "not a fastal training checkpoint (UnpicklingError" in lines[1]
     assert not out.exists()
+
+
+def test_evaluate_batch_size_zero_is_one_line(tmp_path, capsys):
+    from fastal.train import Trainer, TrainConfig
+
+    ck = tmp_path / "ck.pt"
+    Trainer(TrainConfig(), num_classes=11).save(ck)
+    assert _run(["evaluate", "--checkpoint", str(ck), "--size", "16x24", "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "evaluation batch size 0: must be a positive integer" in err and "\n" not in err
