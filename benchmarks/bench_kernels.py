@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -74,7 +74,9 @@ def copy_bandwidth(device: torch.device) -> float:
     return 2 * src.numel() * 4 / seconds / 1e9
 
 
-def cases(device: torch.device, size: str, batch: int, dtype: torch.dtype):
+def cases(
+    device: torch.device, size: str, batch: int, dtype: torch.dtype
+) -> Iterator[tuple[str, str, tuple[torch.Tensor, torch.Tensor, int], int]]:
     """Yield (kernel, description, args, bytes) for one size, batch and map dtype."""
     height, width, count, classes = SIZES[size]
     h, w = -(-height // STRIDE), -(-width // STRIDE)
