@@ -87,8 +87,7 @@ def train(
         samples, labelled = train_ds, 1.0
     else:
         samples, labelled = _initial_set(train_ds, superpixels, initial / 100, seed)
-    # No mkdir here: the checkpoint and train.json are written atomically, parents included,
-    # so a run that fails before its first epoch leaves no empty output folder.
+    # `out` is made by the atomic writes, so a run that fails before its first epoch leaves no folder.
     trainer = Trainer(cfg, train_ds.num_classes, dev)
     history = trainer.fit(samples, progress=True, checkpoint=out / "checkpoint.pt")
     teacher = evaluate(trainer.teacher, val_ds, train_ds.num_classes, dev, amp=amp, progress=True)

@@ -105,8 +105,8 @@ def seeds_grid(height: int, width: int, requested: int, max_levels: int = MAX_LE
             while int(np.sqrt(np.float32(n) * np.float32(height) / np.float32(width))) < rows:
                 n += 1
             kept, realised = _seeds_layout(height, width, n, levels)
-            # SEEDS segfaults or never returns from iterate() when it keeps a single level
-            # (seen on small images); a process-pool worker would die without a message.
+            # SEEDS's iterate() often segfaults when it keeps a single block level (small
+            # images, dense requests): a worker would die without a message, so never pick one.
             if realised == 0 or kept < 2:
                 continue
             rank = (abs(realised - requested), -levels)
