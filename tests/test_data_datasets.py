@@ -289,7 +289,7 @@ def test_label_outside_class_range(tmp_path):
         load_dataset("folder", root=root)[2]
 
 
-def test_unreadable_png(tmp_path):
+def test_unreadable_png(tmp_path, capfd):
     root = make_folder(tmp_path)
     (root / "images" / "img1.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     (root / "masks" / "img2.png").write_bytes(b"garbage")
@@ -298,6 +298,7 @@ def test_unreadable_png(tmp_path):
         ds[1]
     with pytest.raises(FastalError, match="masks/img2.png: cannot read label"):
         ds[2]
+    assert capfd.readouterr().err == ""  # OpenCV's own log line would make the CLI's error two lines
 
 
 def test_rgb_mask_is_rejected(tmp_path):

@@ -68,11 +68,25 @@ def resize_pair(
     )
 
 
+def _imread(path: Path, flags: int) -> np.ndarray | None:
+    """``cv2.imread`` without OpenCV's own log line for a broken file: the caller raises one
+    FastalError, and the CLI owes the user a single line."""
+    import cv2
+    from cv2.utils import logging as cv_logging
+
+    level = cv_logging.getLogLevel()
+    cv_logging.setLogLevel(cv_logging.LOG_LEVEL_SILENT)
+    try:
+        return cv2.imread(str(path), flags)
+    finally:
+        cv_logging.setLogLevel(level)
+
+
 def read_image(path: Path) -> np.ndarray:
     """An RGB uint8 (H, W, 3) image; FastalError naming the file when it cannot be decoded."""
     import cv2
 
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    bgr = _imread(path, cv2.IMREAD_COLOR)
     if bgr is None:
         raise FastalError(f"{path}: cannot read image (missing, truncated or not an image)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -82,7 +96,7 @@ def read_label(path: Path) -> np.ndarray:
     """A single-channel uint8 (H, W) label image; FastalError when unreadable or not 8-bit grey."""
     import cv2
 
-    label = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    label = _imread(path, cv2.IMREAD_UNCHANGED)
     if label is None:
         raise FastalError(f"{path}: cannot read label image (missing, truncated or not an image)")
     if label.ndim != 2 or label.dtype != np.uint8:
