@@ -12,7 +12,6 @@ from fastal.errors import FastalError
 from fastal.model.ranking import rank_within_groups
 
 
-
 def entropy2(logits: torch.Tensor) -> torch.Tensor:
     """Base-2 entropy over the class axis: (B, C, h, w) -> (B, h, w), computed in fp32."""
     p = torch.softmax(logits.float(), dim=1)
