@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from fastal import __version__
-from fastal.atomic import atomic_dir, atomic_write_json
+from fastal.atomic import atomic_dir, atomic_write_json, fsync_path
 from fastal.data.base import IGNORE, SegDataset, stable_hash
 from fastal.errors import FastalError
 
@@ -294,14 +294,6 @@ def _process(i: int, grid: SeedsGrid, start: int) -> tuple[int, np.ndarray, floa
     return i, np.bincount(flat, minlength=count), float(np.nansum(pure)), int(np.isfinite(pure).sum())
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _build(ds: SegDataset, params: dict[str, Any], out: Path, workers: int, show_progress: bool) -> dict[str, Any]:
     from numpy.lib.format import open_memmap
 
@@ -364,7 +356,7 @@ def _build(ds: SegDataset, params: dict[str, Any], out: Path, workers: int, show
     np.save(out / "counts.npy", counts)
     np.save(out / "sizes.npy", np.concatenate(sizes).astype(np.int64))
     for f in out.iterdir():
-        _fsync(f)
+        fsync_path(f)
     return {
         "grids": {f"{h}x{w}": asdict(g) for (h, w), g in sorted(grids.items())},
         "image_ids": [ds.image_id(i) for i in range(n)],
