@@ -418,6 +418,10 @@ def run_experiment(cfg: RunConfig | None, run_dir: str | Path, resume: bool = Fa
         # Deterministic kernels where torch has them; a resumed run must redo a phase bit for bit.
         torch.use_deterministic_algorithms(True, warn_only=True)
     run = Run(setup, run_dir)
+    if run.results["cycles"]:
+        from fastal.report import curve_for_results
+
+        curve_for_results(run.results, run_dir / CURVE)  # a kill may have come between results and curve
     run.full_reference()
     cycle = len(run.results["cycles"]) + 1
     while True:

@@ -17,6 +17,7 @@ from fastal.atomic import atomic_write_bytes, atomic_write_json
 from fastal.errors import FastalError
 
 RESULT_KEYS = ("dataset", "strategy", "seed", "full_miou", "cycles")
+# What every cycle record of results.json holds (issue 6); the report itself reads fewer.
 CYCLE_KEYS = (
     "cycle",
     "labelled_superpixels",
@@ -62,7 +63,7 @@ class Group:
     strategy: str
     runs: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
-    full_miou: tuple[float, float] | None = None
+    full_miou: tuple[float, float, int] | None = None  # mean, std, runs that trained the reference
     # per cycle: (cycle, pixel % mean, mIoU mean, mIoU std, number of runs)
     points: list[tuple[int, float, float, float, int]] = field(default_factory=list)
 
@@ -74,7 +75,7 @@ class Group:
             "seeds": self.seeds,
             "full_miou": None
             if self.full_miou is None
-            else {"mean": self.full_miou[0], "std": self.full_miou[1]},
+            else {"mean": self.full_miou[0], "std": self.full_miou[1], "n": self.full_miou[2]},
             "points": [
                 {"cycle": c, "pixel_pct_mean": x, "miou_mean": m, "miou_std": s, "n": n}
                 for c, x, m, s, n in self.points
@@ -95,7 +96,7 @@ def group_runs(run_dirs: list[str | Path]) -> list[Group]:
         g = Group(dataset, strategy, [d for d, _ in items], [r["seed"] for _, r in items])
         fulls = [r["full_miou"] for _, r in items if r["full_miou"] is not None]
         if fulls:
-            g.full_miou = _mean_std(fulls)
+            g.full_miou = (*_mean_std(fulls), len(fulls))
         cycles = sorted({c["cycle"] for _, r in items for c in r["cycles"]})
         for cyc in cycles:
             recs = [c for _, r in items for c in r["cycles"] if c["cycle"] == cyc]
@@ -144,7 +145,7 @@ def curve_for_results(results: dict[str, Any], path: str | Path) -> None:
     """One run's ``curve.png`` from its results dict."""
     g = Group(results["dataset"], results["strategy"], ["."], [results["seed"]])
     if results.get("full_miou") is not None:
-        g.full_miou = (results["full_miou"], 0.0)
+        g.full_miou = (results["full_miou"], 0.0, 1)
     g.points = [
         (c["cycle"], 100 * c["labelled_pixel_fraction"], c["miou"], 0.0, 1) for c in results["cycles"]
     ]
@@ -176,7 +177,7 @@ def report_table(groups: list[Group]):
         row = ["full"]
         for g in groups:
             f = g.full_miou
-            row += ["100", "" if f is None else _fmt(f[0], f[1], len(g.runs))]
+            row += ["100", "" if f is None else _fmt(*f)]
         table.add_row(*row)
     return table
 

@@ -23,6 +23,7 @@ from fastal.data.superpixels import build_cache
 from fastal.loop import run_experiment
 from fastal.oracle import SimulatedOracle
 from fastal.pool import RegionPool
+from fastal.report import CYCLE_KEYS, RESULT_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 # 8 train images 32x48, 4 val, 8 superpixels each, one step per epoch; initial set + 1 cycle.
@@ -79,7 +80,9 @@ def test_run_end_to_end(reference: Path, tiny: dict) -> None:
     cache = build_cache(load_dataset("synthetic", split="train", num_images=8, size=(32, 48)),
                         superpixels=12, cache_dir=tiny["cache_dir"], show_progress=False)
     np.testing.assert_array_equal(pool.sizes, cache.sizes)
+    assert set(RESULT_KEYS) <= set(res)
     for c in res["cycles"]:
+        assert set(CYCLE_KEYS) <= set(c)
         mine = (pool.state > 0) & (pool.state <= c["cycle"])
         assert c["labelled_superpixels"] == mine.sum()
         assert c["labelled_pixel_fraction"] == pytest.approx(cache.sizes[mine].sum() / cache.sizes.sum())

@@ -40,7 +40,7 @@ def runs(tmp_path: Path) -> list[Path]:
         fake_run(tmp_path, "r0", "random", 0, [0.2, 0.5], 0.8),
         fake_run(tmp_path, "r1", "random", 1, [0.4, 0.6], 0.6),
         # stopped one cycle early: cycle 2 of contrastive averages one run only
-        fake_run(tmp_path, "c0", "contrastive", 0, [0.3, 0.7], None),
+        fake_run(tmp_path, "c0", "contrastive", 0, [0.3, 0.7], 0.5),
         fake_run(tmp_path, "c1", "contrastive", 1, [0.5], None),
     ]
 
@@ -56,8 +56,8 @@ def test_mean_and_sample_std_by_hand(runs: list[Path]) -> None:
     assert m == pytest.approx(0.3)
     assert s == pytest.approx(math.sqrt(0.02))
     assert g_rand.points[1][2:] == pytest.approx((0.55, math.sqrt(0.005), 2))
-    assert g_rand.full_miou == pytest.approx((0.7, math.sqrt(0.02)))
-    assert g_con.full_miou is None
+    assert g_rand.full_miou == pytest.approx((0.7, math.sqrt(0.02), 2))
+    assert g_con.full_miou == (0.5, 0.0, 1)  # only one of the two runs trained the reference
     assert g_con.points[0][2:4] == pytest.approx((0.4, math.sqrt(0.02)))
     assert g_con.points[1][2:] == pytest.approx((0.7, 0.0, 1))
 
@@ -74,7 +74,11 @@ def test_cli_writes_plot_and_json(runs: list[Path], tmp_path: Path, capsys) -> N
     assert rand["points"][0]["miou_mean"] == pytest.approx(0.3)
     assert rand["points"][0]["miou_std"] == pytest.approx(math.sqrt(0.02))
     assert rand["full_miou"]["mean"] == pytest.approx(0.7)
-    assert "0.300 ± 0.141 (n=2)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "0.300 ± 0.141 (n=2)" in err
+    full_row = next(line for line in err.splitlines() if "full" in line)
+    assert "0.700 ± 0.141 (n=2)" in full_row and "0.500" in full_row and "0.500 ±" not in full_row
+    assert data["groups"][1]["full_miou"] == {"mean": 0.5, "std": 0.0, "n": 1}
 
 
 def test_missing_results_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
