@@ -1,4 +1,5 @@
-"""Crash-safe writes: a kill at any moment leaves the old file or the new one, never half of one."""
+"""Crash-safe writes (a kill at any moment leaves the old file or the new one, never half of one),
+and the checked read of what they wrote."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from fastal.errors import FastalError
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -42,6 +45,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def read_json(path: str | os.PathLike, hint: str = "") -> Any:
+    """Parse a JSON file; a missing or broken one is a FastalError naming it (``hint`` says why it
+    was expected)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FastalError(f"{path}: not found{f' ({hint})' if hint else ''}") from None
+    except json.JSONDecodeError as e:
+        raise FastalError(f"{path}: not valid JSON ({e})") from None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

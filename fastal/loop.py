@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from fastal.atomic import atomic_dir, atomic_write_json, atomic_write_text
+from fastal.atomic import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from fastal.config import RunConfig, load_config, save_config
 from fastal.errors import FastalError
 from fastal.progress import console
@@ -176,10 +176,7 @@ class Run:
         path = self.dir / name
         if not path.exists():
             return None
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise FastalError(f"{path}: not valid JSON ({e})") from None
+        return read_json(path)
 
     def _empty_results(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -456,12 +453,7 @@ def import_masks(round_dir: str | Path, run_dir: str | Path) -> tuple[int, int]:
 
     round_dir, run_dir = Path(round_dir), Path(run_dir)
     qpath = round_dir / "queries.json"
-    try:
-        q = json.loads(qpath.read_text())
-    except FileNotFoundError:
-        raise FastalError(f"{qpath}: not found (is {round_dir} a round written by `fastal select`?)") from None
-    except json.JSONDecodeError as e:
-        raise FastalError(f"{qpath}: not valid JSON ({e})") from None
+    q = read_json(qpath, f"is {round_dir} a round written by `fastal select`?")
     cfg = open_run(run_dir)
     setup = prepare(cfg)
     ds, cache = setup.train, setup.cache

@@ -6,14 +6,13 @@ One run's ``curve.png`` is drawn by the same :func:`plot_curves` as the multi-ru
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fastal.atomic import atomic_write_bytes, atomic_write_json
+from fastal.atomic import atomic_write_bytes, atomic_write_json, read_json
 from fastal.errors import FastalError
 
 RESULT_KEYS = ("dataset", "strategy", "seed", "full_miou", "cycles")
@@ -33,12 +32,7 @@ CYCLE_KEYS = (
 def read_results(run_dir: str | Path) -> dict[str, Any]:
     """``RUN_DIR/results.json``, checked for the keys a report needs."""
     path = Path(run_dir) / "results.json"
-    try:
-        res = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FastalError(f"{path}: not found (is {run_dir} a fastal run directory?)") from None
-    except json.JSONDecodeError as e:
-        raise FastalError(f"{path}: not valid JSON ({e})") from None
+    res = read_json(path, f"is {run_dir} a fastal run directory?")
     missing = [k for k in RESULT_KEYS if k not in res]
     if missing:
         raise FastalError(f"{path}: missing key {missing[0]!r}")

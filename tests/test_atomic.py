@@ -3,7 +3,8 @@ import stat
 
 import pytest
 
-from fastal.atomic import atomic_dir, atomic_open, atomic_write_json, atomic_write_text
+from fastal.atomic import atomic_dir, atomic_open, atomic_write_json, atomic_write_text, read_json
+from fastal.errors import FastalError
 
 
 def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
@@ -39,3 +40,13 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
         (d / "g").write_text("3")
     assert sorted(p.name for p in target.iterdir()) == ["g"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+def test_read_json_names_missing_and_broken_files(tmp_path):
+    atomic_write_json(tmp_path / "ok.json", {"a": [1, 2]})
+    assert read_json(tmp_path / "ok.json") == {"a": [1, 2]}
+    with pytest.raises(FastalError, match=r"gone\.json: not found \(is it a run\?\)"):
+        read_json(tmp_path / "gone.json", "is it a run?")
+    (tmp_path / "bad.json").write_text("{nope")
+    with pytest.raises(FastalError, match=r"bad\.json: not valid JSON"):
+        read_json(tmp_path / "bad.json")
