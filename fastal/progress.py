@@ -16,7 +16,11 @@ console = Console(stderr=True)
 
 
 def progress(transient: bool = False) -> Progress:
-    """A rich progress bar on stderr: description, bar, n/total, elapsed, remaining."""
+    """A rich progress bar on stderr: description, bar, n/total, elapsed, remaining.
+
+    Off when stderr is not a terminal: in logs a bar is noise, and rich would leave a blank
+    line in front of an error message.
+    """
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -25,4 +29,5 @@ def progress(transient: bool = False) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=transient,
+        disable=not console.is_terminal,
     )
