@@ -3,6 +3,14 @@
 Budgets are percentages of the training pixels; the loop turns them into superpixel counts
 (``round(pct / 100 * num_superpixels)``, SEEDS regions being of near-equal size) and records
 the pixel fraction actually labelled.
+
+The budget schedule has two spellings: ``initial`` + ``cycles`` x ``budget_per_cycle``, or
+``budgets``, the cumulative % at each evaluated cycle (``[1, 2, 4, 8]``: a random 1 %, then
+cycles of 1, 2 and 4 %). One file (or one command line) sets one spelling: ``budgets`` with
+any of the other three is an error. A ``budgets`` override (``--budgets``) replaces the
+file's ``initial``/``budget_per_cycle``/``cycles``; an override of one of those three over a
+file's ``budgets`` is an error (half a schedule would be ambiguous). :meth:`RunConfig.schedule`
+gives the schedule whichever spelling was used.
 """
 
 from __future__ import annotations
@@ -43,9 +51,11 @@ class RunConfig:
     initial: float = 4.0  # % of pixels labelled at random before the first cycle
     budget_per_cycle: float = 2.0  # % of pixels queried per cycle
     cycles: int = 4  # selection cycles after the initial set
+    budgets: list[float] | None = None  # cumulative % at each evaluated cycle; replaces the three above
     target_ratio: float | None = None  # stop once mIoU >= target_ratio * full_miou (needs the reference)
     full_reference: bool = True  # train a fully supervised model first; its mIoU is `full_miou`
     full_epochs: int | None = None  # epochs of the reference (None = epochs)
+    full_shared: str | None = None  # a reference JSON shared by runs: reused when there, else trained and written
     # --- training ---
     backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50 | resnet101
     weights: str | None = None  # local backbone weights file (nothing downloads)
@@ -61,9 +71,20 @@ class RunConfig:
     seed: int = 0
     keep_checkpoints: bool = False  # keep every cycle's checkpoint, not only the latest
 
+    def schedule(self) -> list[float]:
+        """Cumulative % of pixels labelled at each evaluated cycle (cycle k: entry k - 1); the
+        first entry is the random initial set, each later step one cycle's selection."""
+        if self.budgets is not None:
+            return list(self.budgets)
+        return [self.initial + k * self.budget_per_cycle for k in range(self.cycles + 1)]
+
     def budget_pct(self) -> float:
         """Total % of pixels the run may label."""
-        return self.initial + self.cycles * self.budget_per_cycle
+        return self.schedule()[-1]
+
+
+# The other spelling of the schedule, which `budgets` replaces.
+SCHEDULE_KEYS = ("initial", "budget_per_cycle", "cycles")
 
 
 def _hints() -> dict[str, Any]:
@@ -107,15 +128,23 @@ def validate(cfg: RunConfig) -> RunConfig:
         if not cond:
             raise FastalError(f"config: {msg}")
 
-    for name in ("initial", "budget_per_cycle"):
-        v = getattr(cfg, name)
-        need(math.isfinite(v) and 0 < v <= 100, f"{name} = {v}: a percentage of pixels in (0, 100]")
-    need(cfg.cycles >= 0, f"cycles = {cfg.cycles}: must be >= 0")
-    need(
-        cfg.budget_pct() <= 100,
-        f"budget larger than the pool: initial {cfg.initial}% + {cfg.cycles} cycles x "
-        f"{cfg.budget_per_cycle}% = {cfg.budget_pct():g}% of pixels > 100%",
-    )
+    if cfg.budgets is not None:
+        b = cfg.budgets
+        need(len(b) >= 1, "budgets = []: give at least the initial %, e.g. [1, 2, 4, 8]")
+        need(all(math.isfinite(v) for v in b) and b[0] > 0, f"budgets = {b}: percentages of pixels > 0")
+        need(all(x < y for x, y in zip(b, b[1:])), f"budgets = {b}: must be strictly increasing (cumulative %)")
+        need(b[-1] <= 100, f"budgets = {b}: budget larger than the pool: {b[-1]:g}% of pixels > 100%")
+    else:
+        for name in ("initial", "budget_per_cycle"):
+            v = getattr(cfg, name)
+            need(math.isfinite(v) and 0 < v <= 100, f"{name} = {v}: a percentage of pixels in (0, 100]")
+        need(cfg.cycles >= 0, f"cycles = {cfg.cycles}: must be >= 0")
+        need(
+            cfg.budget_pct() <= 100,
+            f"budget larger than the pool: initial {cfg.initial}% + {cfg.cycles} cycles x "
+            f"{cfg.budget_per_cycle}% = {cfg.budget_pct():g}% of pixels > 100%",
+        )
+    need(cfg.full_shared is None or cfg.full_reference, "full_shared needs full_reference = true")
     if cfg.target_ratio is not None:
         need(0 < cfg.target_ratio <= 1, f"target_ratio = {cfg.target_ratio}: a fraction in (0, 1]")
         need(cfg.full_reference, "target_ratio needs full_reference = true (the fully supervised mIoU)")
@@ -141,6 +170,11 @@ def make_config(values: dict[str, Any], source: str = "config") -> RunConfig:
         raise FastalError(
             f"{source}: unknown key {unknown[0]!r} (known: {', '.join(sorted(hints))})"
         )
+    if values.get("budgets") is not None:
+        both = [k for k in SCHEDULE_KEYS if k in values]
+        if both:
+            raise FastalError(f"{source}: budgets replaces initial, budget_per_cycle and cycles: "
+                              f"drop {both[0]} = {values[both[0]]!r} (or budgets)")
     try:
         checked = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
     except FastalError as e:
@@ -168,12 +202,27 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     values = read_toml(path) if path is not None else {}
     source = str(path) if path is not None else "config"
     make_config(values, source)  # errors name the file before any override hides them
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "budgets" in given:  # an overriding schedule replaces the file's, whichever its spelling
+        for k in SCHEDULE_KEYS:
+            values.pop(k, None)
+    elif values.get("budgets") is not None:
+        clash = [k for k in SCHEDULE_KEYS if k in given]
+        if clash:
+            raise FastalError(f"{source}: sets budgets = {values['budgets']}: {clash[0]} cannot change it "
+                              f"(override budgets instead)")
+    values.update(given)
     return make_config(values, source)
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """The config's keys and values; with ``budgets``, the unused ``initial``/``budget_per_cycle``/
+    ``cycles`` are left out (so that the dict, saved, reads back as the same config)."""
+    d = dataclasses.asdict(cfg)
+    if cfg.budgets is not None:
+        for k in SCHEDULE_KEYS:
+            del d[k]
+    return d
 
 
 def _toml_value(value: Any) -> str:

@@ -5,7 +5,7 @@ The run directory is the one source of truth::
     config.toml          the resolved RunConfig (written once, with the directory)
     pool.npz             RegionPool state: which superpixel was labelled in which cycle
     queries.jsonl        one line per queried superpixel, append-only; rebuilt from pool.npz on resume
-    full.json            the fully supervised reference (when trained)
+    full.json            the fully supervised reference (trained here, or copied from ``full_shared``)
     checkpoints/cycle-K.pt   Trainer state after training cycle K
     timings.json         seconds spent per cycle (the only thing a resumed run may not reproduce)
     results.json         one record per evaluated cycle
@@ -23,17 +23,29 @@ Resume looks at what exists and redoes the first missing phase. Every phase is s
 ``(seed, cycle, phase)`` and reads its inputs (checkpoint K-1, the pool) from disk even in an
 uninterrupted run, so a phase redone after a kill computes what it computed the first time:
 on CPU a resumed run ends with the same labelled set and results as an uninterrupted one.
+
+The budget schedule (``RunConfig.schedule()``) gives the cumulative % of pixels at each
+evaluated cycle: cycle 1 draws random superpixels up to the first entry's pixel fraction;
+cycle K > 1 queries ``round((entry K - entry K-1) / 100 * num_superpixels)`` superpixels.
+
+A fully supervised reference does not depend on the strategy, the schedule or the superpixels:
+runs that differ only in those share one through ``full_shared`` (a JSON path). The first run
+that needs it trains it, under a lock, and writes it there; the others wait for the lock, check
+that it was trained the way they would train it (data fingerprints, backbone, training settings,
+seed, device) and copy it into their own ``full.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +75,23 @@ def score_amp(amp: str) -> bool | None:
     return None if amp == "auto" else amp != "fp32"
 
 
+@contextlib.contextmanager
+def file_lock(path: str | Path, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on ``path + ".lock"`` (created if need be) for the block; the
+    kernel drops it when the process dies. ``wait=False``: FastalError if another process holds it."""
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise FastalError(f"{lock}: held by another process (is another one running on {path}?)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def seed_everything(seed: int, cycle: int, phase: int) -> int:
     """Seed Python, numpy and torch from ``(seed, cycle, phase)``; returns the derived seed."""
     import torch
@@ -74,6 +103,30 @@ def seed_everything(seed: int, cycle: int, phase: int) -> int:
     return s
 
 
+def reference_key(setup: Setup) -> dict[str, Any]:
+    """Everything a fully supervised reference's training depends on."""
+    cfg = setup.cfg
+    return {"train": setup.train.fingerprint(), "val": setup.val.fingerprint(), "backbone": cfg.backbone,
+            "weights": cfg.weights, "epochs": cfg.full_epochs or cfg.epochs, "batch_size": cfg.batch_size,
+            "lr": cfg.lr, "amp": cfg.amp, "seed": cfg.seed, "device": setup.device.type}  # fmt: skip
+
+
+def check_reference(path: Path, setup: Setup) -> dict[str, Any]:
+    """The shared reference at ``path``, if it was trained the way ``setup``'s run would train it."""
+    ref = read_json(path)
+    have = ref.get("trained_with") if isinstance(ref, dict) else None
+    if not isinstance(have, dict) or not isinstance(ref.get("miou"), float):
+        raise FastalError(f"{path}: not a fully supervised reference written by fastal run "
+                          f"(no 'miou' or 'trained_with'); delete it to train it again")
+    for key, want in reference_key(setup).items():
+        if have.get(key) != want:
+            what = (f"on other {key} data (dataset, scale, images or files differ)" if key in ("train", "val")
+                    else f"with {key} = {have.get(key)!r}, this run has {want!r}")  # fmt: skip
+            raise FastalError(f"{path}: this shared reference was trained {what}; full_shared serves runs "
+                              f"that differ only in strategy, budgets, labels or superpixels")
+    return ref
+
+
 @dataclass
 class Setup:
     """Data and derived sizes of a run; built (and checked) before the run directory exists."""
@@ -83,12 +136,12 @@ class Setup:
     val: Any
     cache: Any  # SuperpixelCache
     device: Any  # torch.device
-    initial_k: int  # superpixels the initial set takes on average (it is drawn up to `initial` % of pixels)
-    cycle_k: int  # superpixels queried per cycle
+    initial_k: int  # superpixels the initial set takes on average (it is drawn up to a % of pixels)
+    cycle_ks: list[int]  # superpixels queried by cycles 2, 3, ..., last_cycle
 
     @property
     def last_cycle(self) -> int:
-        return 1 + self.cfg.cycles
+        return 1 + len(self.cycle_ks)
 
 
 def _dataset_args(cfg: RunConfig, split: str, count: int) -> dict[str, Any]:
@@ -121,15 +174,18 @@ def prepare(cfg: RunConfig) -> Setup:
         raise FastalError(f"{cfg.dataset}: train has {train.num_classes} classes, val {val.num_classes}")
     cache = build_cache(train, superpixels=cfg.superpixels, cache_dir=cfg.cache_dir)
     n = cache.num_superpixels
-    initial_k = max(1, round(cfg.initial / 100 * n))
-    cycle_k = max(1, round(cfg.budget_per_cycle / 100 * n))
-    need = initial_k + cfg.cycles * cycle_k
+    sched = cfg.schedule()
+    initial_k = max(1, round(sched[0] / 100 * n))
+    cycle_ks = [max(1, round((b - a) / 100 * n)) for a, b in zip(sched, sched[1:])]
+    need = initial_k + sum(cycle_ks)
     if need > n:
+        cycles = (f"{len(cycle_ks)} cycles x {cycle_ks[0]}" if len(set(cycle_ks)) == 1
+                  else f"cycles of {' + '.join(map(str, cycle_ks))}")  # fmt: skip
         raise FastalError(
-            f"budget larger than the pool: {initial_k} initial + {cfg.cycles} cycles x {cycle_k} = "
+            f"budget larger than the pool: {initial_k} initial + {cycles} = "
             f"{need} superpixels, the pool has {n} ({len(train)} images)"
         )
-    return Setup(cfg, train, val, cache, device, initial_k, cycle_k)
+    return Setup(cfg, train, val, cache, device, initial_k, cycle_ks)
 
 
 def create_run_dir(cfg: RunConfig, run_dir: str | Path) -> Path:
@@ -188,7 +244,10 @@ class Run:
             "backbone": cfg.backbone,
             "num_superpixels": self.s.cache.num_superpixels,
             "num_pixels": self.pool.total_pixels,
-            "superpixels_per_cycle": self.s.cycle_k,
+            "budgets": cfg.schedule(),  # cumulative % of pixels aimed at, per cycle
+            "cycle_superpixels": self.s.cycle_ks,  # queried by cycles 2, 3, ...
+            # null when the schedule's cycles differ in size
+            "superpixels_per_cycle": self.s.cycle_ks[0] if len(set(self.s.cycle_ks)) == 1 else None,
             "full_miou": None,
             "stopped": None,
             "cycles": [],
@@ -218,10 +277,25 @@ class Run:
 
     # ---- phases -------------------------------------------------------------------------
     def full_reference(self) -> None:
-        """Train on every pixel once; its mIoU is the line the curve aims at."""
+        """Train on every pixel once (or take the shared reference); its mIoU is the line the curve aims at."""
         if not self.cfg.full_reference or (self.dir / FULL).exists():
             return
         console.rule("fully supervised reference")
+        if self.cfg.full_shared is None:
+            ref = self._train_reference()
+        else:
+            shared = Path(self.cfg.full_shared)
+            with file_lock(shared):  # one run trains it; runs waiting here then read it
+                if shared.exists():
+                    ref = check_reference(shared, self.s)
+                    console.print(f"fully supervised mIoU {ref['miou']:.4f} (shared reference {shared})")
+                else:
+                    ref = self._train_reference()
+                    atomic_write_json(shared, ref)
+            ref = {**ref, "shared": str(shared)}
+        atomic_write_json(self.dir / FULL, ref)
+
+    def _train_reference(self) -> dict[str, Any]:
         seed = seed_everything(self.cfg.seed, 0, PHASE_TRAIN)
         t0 = time.perf_counter()
         trainer = self._new_trainer(seed)
@@ -229,9 +303,9 @@ class Run:
         seconds = time.perf_counter() - t0
         seed_everything(self.cfg.seed, 0, PHASE_EVAL)
         m = self._evaluate(trainer)
-        atomic_write_json(self.dir / FULL, {"miou": m["miou"], "per_class_iou": m["per_class_iou"],
-                                            "train_seconds": round(seconds, 3)})
         console.print(f"fully supervised mIoU {m['miou']:.4f} ({seconds:.1f} s)")
+        return {"miou": m["miou"], "per_class_iou": m["per_class_iou"], "train_seconds": round(seconds, 3),
+                "run": str(self.dir), "trained_with": reference_key(self.s)}
 
     def select(self, cycle: int) -> None:
         """Choose cycle ``cycle``'s superpixels, ask the oracle, commit to queries.jsonl + pool.npz."""
@@ -241,7 +315,7 @@ class Run:
         t0 = time.perf_counter()
         if cycle == 1:
             rng = np.random.default_rng(seed)
-            ids = np.sort(random_initial(self.pool, self.cfg.initial / 100, rng))
+            ids = np.sort(random_initial(self.pool, self.cfg.schedule()[0] / 100, rng))
         else:
             ids = self._select_with_model(cycle, seed)
         seconds = time.perf_counter() - t0
@@ -267,7 +341,7 @@ class Run:
         from fastal.select import score_pool, select
         from fastal.train import Trainer
 
-        k = min(self.s.cycle_k, self.pool.num_superpixels - self.pool.num_labelled)
+        k = min(self.s.cycle_ks[cycle - 2], self.pool.num_superpixels - self.pool.num_labelled)
         trainer = Trainer.load(self.ckpt(cycle - 1), self.s.device)
         images = np.unique(self.s.cache.image_of(self.pool.unlabelled_ids()))
         scores = score_pool(trainer.teacher, self.s.train, self.s.cache, images, self.s.device,
@@ -303,8 +377,10 @@ class Run:
         m = self._evaluate(Trainer.load(self.ckpt(cycle), self.s.device))
         labelled = (self.pool.state > 0) & (self.pool.state <= cycle)  # a later import may exist
         t = self.timings.get(str(cycle), {})
+        sched = self.cfg.schedule()
         rec = {
             "cycle": cycle,
+            "budget_pct": sched[cycle - 1] if cycle <= len(sched) else None,  # null: a cycle people added
             "labelled_superpixels": int(labelled.sum()),
             "labelled_pixel_fraction": float(self.pool.sizes[labelled].sum() / self.pool.total_pixels),
             "cost_clicks": int(self.pool.clicks[labelled].sum()),
@@ -410,6 +486,9 @@ def run_experiment(cfg: RunConfig | None, run_dir: str | Path, resume: bool = Fa
         cfg = open_run(run_dir)
     setup = setup or prepare(cfg)
     if not resume:
+        shared = Path(cfg.full_shared) if cfg.full_reference and cfg.full_shared else None
+        if shared is not None and shared.exists():
+            check_reference(shared, setup)  # refused before the run directory exists
         create_run_dir(cfg, run_dir)
     if setup.device.type == "cpu":
         # Deterministic kernels where torch has them; a resumed run must redo a phase bit for bit.

@@ -26,6 +26,9 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
         ("", ["--backbone", "vgg"], "backbone 'vgg': choose one of"),
         ("", ["--dataset", "camvid"], "needs a data root"),
         ("", ["--device", "tpu"], "not a device"),
+        ("", ["--budgets", "1,two"], "--budgets '1,two': expected comma-separated percentages"),
+        ("", ["--budgets", "4,2"], "budgets = [4.0, 2.0]: must be strictly increasing"),
+        ("budgets = [1, 2]\n", ["--cycles", "3"], "cycles cannot change it (override budgets instead)"),
     ],
 )
 def test_bad_config_exit_2_one_line_nothing_written(tmp_path: Path, capsys, toml: str, args: list[str],
@@ -49,6 +52,17 @@ def test_budget_larger_than_the_pool_quotes_superpixels(tmp_path: Path, capsys) 
     code, err = run_cli([args[0], str(toml), *args[1:]], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "1 initial + 10 cycles x 1 = 11 superpixels, the pool has" in err and "(2 images)" in err
+    assert not out.exists()
+
+
+def test_schedule_larger_than_the_pool_quotes_each_cycle(tmp_path: Path, capsys) -> None:
+    # ~8 superpixels: a random 1 % (1 superpixel), seven cycles of >= 1 each, then 62 % more.
+    out = tmp_path / "run"
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'train_images = 2\nsuperpixels = 4\ncache_dir = "{tmp_path / "cache"}"\n')
+    code, err = run_cli(["run", str(toml), "--out", str(out), "--budgets", "1,2,3,4,5,6,7,8,70"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "1 initial + cycles of 1 + 1 + 1 + 1 + 1 + 1 + 1 + " in err and "the pool has" in err
     assert not out.exists()
 
 

@@ -36,6 +36,15 @@ def test_defaults_are_valid_and_file_then_overrides(tmp_path: Path) -> None:
         ("", {"initial": 0.0}, "initial = 0.0"),
         ("", {"target_ratio": 1.5}, "target_ratio = 1.5"),
         ("", {"target_ratio": 0.9, "full_reference": False}, "target_ratio needs full_reference"),
+        ("budgets = [1, 2]\ncycles = 3\n", {}, "budgets replaces initial, budget_per_cycle and cycles: drop cycles"),
+        ("", {"budgets": [1.0, 2.0], "initial": 1.0}, "budgets replaces initial, budget_per_cycle and cycles"),
+        ("budgets = [1, 2]\n", {"cycles": 3}, "sets budgets = [1, 2]: cycles cannot change it"),
+        ("budgets = [1, 4, 4]\n", {}, "budgets = [1.0, 4.0, 4.0]: must be strictly increasing"),
+        ("budgets = [0, 4]\n", {}, "budgets = [0.0, 4.0]: percentages of pixels > 0"),
+        ("budgets = [50, 101]\n", {}, "budget larger than the pool: 101% of pixels > 100%"),
+        ("budgets = []\n", {}, "budgets = []: give at least the initial %"),
+        ('budgets = ["1"]\n', {}, "budgets[0] = '1': expected float"),
+        ('full_shared = "ref.json"\nfull_reference = false\n', {}, "full_shared needs full_reference = true"),
     ],
 )
 def test_errors_name_the_offender(tmp_path: Path, text: str, overrides: dict, message: str) -> None:
@@ -52,6 +61,23 @@ def test_budget_error_quotes_the_sizes() -> None:
         make_config({"initial": 10, "budget_per_cycle": 40, "cycles": 3})
 
 
+def test_schedule_either_spelling(tmp_path: Path) -> None:
+    assert RunConfig().schedule() == [4.0, 6.0, 8.0, 10.0, 12.0] and RunConfig().budget_pct() == 12.0
+    cfg = make_config({"budgets": [1, 2, 4, 8]})
+    assert cfg.schedule() == [1.0, 2.0, 4.0, 8.0] and cfg.budget_pct() == 8.0
+    assert make_config({"budgets": [3]}).schedule() == [3.0]  # the initial set alone
+    assert make_config({"initial": 1, "cycles": 0}).schedule() == [1.0]
+    # A command-line schedule replaces the file's, whichever spelling the file used.
+    f = tmp_path / "c.toml"
+    f.write_text("initial = 1\nbudget_per_cycle = 1\ncycles = 5\nepochs = 2\n")
+    cfg = load_config(f, {"budgets": [2.0, 5.0], "cycles": None})
+    assert cfg.schedule() == [2.0, 5.0] and cfg.epochs == 2
+    assert load_config(f, {"cycles": 2}).schedule() == [1.0, 2.0, 3.0]
+    f.write_text("budgets = [1, 2, 4]\n")
+    assert load_config(f, {"budgets": [5.0]}).schedule() == [5.0]
+    assert load_config(f, {"epochs": 3}).schedule() == [1.0, 2.0, 4.0]
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FastalError, match="nope.toml: config file not found"):
         load_config(tmp_path / "nope.toml")
@@ -61,6 +87,12 @@ def test_saved_config_reads_back_identical(tmp_path: Path) -> None:
     cfg = make_config({"dataset": "camvid", "data_root": 'a "quoted" dir\\x', "scale": 0.25,
                        "target_ratio": 0.9, "lr": 1e-5, "image_size": [32, 40]})
     save_config(cfg, tmp_path / "config.toml")
+    assert load_config(tmp_path / "config.toml") == cfg
+    # With budgets the file holds one spelling of the schedule, and reads back as the same config.
+    cfg = make_config({"budgets": [1, 2.5, 4], "full_shared": "runs/ref.json"})
+    save_config(cfg, tmp_path / "config.toml")
+    text = (tmp_path / "config.toml").read_text()
+    assert "budgets = [1.0, 2.5, 4.0]" in text and "cycles" not in text and "initial" not in text
     assert load_config(tmp_path / "config.toml") == cfg
 
 

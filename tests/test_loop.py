@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from fastal.cli import main
-from fastal.config import dumps_toml, make_config
+from fastal.config import SCHEDULE_KEYS, dumps_toml, make_config
 from fastal.data import load_dataset
 from fastal.data.superpixels import build_cache
+from fastal.errors import FastalError
 from fastal.loop import run_experiment
 from fastal.oracle import SimulatedOracle
 from fastal.pool import RegionPool
@@ -210,3 +211,58 @@ def test_people_round_trip(reference: Path, tiny: dict, tmp_path: Path, capsys) 
     with pytest.raises(SystemExit) as e:
         main(["label", "import", str(round_dir), "--run", str(run_dir)])
     assert e.value.code == 2 and "already labelled" in capsys.readouterr().err
+
+
+def test_budget_schedule_and_its_resume(reference: Path, tiny: dict, tmp_path: Path) -> None:
+    # A random 25 %, then cycles of 5 % and 10 % (as superpixel counts); entropy: no UMAP to wait for.
+    values = {k: v for k, v in tiny.items() if k not in SCHEDULE_KEYS}
+    values.update(strategy="entropy", budgets=[25.0, 30.0, 40.0])
+    uninterrupted = tmp_path / "ref"
+    res = run_experiment(make_config(values), uninterrupted)
+    pool = RegionPool.load(uninterrupted / "pool.npz")
+    n = pool.num_superpixels
+    per_cycle = np.bincount(pool.state, minlength=4)[1:]
+    assert per_cycle[1:].tolist() == res["cycle_superpixels"] == [round(0.05 * n), round(0.10 * n)]
+    assert res["superpixels_per_cycle"] is None  # cycles of different sizes
+    first = pool.sizes[pool.state == 1]
+    assert first.sum() >= 0.25 * pool.total_pixels > first.sum() - first.max()
+    assert res["budgets"] == [c["budget_pct"] for c in res["cycles"]] == [25.0, 30.0, 40.0]
+    assert res["stopped"] == "budget" and len(res["cycles"]) == 3
+    # The uniform spelling records its schedule the same way.
+    ref = json.loads((reference / "results.json").read_text())
+    assert ref["budgets"] == [c["budget_pct"] for c in ref["cycles"]] == [25.0, 30.0]
+    # Killed half-way through cycle 3's query log (the schedule's last step), resumed: the same run.
+    config = tmp_path / "schedule.toml"
+    config.write_text(dumps_toml(values))
+    run_dir = tmp_path / "run"
+    p = fastal_cli("run", str(config), "--out", str(run_dir), crash_at="queries:3")
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    logged = len((run_dir / "queries.jsonl").read_text().splitlines())
+    assert logged > RegionPool.load(run_dir / "pool.npz").num_labelled == per_cycle[:2].sum()
+    run_experiment(None, run_dir, resume=True)
+    assert_same_run(uninterrupted, run_dir)
+
+
+def test_shared_reference_trained_once_then_checked(tiny: dict, tmp_path: Path) -> None:
+    shared = tmp_path / "refs" / "seed3-full.json"
+    base = {**tiny, "full_reference": True, "full_shared": str(shared), "strategy": "random", "cycles": 0}
+    a = run_experiment(make_config(base), tmp_path / "a")
+    ref = json.loads(shared.read_text())
+    assert a["full_miou"] == ref["miou"] and 0.0 <= ref["miou"] <= 1.0
+    assert ref["trained_with"]["seed"] == 3 and ref["trained_with"]["epochs"] == 3
+    assert json.loads((tmp_path / "a" / "full.json").read_text()) == {**ref, "shared": str(shared)}
+    # Another strategy and schedule reads it: the marker value shows it is not trained again.
+    shared.write_text(json.dumps({**ref, "miou": 0.123456}))
+    values = {k: v for k, v in base.items() if k not in SCHEDULE_KEYS}
+    b = run_experiment(make_config({**values, "strategy": "entropy", "budgets": [25.0]}), tmp_path / "b")
+    assert b["full_miou"] == 0.123456 and b["cycles"][0]["budget_pct"] == 25.0
+    # A run that would train it otherwise is refused before its directory exists.
+    with pytest.raises(FastalError, match="seed3-full.json: this shared reference was trained with epochs = 3, "
+                                          "this run has 4"):  # fmt: skip
+        run_experiment(make_config({**base, "epochs": 4}), tmp_path / "c")
+    with pytest.raises(FastalError, match="trained on other train data"):
+        run_experiment(make_config({**base, "train_images": 7}), tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+    shared.write_text('{"miou": 0.5}')
+    with pytest.raises(FastalError, match="not a fully supervised reference written by fastal run"):
+        run_experiment(make_config(base), tmp_path / "c")

@@ -19,6 +19,10 @@ def run(
     initial: float | None = typer.Option(None, "--initial", help="% of pixels labelled at random first."),
     budget_per_cycle: float | None = typer.Option(None, "--budget-per-cycle", help="% of pixels per cycle."),
     cycles: int | None = typer.Option(None, help="Selection cycles after the initial set."),
+    budgets: str | None = typer.Option(
+        None, help="Cumulative % of pixels at each evaluated cycle, e.g. 1,2,4,8 "
+        "(instead of --initial, --budget-per-cycle, --cycles)."
+    ),
     epochs: int | None = typer.Option(None, help="Training epochs per cycle."),
     backbone: str | None = typer.Option(None, help="resnet18 | resnet34 | resnet50 | resnet101"),
     labels: str | None = typer.Option(None, help="full | dominant: what the oracle reveals."),
@@ -30,6 +34,9 @@ def run(
     retrain: str | None = typer.Option(None, help="finetune | scratch: how each cycle trains."),
     full_reference: bool | None = typer.Option(
         None, "--full-reference/--no-full-reference", help="Train a fully supervised reference first."
+    ),
+    full_shared: str | None = typer.Option(
+        None, "--full-shared", help="Reference JSON shared by runs: reused when it exists (checked), else written."
     ),
     target_ratio: float | None = typer.Option(
         None, "--target-ratio", help="Stop at this fraction of the fully supervised mIoU."
@@ -44,9 +51,10 @@ def run(
 
     overrides = {
         "dataset": dataset, "data_root": data_root, "strategy": strategy, "initial": initial,
-        "budget_per_cycle": budget_per_cycle, "cycles": cycles, "epochs": epochs, "backbone": backbone,
-        "labels": labels, "device": device, "seed": seed, "superpixels": superpixels, "scale": scale,
-        "engine": engine, "retrain": retrain, "full_reference": full_reference, "target_ratio": target_ratio,
+        "budget_per_cycle": budget_per_cycle, "cycles": cycles, "budgets": parse_budgets(budgets),
+        "epochs": epochs, "backbone": backbone, "labels": labels, "device": device, "seed": seed,
+        "superpixels": superpixels, "scale": scale, "engine": engine, "retrain": retrain,
+        "full_reference": full_reference, "full_shared": full_shared, "target_ratio": target_ratio,
     }  # fmt: skip
     if resume is not None:
         given = [k for k, v in overrides.items() if v is not None] + (["config"] if config else [])
@@ -59,3 +67,15 @@ def run(
     if out is None:
         out = Path("runs") / f"{cfg.dataset}-{cfg.strategy}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_experiment(cfg, out)
+
+
+def parse_budgets(text: str | None) -> list[float] | None:
+    """``"1,2,4,8"`` -> ``[1.0, 2.0, 4.0, 8.0]`` (the config checks the values)."""
+    if text is None:
+        return None
+    from fastal.errors import FastalError
+
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise FastalError(f"--budgets {text!r}: expected comma-separated percentages, e.g. 1,2,4,8") from None
