@@ -57,8 +57,8 @@ class RunConfig:
     full_epochs: int | None = None  # epochs of the reference (None = epochs)
     full_shared: str | None = None  # a reference JSON shared by runs: reused when there, else trained and written
     # --- training ---
-    backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50 | resnet101
-    weights: str | None = None  # local backbone weights file (nothing downloads)
+    backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50 | resnet101 | efficientnet_lite0
+    weights: str | None = None  # local backbone weights file, or "imagenet" for efficientnet_lite0 (nothing downloads)
     epochs: int = 6  # epochs per cycle
     batch_size: int = 8
     lr: float = 5e-4

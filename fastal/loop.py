@@ -25,8 +25,14 @@ uninterrupted run, so a phase redone after a kill computes what it computed the 
 on CPU a resumed run ends with the same labelled set and results as an uninterrupted one.
 
 The budget schedule (``RunConfig.schedule()``) gives the cumulative % of pixels at each
-evaluated cycle: cycle 1 draws random superpixels up to the first entry's pixel fraction;
-cycle K > 1 queries ``round((entry K - entry K-1) / 100 * num_superpixels)`` superpixels.
+evaluated cycle, and every cycle spends pixels, not a count of regions: cycle 1 draws random
+superpixels up to the first entry's pixel fraction; cycle K > 1 asks the strategy for as many
+superpixels as the missing pixels make at the unlabelled pool's mean size, and keeps the
+shortest prefix of its ranked picks that reaches entry K (:func:`fastal.pool.take_until`).
+A strategy that prefers large regions (summed entropy does) thus labels fewer of them rather
+than more pixels, and a shortfall carries over to the next cycle's target. The planned counts
+(``cycle_superpixels``, ``round((entry K - entry K-1) / 100 * num_superpixels)``) only check
+the schedule against the pool.
 
 A fully supervised reference does not depend on the strategy, the schedule or the superpixels:
 runs that differ only in those share one through ``full_shared`` (a JSON path). The first run
@@ -245,7 +251,7 @@ class Run:
             "num_superpixels": self.s.cache.num_superpixels,
             "num_pixels": self.pool.total_pixels,
             "budgets": cfg.schedule(),  # cumulative % of pixels aimed at, per cycle
-            "cycle_superpixels": self.s.cycle_ks,  # queried by cycles 2, 3, ...
+            "cycle_superpixels": self.s.cycle_ks,  # planned for cycles 2, 3, ... at the mean size
             # null when the schedule's cycles differ in size
             "superpixels_per_cycle": self.s.cycle_ks[0] if len(set(self.s.cycle_ks)) == 1 else None,
             "full_miou": None,
@@ -338,17 +344,22 @@ class Run:
         crash_point(f"pool:{cycle}")
 
     def _select_with_model(self, cycle: int, seed: int) -> np.ndarray:
+        from fastal.pool import take_until
         from fastal.select import score_pool, select
         from fastal.train import Trainer
 
-        k = min(self.s.cycle_ks[cycle - 2], self.pool.num_superpixels - self.pool.num_labelled)
+        target = self.cfg.schedule()[cycle - 1] / 100
+        free = self.pool.unlabelled_ids()
+        missing = target * self.pool.total_pixels - self.pool.labelled_pixels
+        k = int(np.clip(round(missing / self.pool.sizes[free].mean()), 1, free.size))
         trainer = Trainer.load(self.ckpt(cycle - 1), self.s.device)
         images = np.unique(self.s.cache.image_of(self.pool.unlabelled_ids()))
         scores = score_pool(trainer.teacher, self.s.train, self.s.cache, images, self.s.device,
                             amp=score_amp(self.cfg.amp))
         sel = select(self.cfg.strategy, scores, trainer.bank.features(), trainer.bank.labels(), budget=k,
                      labelled_mask=self.pool.labelled_mask, seed=seed, engine=self.cfg.engine)
-        return np.asarray(sel.ids, dtype=np.int64)
+        # At least one region: the last cycle's overshoot can exceed a tiny step of the schedule.
+        return take_until(self.pool, sel.ids, target) if missing > 0 else sel.ids[:1]
 
     def train(self, cycle: int) -> None:
         """Train on the labelled pixels (from checkpoint ``cycle - 1`` or anew); commit the checkpoint."""

@@ -412,17 +412,27 @@ class RegionPool:
 def random_initial(pool: RegionPool, fraction: float, rng: np.random.Generator | None = None) -> np.ndarray:
     """Random unlabelled superpixels that bring the labelled pixel fraction up to ``fraction``.
 
-    Superpixels are drawn in a random order (``rng``, default ``pool.rng``) and taken until
-    the labelled pixels reach ``fraction`` of all pixels; the last one may overshoot. Returns
-    int64 global ids (empty when the fraction is already reached).
+    Superpixels are drawn in a random order (``rng``, default ``pool.rng``) and taken as
+    :func:`take_until` does. Returns int64 global ids (empty when the fraction is already reached).
+    """
+    rng = pool.rng if rng is None else rng
+    return take_until(pool, rng.permutation(pool.unlabelled_ids()), fraction)
+
+
+def take_until(pool: RegionPool, ordered_ids: np.ndarray, fraction: float) -> np.ndarray:
+    """The shortest prefix of ``ordered_ids`` (unlabelled, most wanted first) whose pixels
+    bring the labelled fraction up to ``fraction``; the last one may overshoot. All of them
+    when they do not reach it; none when the fraction is already reached.
+
+    This is how a budget in % of pixels is spent: a strategy that prefers large regions gets
+    fewer of them, and a shortfall is left to the next cycle's cumulative target.
     """
     if not 0.0 <= fraction <= 1.0:
-        raise FastalError(f"initial labelled fraction {fraction}: must lie in [0, 1]")
-    rng = pool.rng if rng is None else rng
+        raise FastalError(f"labelled fraction {fraction}: must lie in [0, 1]")
+    ordered_ids = np.asarray(ordered_ids, dtype=np.int64)
     need = fraction * pool.total_pixels - pool.labelled_pixels
     if need <= 0:
         return np.zeros(0, dtype=np.int64)
-    candidates = rng.permutation(pool.unlabelled_ids())
-    reach = np.cumsum(pool.sizes[candidates])
+    reach = np.cumsum(pool.sizes[ordered_ids])
     k = int(np.searchsorted(reach, need, side="left")) + 1
-    return candidates[: min(k, candidates.size)]
+    return ordered_ids[: min(k, ordered_ids.size)]

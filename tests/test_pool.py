@@ -18,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from fastal.errors import FastalError
 from fastal.oracle import Oracle, OracleAnswer
-from fastal.pool import RegionPool, global_to_local, local_to_global, random_initial
+from fastal.pool import RegionPool, global_to_local, local_to_global, random_initial, take_until
 
 NUM_CLASSES = 4
 
@@ -243,6 +243,17 @@ def test_random_initial_reaches_fraction_minimally(seed, frac, first):
     assert reached >= min(frac * total, total) - 1e-9 * total
     if ids.size:  # minimal: without the last one the fraction is not reached
         assert reached - cache.sizes[ids[-1]] < frac * total
+
+
+def test_take_until_keeps_the_shortest_prefix_and_all_on_a_shortfall():
+    pool = RegionPool([0, 5], [10, 40, 20, 30, 50])  # 150 pixels, one image
+    order = np.array([1, 4, 0, 2, 3])  # most wanted first: sizes 40, 50, 10, 20, 30
+    assert take_until(pool, order, 0.5).tolist() == [1, 4]  # 90 px >= 75: two suffice
+    assert take_until(pool, order, 0.6).tolist() == [1, 4]  # exactly 90 px
+    assert take_until(pool, order, 0.61).tolist() == [1, 4, 0]
+    assert take_until(pool, order[:2], 0.9).tolist() == [1, 4]  # shortfall: all given
+    pool.add(fake_answer(pool, np.array([1, 4])), cycle=1)
+    assert take_until(pool, order[2:], 0.5).size == 0  # already reached
 
 
 def test_random_initial_rejects_bad_fraction():

@@ -116,7 +116,7 @@ def test_pick_per_cluster_takes_each_max_and_fills_empty_clusters() -> None:
     entropy = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3, 0.8, 0.2])
     labels = torch.tensor([0, 0, 1, 1, 3, 3, 3])  # cluster 2 is empty
     got = pick_per_cluster(entropy, labels, 4).tolist()
-    assert got[:3] == [1, 3, 5]  # max of clusters 0, 1, 3
+    assert got[:3] == [1, 5, 3]  # max of clusters 0, 3, 1: most uncertain first
     assert got[3] == 2  # filled with the highest entropy not chosen yet
     assert len(set(got)) == 4
 
@@ -132,6 +132,7 @@ def test_contrastive_picks_the_max_entropy_member_of_each_cluster() -> None:
                  labelled_mask=np.zeros(400, bool), seed=0, engine="torch")
     expected = {int(np.flatnonzero(lab == g)[np.argmax(entropy[lab == g])]) for g in range(4)}
     assert set(sel.ids.tolist()) == expected
+    assert np.all(np.diff(entropy[sel.ids]) <= 0)  # in order of preference: a pixel budget keeps a prefix
     assert set(sel.timings) >= {"umap_fit", "umap_transform", "kmeans", "pick", "total"}
 
 

@@ -24,7 +24,7 @@ def run(
         "(instead of --initial, --budget-per-cycle, --cycles)."
     ),
     epochs: int | None = typer.Option(None, help="Training epochs per cycle."),
-    backbone: str | None = typer.Option(None, help="resnet18 | resnet34 | resnet50 | resnet101"),
+    backbone: str | None = typer.Option(None, help="resnet18 | resnet34 | resnet50 | resnet101 | efficientnet_lite0"),
     labels: str | None = typer.Option(None, help="full | dominant: what the oracle reveals."),
     device: str | None = typer.Option(None, help="auto | cpu | cuda | cuda:N"),
     seed: int | None = typer.Option(None, help="Seed of every random choice."),

@@ -29,7 +29,9 @@ from fastal.select.umap_params import UMAPParams
 
 @dataclass
 class Selection:
-    """What a strategy chose: global superpixel ids (np.int64, ``budget`` of them) and stage seconds."""
+    """What a strategy chose: global superpixel ids (np.int64, ``budget`` of them) in the
+    strategy's order of preference (most wanted first, so that a pixel budget can keep a
+    prefix) and stage seconds."""
 
     ids: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
@@ -82,7 +84,8 @@ def top_by_score(score: torch.Tensor, k: int, largest: bool = True) -> torch.Ten
 
 
 def pick_per_cluster(entropy: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """The highest-entropy member of each of ``k`` clusters, then fill up to ``k`` by entropy.
+    """The highest-entropy member of each of ``k`` clusters, then fill up to ``k`` by entropy;
+    the clusters' picks come most uncertain first.
 
     KMeans can leave clusters empty (or cuML can return fewer distinct labels); the remaining
     picks are the highest-entropy candidates not yet chosen, so exactly ``k`` positions return.
@@ -91,6 +94,7 @@ def pick_per_cluster(entropy: torch.Tensor, labels: torch.Tensor, k: int) -> tor
 
     best = segment_argmax(entropy, labels, k)  # (k,) position per cluster, -1 for empty
     chosen = best[best >= 0]
+    chosen = chosen[top_by_score(entropy[chosen], chosen.numel())]
     missing = k - chosen.numel()
     if missing > 0:
         rest = torch.ones(entropy.shape[0], dtype=torch.bool, device=entropy.device)
