@@ -44,8 +44,7 @@ from fastal.config import RunConfig, load_config, to_dict
 from fastal.errors import FastalError
 from fastal.loop import CONFIG, FULL, RESULTS, file_lock, open_run
 from fastal.progress import console, progress
-from fastal.report import _mean_std as mean_std  # the sample std over seeds of `fastal report`
-from fastal.report import Group, group_runs, plot_curves
+from fastal.report import Group, group_runs, mean_std, plot_curves
 
 PROTOCOLS = ("cpu", "gpu")
 STRATEGIES = ("contrastive", "random", "entropy", "kmeans-entropy")

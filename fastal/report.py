@@ -43,8 +43,8 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
     return res
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    # Sample standard deviation (ddof=1) over seeds; a single seed has no spread: 0.
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof=1) of per-seed values; a single value has no spread: 0."""
     a = np.asarray(values, dtype=np.float64)
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
@@ -90,12 +90,12 @@ def group_runs(run_dirs: list[str | Path]) -> list[Group]:
         g = Group(dataset, strategy, [d for d, _ in items], [r["seed"] for _, r in items])
         fulls = [r["full_miou"] for _, r in items if r["full_miou"] is not None]
         if fulls:
-            g.full_miou = (*_mean_std(fulls), len(fulls))
+            g.full_miou = (*mean_std(fulls), len(fulls))
         cycles = sorted({c["cycle"] for _, r in items for c in r["cycles"]})
         for cyc in cycles:
             recs = [c for _, r in items for c in r["cycles"] if c["cycle"] == cyc]
-            x, _ = _mean_std([100 * c["labelled_pixel_fraction"] for c in recs])
-            m, s = _mean_std([c["miou"] for c in recs])
+            x, _ = mean_std([100 * c["labelled_pixel_fraction"] for c in recs])
+            m, s = mean_std([c["miou"] for c in recs])
             g.points.append((cyc, x, m, s, len(recs)))
         groups.append(g)
     return groups
