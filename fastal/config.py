@@ -66,6 +66,7 @@ class RunConfig:
     amp: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     # --- selection ---
     engine: Literal["auto", "torch", "cuml"] = "auto"  # UMAP/KMeans backend
+    region_entropy: Literal["sum", "mean"] = "sum"  # a region's uncertainty: summed (the paper's) or per-pixel entropy
     # --- run ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0

@@ -346,6 +346,7 @@ class Run:
     def _select_with_model(self, cycle: int, seed: int) -> np.ndarray:
         from fastal.pool import take_until
         from fastal.select import score_pool, select
+        from fastal.select.scoring import per_pixel_entropy
         from fastal.train import Trainer
 
         target = self.cfg.schedule()[cycle - 1] / 100
@@ -356,6 +357,8 @@ class Run:
         images = np.unique(self.s.cache.image_of(self.pool.unlabelled_ids()))
         scores = score_pool(trainer.teacher, self.s.train, self.s.cache, images, self.s.device,
                             amp=score_amp(self.cfg.amp))
+        if self.cfg.region_entropy == "mean":
+            scores = per_pixel_entropy(scores, self.s.cache.sizes)
         sel = select(self.cfg.strategy, scores, trainer.bank.features(), trainer.bank.labels(), budget=k,
                      labelled_mask=self.pool.labelled_mask, seed=seed, engine=self.cfg.engine)
         # At least one region: the last cycle's overshoot can exceed a tiny step of the schedule.

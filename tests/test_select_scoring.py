@@ -124,3 +124,13 @@ def test_cuda_scores_match_cpu() -> None:
     assert gpu.features.device.type == "cuda"
     torch.testing.assert_close(gpu.features.cpu(), cpu.features, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(gpu.entropy.cpu(), cpu.entropy, atol=1e-3, rtol=1e-4)
+
+
+def test_per_pixel_entropy_divides_by_each_rows_region_size() -> None:
+    from fastal.select.scoring import PoolScores, per_pixel_entropy
+
+    sizes = np.array([10, 40, 5, 20])  # by global id
+    scores = PoolScores(torch.zeros(3, 2), torch.tensor([8.0, 8.0, 2.0]), torch.zeros(3), np.array([3, 1, 2]))
+    out = per_pixel_entropy(scores, sizes)
+    torch.testing.assert_close(out.entropy, torch.tensor([8 / 20, 8 / 40, 2 / 5]))
+    assert out.gids is scores.gids and torch.equal(scores.entropy, torch.tensor([8.0, 8.0, 2.0]))  # input kept

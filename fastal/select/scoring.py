@@ -10,6 +10,7 @@ superpixel ``gids[r]``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,14 @@ class PoolScores:
 
     def __len__(self) -> int:
         return int(self.gids.shape[0])
+
+
+def per_pixel_entropy(scores: PoolScores, sizes: np.ndarray) -> PoolScores:
+    """``scores`` with each region's summed entropy divided by its pixel count (``sizes``,
+    indexed by global id): uncertainty that does not grow with the region. Summed entropy
+    (the paper's) prefers large regions, which matters where regions differ much in size."""
+    size = torch.as_tensor(np.asarray(sizes)[scores.gids], dtype=torch.float32, device=scores.entropy.device)
+    return dataclasses.replace(scores, entropy=scores.entropy.float() / size)
 
 
 class _ImagesWithSuperpixels(torch.utils.data.Dataset):
