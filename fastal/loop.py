@@ -30,9 +30,10 @@ superpixels up to the first entry's pixel fraction; cycle K > 1 asks the strateg
 superpixels as the missing pixels make at the unlabelled pool's mean size, and keeps the
 shortest prefix of its ranked picks that reaches entry K (:func:`fastal.pool.take_until`).
 A strategy that prefers large regions (summed entropy does) thus labels fewer of them rather
-than more pixels, and a shortfall carries over to the next cycle's target. The planned counts
-(``cycle_superpixels``, ``round((entry K - entry K-1) / 100 * num_superpixels)``) only check
-the schedule against the pool.
+than more pixels. When its picks fall short (smaller than the mean), it is asked again for the
+rest, the picks so far counted as labelled, so every strategy ends a cycle at its target. The
+planned counts (``cycle_superpixels``, ``round((entry K - entry K-1) / 100 * num_superpixels)``)
+only check the schedule against the pool.
 
 A fully supervised reference does not depend on the strategy, the schedule or the superpixels:
 runs that differ only in those share one through ``full_shared`` (a JSON path). The first run
@@ -349,20 +350,28 @@ class Run:
         from fastal.select.scoring import per_pixel_entropy
         from fastal.train import Trainer
 
-        target = self.cfg.schedule()[cycle - 1] / 100
-        free = self.pool.unlabelled_ids()
-        missing = target * self.pool.total_pixels - self.pool.labelled_pixels
-        k = int(np.clip(round(missing / self.pool.sizes[free].mean()), 1, free.size))
         trainer = Trainer.load(self.ckpt(cycle - 1), self.s.device)
         images = np.unique(self.s.cache.image_of(self.pool.unlabelled_ids()))
         scores = score_pool(trainer.teacher, self.s.train, self.s.cache, images, self.s.device,
                             amp=score_amp(self.cfg.amp))
         if self.cfg.region_entropy == "mean":
             scores = per_pixel_entropy(scores, self.s.cache.sizes)
-        sel = select(self.cfg.strategy, scores, trainer.bank.features(), trainer.bank.labels(), budget=k,
-                     labelled_mask=self.pool.labelled_mask, seed=seed, engine=self.cfg.engine)
-        # At least one region: the last cycle's overshoot can exceed a tiny step of the schedule.
-        return take_until(self.pool, sel.ids, target) if missing > 0 else sel.ids[:1]
+        sizes, taken = self.pool.sizes, self.pool.labelled_mask.copy()
+        missing = self.cfg.schedule()[cycle - 1] / 100 * self.pool.total_pixels - self.pool.labelled_pixels
+        chosen: list[np.ndarray] = []
+        for round_ in range(taken.size):  # each round takes >= 1 region: it ends
+            free = sizes[~taken]
+            k = int(np.clip(round(max(missing, 0.0) / free.mean()), 1, free.size))
+            sel = select(self.cfg.strategy, scores, trainer.bank.features(), trainer.bank.labels(), budget=k,
+                         labelled_mask=taken, seed=seed + round_, engine=self.cfg.engine)
+            # At least one region: the last cycle's overshoot can exceed a tiny step of the schedule.
+            ids = take_until(sizes, sel.ids, missing) if missing > 0 else sel.ids[:1]
+            chosen.append(ids)
+            taken[ids] = True
+            missing -= sizes[ids].sum()
+            if missing <= 0 or taken.all():
+                break
+        return np.concatenate(chosen)
 
     def train(self, cycle: int) -> None:
         """Train on the labelled pixels (from checkpoint ``cycle - 1`` or anew); commit the checkpoint."""

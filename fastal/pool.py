@@ -415,24 +415,21 @@ def random_initial(pool: RegionPool, fraction: float, rng: np.random.Generator |
     Superpixels are drawn in a random order (``rng``, default ``pool.rng``) and taken as
     :func:`take_until` does. Returns int64 global ids (empty when the fraction is already reached).
     """
-    rng = pool.rng if rng is None else rng
-    return take_until(pool, rng.permutation(pool.unlabelled_ids()), fraction)
-
-
-def take_until(pool: RegionPool, ordered_ids: np.ndarray, fraction: float) -> np.ndarray:
-    """The shortest prefix of ``ordered_ids`` (unlabelled, most wanted first) whose pixels
-    bring the labelled fraction up to ``fraction``; the last one may overshoot. All of them
-    when they do not reach it; none when the fraction is already reached.
-
-    This is how a budget in % of pixels is spent: a strategy that prefers large regions gets
-    fewer of them, and a shortfall is left to the next cycle's cumulative target.
-    """
     if not 0.0 <= fraction <= 1.0:
-        raise FastalError(f"labelled fraction {fraction}: must lie in [0, 1]")
-    ordered_ids = np.asarray(ordered_ids, dtype=np.int64)
+        raise FastalError(f"initial labelled fraction {fraction}: must lie in [0, 1]")
+    rng = pool.rng if rng is None else rng
     need = fraction * pool.total_pixels - pool.labelled_pixels
-    if need <= 0:
+    return take_until(pool.sizes, rng.permutation(pool.unlabelled_ids()), need)
+
+
+def take_until(sizes: np.ndarray, ordered_ids: np.ndarray, pixels: float) -> np.ndarray:
+    """The shortest prefix of ``ordered_ids`` (most wanted first) whose ``sizes`` add up to
+    ``pixels``; the last one may overshoot. All of them when they fall short; none when
+    ``pixels <= 0``. This is how a budget in pixels is spent: a strategy that prefers large
+    regions gets fewer of them."""
+    ordered_ids = np.asarray(ordered_ids, dtype=np.int64)
+    if pixels <= 0:
         return np.zeros(0, dtype=np.int64)
-    reach = np.cumsum(pool.sizes[ordered_ids])
-    k = int(np.searchsorted(reach, need, side="left")) + 1
+    reach = np.cumsum(np.asarray(sizes)[ordered_ids])
+    k = int(np.searchsorted(reach, pixels, side="left")) + 1
     return ordered_ids[: min(k, ordered_ids.size)]

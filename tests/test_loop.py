@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import fastal.select
 from fastal.cli import main
 from fastal.config import SCHEDULE_KEYS, dumps_toml, make_config
 from fastal.data import load_dataset
@@ -217,12 +218,22 @@ def test_people_round_trip(reference: Path, tiny: dict, tmp_path: Path, capsys) 
     assert e.value.code == 2 and "already labelled" in capsys.readouterr().err
 
 
-def test_budget_schedule_and_its_resume(reference: Path, tiny: dict, tmp_path: Path) -> None:
+def test_budget_schedule_and_its_resume(reference: Path, tiny: dict, tmp_path: Path, monkeypatch) -> None:
     # A random 25 %, then cycles of 5 % and 10 % of the pixels; entropy: no UMAP to wait for.
+    # Per-pixel entropy prefers small regions: the first ranking falls short, and the cycle asks again.
     values = {k: v for k, v in tiny.items() if k not in SCHEDULE_KEYS}
-    values.update(strategy="entropy", budgets=[25.0, 30.0, 40.0])
+    values.update(strategy="entropy", budgets=[25.0, 30.0, 40.0], region_entropy="mean")
     uninterrupted = tmp_path / "ref"
+    budgets_asked: list[int] = []
+    real_select = fastal.select.select
+
+    def spy(*args, **kwargs):
+        budgets_asked.append(kwargs["budget"])
+        return real_select(*args, **kwargs)
+
+    monkeypatch.setattr(fastal.select, "select", spy)
     res = run_experiment(make_config(values), uninterrupted)
+    assert len(budgets_asked) > 2, budgets_asked  # 2 cycles, and at least one asked twice
     pool = RegionPool.load(uninterrupted / "pool.npz")
     n = pool.num_superpixels
     assert res["cycle_superpixels"] == [round(0.05 * n), round(0.10 * n)]  # the plan, at the mean size

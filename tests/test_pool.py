@@ -246,14 +246,13 @@ def test_random_initial_reaches_fraction_minimally(seed, frac, first):
 
 
 def test_take_until_keeps_the_shortest_prefix_and_all_on_a_shortfall():
-    pool = RegionPool([0, 5], [10, 40, 20, 30, 50])  # 150 pixels, one image
+    sizes = np.array([10, 40, 20, 30, 50])
     order = np.array([1, 4, 0, 2, 3])  # most wanted first: sizes 40, 50, 10, 20, 30
-    assert take_until(pool, order, 0.5).tolist() == [1, 4]  # 90 px >= 75: two suffice
-    assert take_until(pool, order, 0.6).tolist() == [1, 4]  # exactly 90 px
-    assert take_until(pool, order, 0.61).tolist() == [1, 4, 0]
-    assert take_until(pool, order[:2], 0.9).tolist() == [1, 4]  # shortfall: all given
-    pool.add(fake_answer(pool, np.array([1, 4])), cycle=1)
-    assert take_until(pool, order[2:], 0.5).size == 0  # already reached
+    assert take_until(sizes, order, 75).tolist() == [1, 4]  # 90 px >= 75: two suffice
+    assert take_until(sizes, order, 90).tolist() == [1, 4]  # exactly 90 px
+    assert take_until(sizes, order, 91).tolist() == [1, 4, 0]
+    assert take_until(sizes, order[:2], 135).tolist() == [1, 4]  # shortfall: all given
+    assert take_until(sizes, order, 0).size == take_until(sizes, order, -5).size == 0
 
 
 def test_random_initial_rejects_bad_fraction():
