@@ -140,7 +140,7 @@ def test_protocol_plans(protocol: str, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = plan.cfg
     assert (cfg.dataset, cfg.labels, cfg.full_reference) == ("camvid", "dominant", True)
     assert cfg.budgets == [1.0, 2.0, 4.0, 8.0]
-    assert (cfg.scale, cfg.backbone, cfg.device) == ((0.5, "resnet18", "cpu") if protocol == "cpu"
+    assert (cfg.scale, cfg.backbone, cfg.device) == ((0.5, "efficientnet_lite0", "cpu") if protocol == "cpu"
                                                      else (1.0, "resnet50", "cuda"))  # fmt: skip
     if protocol == "gpu":
         assert (cfg.amp, cfg.epochs, cfg.batch_size) == ("bf16", 20, 8)
