@@ -5,7 +5,11 @@ Centres move little between iterations, so each point is first compared with the
 centres nearest to its current centre c. That answer is exact whenever the nearest centre outside
 the list is at least 2 d(x, c) from c (triangle inequality: then no outside centre can beat c);
 the few points that fail the test get a full chunked matmul scan. Runs on CPU and CUDA; on CPU
-tensors the seeding and the assignment run as numba loops (:mod:`fastal.select.kmeans_cpu`).
+tensors of low dimension (the UMAP embedding) the seeding and the assignment run as numba loops
+(:mod:`fastal.select.kmeans_cpu`). In high dimension the pruning rarely holds and the scalar
+loops lose to BLAS: on one core, 40k points x 800 centres, a full numba scan took 5.8 s at
+D = 128 against 0.24 s by matmul, k-means++ 5.7 s against 0.7 s (at D = 2 they tie), so there
+the assignment is a plain chunked matmul scan and the seeding the tensor version.
 Deterministic on CPU for a seed (CUDA's index_add uses atomics). faiss-cpu was not tried (not
 installed); at 250k points and k = 2,500 this takes ~4-10 s on 2 shared cores, scikit-learn's
 KMeans see benchmarks/results/selection_cpu.json.
@@ -18,6 +22,9 @@ import math
 import torch
 
 from fastal.errors import FastalError
+
+
+NUMBA_MAX_DIM = 4  # CPU tensors of more columns use the matmul paths (measured: module docstring)
 
 
 def _sq_dists(x: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> torch.Tensor:
@@ -114,20 +121,24 @@ class TorchKMeans:
         self.seed_sample = seed_sample
         self.random_state = random_state
         self.chunk_size = chunk_size
-        self.use_numba = use_numba  # CPU tensors: numba kernels; False runs the tensor (CUDA) code on the CPU
+        self.use_numba = use_numba  # low-dimensional CPU tensors: numba kernels; False: the tensor code
+
+    def _numba(self, x: torch.Tensor) -> bool:
+        return self.use_numba and x.device.type == "cpu" and x.shape[1] <= NUMBA_MAX_DIM
 
     def _assign(self, x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact nearest centre, searching the neighbours of each point's current centre first."""
         k = centers.shape[0]
         m = min(self.n_candidates, k)
-        if m == k:
+        high_dim_cpu = self.use_numba and x.device.type == "cpu" and x.shape[1] > NUMBA_MAX_DIM
+        if m == k or high_dim_cpu:  # high dimension: the pruning rarely holds, a BLAS scan wins
             return full_assign(x, centers, self.chunk_size)
         c_sq = (centers * centers).sum(1)
         cc = _sq_dists(centers, centers, c_sq)  # (k, k)
         near_d, near = torch.topk(cc, m + 1, dim=1, largest=False)  # the centre itself comes first
         bound = near_d[:, m]  # squared distance to the nearest centre outside the list
         near = near[:, :m]
-        if self.use_numba and x.device.type == "cpu":
+        if self._numba(x):
             from fastal.select.kmeans_cpu import assign_pruned_cpu
 
             return assign_pruned_cpu(x, centers, labels, near, bound)
@@ -161,15 +172,15 @@ class TorchKMeans:
         n_seed = n if self.seed_sample is None else min(n, max(self.seed_sample, 20 * k))
         if n_seed < n:
             sample = torch.randperm(n, generator=gen, device=x.device)[:n_seed]
-            centers = kmeans_plusplus(x[sample], k, gen, trials, self.use_numba)[0]
-            if self.use_numba and x.device.type == "cpu":
+            centers = kmeans_plusplus(x[sample], k, gen, trials, self._numba(x))[0]
+            if self._numba(x):
                 from fastal.select.kmeans_cpu import assign_full_cpu
 
                 labels, d2 = assign_full_cpu(x, centers)
             else:
                 labels, d2 = full_assign(x, centers, self.chunk_size)
         else:
-            centers, labels, d2 = kmeans_plusplus(x, k, gen, trials, self.use_numba)
+            centers, labels, d2 = kmeans_plusplus(x, k, gen, trials, self._numba(x))
         tol = self.tol * float(x.var(0).mean())
         n_iter = 0
         for n_iter in range(1, self.max_iter + 1):
