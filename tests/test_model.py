@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import importlib.util
 import math
 import urllib.error
 
@@ -27,12 +28,19 @@ from fastal.model.ranking import rank_within_groups
 # ---------------------------------------------------------------- network
 
 
-@pytest.mark.parametrize("backbone", ["resnet18", "resnet50"])
-def test_forward_shapes_stride_and_unit_embeddings(backbone):
+_NO_TIMM = importlib.util.find_spec("timm") is None
+
+
+@pytest.mark.parametrize(
+    ("backbone", "stride"),
+    [("resnet18", 8), ("resnet50", 8),
+     pytest.param("efficientnet_lite0", 16, marks=pytest.mark.skipif(_NO_TIMM, reason="needs timm"))],
+)  # fmt: skip
+def test_forward_shapes_stride_and_unit_embeddings(backbone, stride):
     model = build_model(backbone, num_classes=5).eval()
     with torch.no_grad():
-        logits, emb = model(torch.randn(2, 3, 32, 48))
-    assert model.output_stride == 8
+        logits, emb = model(torch.randn(2, 3, 4 * stride, 6 * stride))
+    assert model.output_stride == stride
     assert logits.shape == (2, 5, 4, 6)
     assert emb.shape == (2, 128, 4, 6)
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(2, 4, 6))
