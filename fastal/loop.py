@@ -347,15 +347,12 @@ class Run:
     def _select_with_model(self, cycle: int, seed: int) -> np.ndarray:
         from fastal.pool import take_until
         from fastal.select import score_pool, select
-        from fastal.select.scoring import per_pixel_entropy
         from fastal.train import Trainer
 
         trainer = Trainer.load(self.ckpt(cycle - 1), self.s.device)
         images = np.unique(self.s.cache.image_of(self.pool.unlabelled_ids()))
         scores = score_pool(trainer.teacher, self.s.train, self.s.cache, images, self.s.device,
-                            amp=score_amp(self.cfg.amp))
-        if self.cfg.region_entropy == "mean":
-            scores = per_pixel_entropy(scores, self.s.cache.sizes)
+                            amp=score_amp(self.cfg.amp), region_entropy=self.cfg.region_entropy)
         sizes, taken = self.pool.sizes, self.pool.labelled_mask.copy()
         missing = self.cfg.schedule()[cycle - 1] / 100 * self.pool.total_pixels - self.pool.labelled_pixels
         chosen: list[np.ndarray] = []

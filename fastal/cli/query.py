@@ -105,7 +105,6 @@ def select_cmd(
     from fastal.loop import Run, open_run, prepare, score_amp
     from fastal.progress import console
     from fastal.select import score_pool, select
-    from fastal.select.scoring import per_pixel_entropy
     from fastal.train import Trainer
 
     overrides = {"dataset": dataset, "data_root": data_root, "scale": scale, "superpixels": superpixels,
@@ -134,9 +133,8 @@ def select_cmd(
         raise FastalError(f"--out {out}: already exists")
     trainer = Trainer.load(checkpoint, setup.device)
     images = np.unique(setup.cache.image_of(np.flatnonzero(~labelled)))
-    scores = score_pool(trainer.teacher, setup.train, setup.cache, images, setup.device, amp=score_amp(cfg.amp))
-    if cfg.region_entropy == "mean":
-        scores = per_pixel_entropy(scores, setup.cache.sizes)
+    scores = score_pool(trainer.teacher, setup.train, setup.cache, images, setup.device, amp=score_amp(cfg.amp),
+                        region_entropy=cfg.region_entropy)
     sel = select(cfg.strategy, scores, trainer.bank.features(), trainer.bank.labels(), budget=budget,
                  labelled_mask=labelled, seed=cfg.seed, engine=cfg.engine)
     rows = query_rows(setup.cache, setup.train, np.asarray(sel.ids))

@@ -104,13 +104,15 @@ def score_pool(
     amp: bool | str | None = None,
     num_workers: int | None = None,
     show_progress: bool = True,
+    region_entropy: str = "sum",
 ) -> PoolScores:
     """Mean feature, summed entropy and margin of every superpixel of ``image_indices``.
 
     ``teacher(x)`` returns ``(logits (B, C, h, w), emb (B, D, h, w))``. ``amp``: autocast for
     the forward pass, the run config's ``"auto"`` (= None: bf16 on CUDA, off on CPU), ``"bf16"``,
     ``"fp16"``, ``"fp32"`` (off), or a bool (bf16 / off). ``num_workers``: loader processes (default 2 on CUDA, 0 on
-    CPU, where the network already uses every core). Deterministic on CPU.
+    CPU, where the network already uses every core). ``region_entropy="mean"`` divides each
+    summed entropy by the region's pixel count (:func:`per_pixel_entropy`). Deterministic on CPU.
 
     Example::
 
@@ -182,4 +184,7 @@ def score_pool(
         teacher.train(was_training)
     if features is None:
         features = torch.zeros(0, 0, dtype=torch.float32, device=device)
-    return PoolScores(features=features, entropy=entropy, margin=margin, gids=gids)
+    scores = PoolScores(features=features, entropy=entropy, margin=margin, gids=gids)
+    if region_entropy not in ("sum", "mean"):
+        raise FastalError(f"region_entropy = {region_entropy!r}: choose sum or mean")
+    return per_pixel_entropy(scores, cache.sizes) if region_entropy == "mean" else scores
