@@ -5,7 +5,8 @@ with the default sampling (50 anchors per class, 1024 negatives, a full 11 x 100
 Adam, EMA update, teacher forward and bank push. Synthetic images, fixed size.
 
     python benchmarks/bench_train.py                       # CPU, writes benchmarks/results/train_cpu.json
-    python benchmarks/bench_train.py --device cuda --out benchmarks/results/train_cuda.json
+    python benchmarks/bench_train.py --device cuda --batch-size 8 --cases resnet50:360x480 \
+        --out benchmarks/results/train_cuda.json     # the GPU protocol's step (CamVid full size)
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from fastal.data import load_dataset
 from fastal.machine import machine_info
 from fastal.train import TrainConfig, Trainer, collate
 
-CASES = [("resnet18", (120, 160)), ("resnet50", (64, 96))]
+CASES = ["resnet18:120x160", "resnet50:64x96"]
+
+
+def parse_case(text: str) -> tuple[str, tuple[int, int]]:
+    """``backbone:HxW`` -> (backbone, (H, W))."""
+    backbone, _, size = text.partition(":")
+    h, _, w = size.partition("x")
+    return backbone, (int(h), int(w))
 
 
 def measure(backbone: str, size: tuple[int, int], amp: str, device: str, batch: int, steps: int) -> dict:
@@ -60,13 +68,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
                         help="torch thread counts to measure (default: torch's choice)")
+    parser.add_argument("--cases", nargs="+", default=CASES, help="backbone:HxW (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_cpu.json"))
     args = parser.parse_args()
     load_at_start = os.getloadavg()
     results = []
     for threads in args.threads:
         torch.set_num_threads(threads)
-        for backbone, size in CASES:
+        for backbone, size in map(parse_case, args.cases):
             for amp in ("fp32", "bf16"):
                 r = {"threads": threads, **measure(backbone, size, amp, args.device, args.batch_size, args.steps)}
                 print(f"{threads} threads {backbone} {size[0]}x{size[1]} {amp}: {r['images_per_s']:.2f} images/s",
