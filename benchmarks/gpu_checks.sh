@@ -13,7 +13,8 @@ set -u
 OUT=${OUT:-$PWD/gpu_out}
 R=$OUT/r
 DEVICE=${DEVICE:-cuda}
-SIZES=${SIZES:-10000 100000 1000000 3000000 6000000}
+SIZES=${SIZES:-10000 100000 1000000}     # selection sweep, before the other benchmarks
+LARGE=${LARGE:-3000000 6000000}          # and after them (a full Cityscapes pool is ~6M)
 DEADLINE=$(($(date +%s) + ${BUDGET:-540}))
 mkdir -p "$R"
 if [ -d .whl ]; then
@@ -45,13 +46,17 @@ step() {  # step NAME LIMIT_S COMMAND...: run under min(LIMIT_S, time left), log
 nvidia-smi >"$R/nvidia-smi.txt" 2>&1
 python3 -c "import torch, numba; print(torch.__version__, numba.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')"
 step tests 150 python3 -m pytest -m gpu -q -p no:cacheprovider tests
-for n in $SIZES; do
-    step "selection_$n" 150 python3 -m fastal bench selection --superpixels "$n" --device "$DEVICE" --engine torch \
-        --json "$R/selection_${DEVICE}_$n.json" || break
-done
+sweep() {
+    for n in "$@"; do
+        step "selection_$n" 150 python3 -m fastal bench selection --superpixels "$n" --device "$DEVICE" --engine torch \
+            --json "$R/selection_${DEVICE}_$n.json" || return
+    done
+}
+sweep $SIZES
 step kernels 100 python3 benchmarks/bench_kernels.py --device "$DEVICE" --dtypes float32 bfloat16 --json "$R/kernels_$DEVICE.json"
 step run 100 python3 -m fastal run --device "$DEVICE" --out /tmp/fastal_run_gpu_check &&
     cp /tmp/fastal_run_gpu_check/results.json "$R/run_results.json"
+sweep $LARGE
 step train 80 python3 benchmarks/bench_train.py --device "$DEVICE" --batch-size 8 --steps 5 \
     --cases resnet50:360x480 resnet18:360x480 --out "$R/train_$DEVICE.json"
 tar -czf "$OUT/gpu.tar.gz" -C "$R" .

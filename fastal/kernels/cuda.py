@@ -22,12 +22,19 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from numba import cuda
-from numba.core import config
 
-from fastal.errors import FastalError
-from fastal.kernels.bilinear import bilinear_taps
-from fastal.kernels.scalar import argmax_better, bf16_bits_to_float
+# numba-cuda (0.30.4 and older) registers an overload for np.row_stack, unguarded, the first time
+# it compiles a kernel; NumPy 2.5 removed that alias of vstack, so every kernel failed to compile
+# (seen on the lent H200: numpy 2.5.2). Restoring the alias is harmless and lets it load.
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack
+
+from numba import cuda  # noqa: E402
+from numba.core import config  # noqa: E402
+
+from fastal.errors import FastalError  # noqa: E402
+from fastal.kernels.bilinear import bilinear_taps  # noqa: E402
+from fastal.kernels.scalar import argmax_better, bf16_bits_to_float  # noqa: E402
 
 SIMULATED = bool(config.ENABLE_CUDASIM)
 MAX_THREADS = 256  # threads per block on a GPU; shared buffers are sized for it
