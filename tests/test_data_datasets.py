@@ -234,15 +234,30 @@ def test_folder_split_subfolders(tmp_path):
         load_dataset("folder", root=tmp_path, split="train", classes=["a", "b", "c"])
 
 
-def test_fingerprint_follows_file_changes(tmp_path):
-    root = make_folder(tmp_path)
+def test_fingerprint_follows_file_contents_not_stats_or_location(tmp_path):
+    root = make_folder(tmp_path / "a")
     first = load_dataset("folder", root=root).fingerprint()
     assert load_dataset("folder", root=root).fingerprint() == first
     mask = root / "masks" / "img1.png"
     st = mask.stat()
-    os.utime(mask, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert load_dataset("folder", root=root).fingerprint() != first
-    assert load_dataset("folder", root=root, scale=0.5).fingerprint() != first
+    os.utime(mask, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes
+    assert load_dataset("folder", root=root).fingerprint() == first
+    moved = tmp_path / "b"
+    root.rename(moved)  # a copied or moved dataset keeps its caches and runs
+    assert load_dataset("folder", root=moved).fingerprint() == first
+    changed = cv2.imread(str(moved / "masks" / "img1.png"), cv2.IMREAD_UNCHANGED)
+    changed[3, 4] = (changed[3, 4] + 1) % 3  # one label, same file size class
+    write_png(moved / "masks" / "img1.png", changed)
+    assert load_dataset("folder", root=moved).fingerprint() != first
+    assert load_dataset("folder", root=moved, scale=0.5).fingerprint() != load_dataset("folder", root=moved).fingerprint()
+
+
+def test_unreadable_file_is_named(tmp_path):
+    root = make_folder(tmp_path)
+    ds = load_dataset("folder", root=root)
+    (root / "masks" / "img2.png").unlink()
+    with pytest.raises(FastalError, match="img2.png: cannot read"):
+        ds.fingerprint()
 
 
 # ------------------------------------------------------------------------------ bad input

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,7 @@ class SegDataset:
 
     Subclasses set ``name``, ``split``, ``classes`` and implement :meth:`_load_raw`,
     :meth:`_raw_shape`, :meth:`image_id`, :meth:`__len__` and :meth:`_content` (what,
-    beyond the identity, changes when the data change: file sizes and mtimes).
+    beyond the identity, changes when the data change: the files' digests).
     """
 
     ignore_index = IGNORE
@@ -201,7 +202,7 @@ class SegDataset:
         raise NotImplementedError
 
     def _identity_extra(self) -> dict[str, Any]:
-        """Dataset-specific parts of the identity (root folder, generator parameters)."""
+        """Dataset-specific parts of the identity (generator parameters)."""
         return {}
 
     def _content(self) -> list[Any]:  # pragma: no cover - abstract
@@ -279,6 +280,7 @@ class FileDataset(SegDataset):
         self.root = Path(root)
         self.pairs = pairs[:limit] if limit is not None else pairs
         self.lut = lut
+        self._digests: list[str] | None = None  # file digests, computed once (see _content)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -301,20 +303,26 @@ class FileDataset(SegDataset):
         shape = png_shape(image_path)
         return shape if shape is not None else read_image(image_path).shape[:2]
 
-    def _identity_extra(self) -> dict[str, Any]:
-        return {"root": str(self.root.resolve())}
-
     def _content(self) -> list[Any]:
-        return [file_stat(img) + file_stat(lab) for _, img, lab in self.pairs]
+        # The bytes, not sizes and mtimes or the folder's path: a copied or moved dataset (new
+        # mtimes, as when ../shared was re-created) keeps its caches, references and runs valid.
+        if self._digests is None:
+            paths = [p for _, image, label in self.pairs for p in (image, label)]
+            with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # hashlib releases the GIL
+                self._digests = list(pool.map(file_digest, paths))
+        return self._digests
 
 
-def file_stat(path: Path) -> list[Any]:
-    """Size and mtime of a file, the cheap content fingerprint of file-based datasets."""
+def file_digest(path: Path) -> str:
+    """BLAKE2b (128-bit) of a file's bytes: ~0.25 s for CamVid's 936 files (122 MB) on 2 cores."""
+    h = hashlib.blake2b(digest_size=16)
     try:
-        st = os.stat(path)
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
     except OSError as e:
-        raise FastalError(f"{path}: cannot stat ({e.strerror})") from None
-    return [st.st_size, st.st_mtime_ns]
+        raise FastalError(f"{path}: cannot read ({e.strerror})") from None
+    return h.hexdigest()
 
 
 def require_dir(path: Path, what: str) -> Path:
