@@ -251,7 +251,7 @@ class SegDataset:
         }
 
     def fingerprint(self) -> str:
-        """A hash of the identity plus the content (file sizes and mtimes, or generator params)."""
+        """A hash of the identity plus the content (file digests, or generator params)."""
         return stable_hash({"identity": self.identity(), "content": self._content()}, length=32)
 
     def __repr__(self) -> str:

@@ -425,7 +425,7 @@ def build_cache(
     grid allows) is in ``cache.manifest["grids"]`` and ``cache.counts``. The cache lives in
     ``cache_dir`` (default :func:`default_cache_root`) under a name from the dataset identity
     (dataset, split, root, resize, image ids) and the parameters; a cache there whose content
-    hash (file sizes and mtimes, parameters, code version) differs is rebuilt. The build runs
+    hash (file contents, parameters, code version) differs is rebuilt. The build runs
     in ``workers`` processes (default: all cores) and is atomic: it appears whole or not at all.
     Workers start with ``forkserver``: a script calling this with ``workers > 1`` needs the
     usual ``if __name__ == "__main__":`` guard.
