@@ -424,7 +424,7 @@ def build_cache(
     ``superpixels`` is the requested count per image; the realised count (closest the SEEDS
     grid allows) is in ``cache.manifest["grids"]`` and ``cache.counts``. The cache lives in
     ``cache_dir`` (default :func:`default_cache_root`) under a name from the dataset identity
-    (dataset, split, root, resize, image ids) and the parameters; a cache there whose content
+    (dataset, split, resize, image ids) and the parameters; a cache there whose content
     hash (file contents, parameters, code version) differs is rebuilt. The build runs
     in ``workers`` processes (default: all cores) and is atomic: it appears whole or not at all.
     Workers start with ``forkserver``: a script calling this with ``workers > 1`` needs the
