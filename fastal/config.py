@@ -67,6 +67,7 @@ class RunConfig:
     # --- selection ---
     engine: Literal["auto", "torch", "cuml"] = "auto"  # UMAP/KMeans backend
     region_entropy: Literal["sum", "mean"] = "sum"  # a region's uncertainty: summed (the paper's) or per-pixel entropy
+    clusters: float = 1.0  # KMeans clusters per queried region (contrastive, kmeans-entropy); 1 = the paper's k = budget
     # --- run ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
@@ -155,6 +156,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     for name in ("train_images", "val_images"):
         need(getattr(cfg, name) >= 0, f"{name} = {getattr(cfg, name)}: must be >= 0 (0 = all)")
     need(cfg.lr > 0, f"lr = {cfg.lr}: must be > 0")
+    need(cfg.clusters >= 1, f"clusters = {cfg.clusters}: must be >= 1 (KMeans clusters per queried region)")
     need(cfg.scale is None or 0 < cfg.scale <= 8, f"scale = {cfg.scale}: a factor in (0, 8]")
     need(
         len(cfg.image_size) == 2 and min(cfg.image_size) >= 16,

@@ -360,7 +360,7 @@ class Run:
             free = sizes[~taken]
             k = int(np.clip(round(max(missing, 0.0) / free.mean()), 1, free.size))
             sel = select(self.cfg.strategy, scores, trainer.bank.features(), trainer.bank.labels(), budget=k,
-                         labelled_mask=taken, seed=seed + round_, engine=self.cfg.engine)
+                         labelled_mask=taken, seed=seed + round_, engine=self.cfg.engine, clusters=self.cfg.clusters)
             # At least one region: the last cycle's overshoot can exceed a tiny step of the schedule.
             ids = take_until(sizes, sel.ids, missing) if missing > 0 else sel.ids[:1]
             chosen.append(ids)

@@ -163,3 +163,25 @@ def test_unknown_names_and_impossible_engine(pool) -> None:
         select("contrastive", scores, bank[:10], None, budget=3, labelled_mask=mask, engine="torch")
     with pytest.raises(FastalError, match="unknown option"):
         select("contrastive", scores, bank, None, budget=3, labelled_mask=mask, umap={"n_neigbours": 5})
+
+
+def test_pick_per_cluster_with_more_clusters_keeps_the_most_uncertain_representatives() -> None:
+    entropy = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3, 0.8, 0.2])
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3])  # representatives 1 (0.9), 3 (0.7), 5 (0.8), 6 (0.2)
+    assert pick_per_cluster(entropy, labels, 2, num_clusters=4).tolist() == [1, 5]
+
+
+def test_clusters_factor_moves_contrastive_towards_entropy() -> None:
+    # 2 groups, budget 2: with k = 2 one pick per group; with k = all, the two most uncertain overall.
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0] * 8, [10.0] * 8])
+    feats = centres.repeat_interleave(20, 0) + 0.1 * torch.randn(40, 8, generator=g)
+    entropy = torch.rand(40, generator=g)
+    entropy[[3, 7]] = torch.tensor([5.0, 4.0])  # both in group 0
+    scores = PoolScores(features=feats, entropy=entropy, margin=torch.rand(40, generator=g), gids=np.arange(40))
+    one = select("kmeans-entropy", scores, None, None, budget=2, labelled_mask=np.zeros(40, bool)).ids
+    many = select("kmeans-entropy", scores, None, None, budget=2, labelled_mask=np.zeros(40, bool), clusters=20).ids
+    assert sorted(np.asarray(one) // 20) == [0, 1]
+    assert sorted(many.tolist()) == [3, 7]
+    with pytest.raises(FastalError, match="clusters"):
+        select("kmeans-entropy", scores, None, None, budget=2, labelled_mask=np.zeros(40, bool), clusters=0.5)

@@ -136,7 +136,7 @@ def select_cmd(
     scores = score_pool(trainer.teacher, setup.train, setup.cache, images, setup.device, amp=score_amp(cfg.amp),
                         region_entropy=cfg.region_entropy)
     sel = select(cfg.strategy, scores, trainer.bank.features(), trainer.bank.labels(), budget=budget,
-                 labelled_mask=labelled, seed=cfg.seed, engine=cfg.engine)
+                 labelled_mask=labelled, seed=cfg.seed, engine=cfg.engine, clusters=cfg.clusters)
     rows = query_rows(setup.cache, setup.train, np.asarray(sel.ids))
     meta = {"dataset": cfg.dataset, "fingerprint": setup.train.fingerprint(), "classes": list(setup.train.classes),
             "superpixels": cfg.superpixels, "strategy": cfg.strategy, "checkpoint": str(checkpoint),

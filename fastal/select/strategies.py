@@ -52,6 +52,11 @@ class Candidates:
     engine: str
     umap: UMAPParams
     timings: dict[str, float]
+    clusters: float = 1.0  # KMeans clusters per pick (clustering strategies)
+
+    def num_clusters(self) -> int:
+        """k of the clustering strategies: ``clusters`` x budget, at most the candidates."""
+        return min(self.entropy.shape[0], max(self.budget, round(self.clusters * self.budget)))
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -83,18 +88,18 @@ def top_by_score(score: torch.Tensor, k: int, largest: bool = True) -> torch.Ten
     return torch.sort(score, descending=largest, stable=True).indices[:k]
 
 
-def pick_per_cluster(entropy: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """The highest-entropy member of each of ``k`` clusters, then fill up to ``k`` by entropy;
-    the clusters' picks come most uncertain first.
+def pick_per_cluster(entropy: torch.Tensor, labels: torch.Tensor, k: int, num_clusters: int | None = None) -> torch.Tensor:
+    """``k`` positions: the highest-entropy member of each of ``num_clusters`` (default ``k``)
+    clusters, most uncertain first, cut to ``k`` or filled up to ``k`` by entropy.
 
     KMeans can leave clusters empty (or cuML can return fewer distinct labels); the remaining
     picks are the highest-entropy candidates not yet chosen, so exactly ``k`` positions return.
     """
     from fastal.kernels import segment_argmax
 
-    best = segment_argmax(entropy, labels, k)  # (k,) position per cluster, -1 for empty
+    best = segment_argmax(entropy, labels, num_clusters or k)  # position per cluster, -1 for empty
     chosen = best[best >= 0]
-    chosen = chosen[top_by_score(entropy[chosen], chosen.numel())]
+    chosen = chosen[top_by_score(entropy[chosen], min(k, chosen.numel()))]
     missing = k - chosen.numel()
     if missing > 0:
         rest = torch.ones(entropy.shape[0], dtype=torch.bool, device=entropy.device)
@@ -162,9 +167,9 @@ def _coreset(c: Candidates) -> torch.Tensor:
 @register("kmeans-entropy")
 def _kmeans_entropy(c: Candidates) -> torch.Tensor:
     with c.stage("kmeans"):
-        labels = make_kmeans(c.engine, c.budget, c.seed).fit_predict(c.features)
+        labels = make_kmeans(c.engine, c.num_clusters(), c.seed).fit_predict(c.features)
     with c.stage("pick"):
-        return pick_per_cluster(c.entropy, labels, c.budget)
+        return pick_per_cluster(c.entropy, labels, c.budget, c.num_clusters())
 
 
 @register("contrastive")
@@ -179,9 +184,9 @@ def _contrastive(c: Candidates) -> torch.Tensor:
     with c.stage("umap_transform"):
         emb = reducer.transform(c.features)
     with c.stage("kmeans"):
-        labels = make_kmeans(c.engine, c.budget, c.seed).fit_predict(emb)
+        labels = make_kmeans(c.engine, c.num_clusters(), c.seed).fit_predict(emb)
     with c.stage("pick"):
-        return pick_per_cluster(c.entropy, labels, c.budget)
+        return pick_per_cluster(c.entropy, labels, c.budget, c.num_clusters())
 
 
 def select(
@@ -194,8 +199,13 @@ def select(
     seed: int = 0,
     engine: str = "auto",
     umap: UMAPParams | dict | None = None,
+    clusters: float = 1.0,
 ) -> Selection:
     """Choose ``budget`` unlabelled superpixels of the scored pool with ``strategy``.
+
+    ``clusters``: KMeans clusters per chosen superpixel for ``contrastive`` and ``kmeans-entropy``
+    (1: k = budget, the paper's; more: each cluster's most uncertain member is a candidate and
+    the most uncertain ``budget`` candidates are chosen).
 
     ``labelled_mask`` is indexed by global superpixel id (``RegionPool.labelled_mask``). Bad
     strategy/engine names, an impossible budget or a mask that does not cover the pool raise
@@ -216,6 +226,8 @@ def select(
     n_free = int((~is_labelled).sum())
     if not isinstance(budget, (int, np.integer)) or budget < 1:
         raise FastalError(f"budget = {budget!r}: must be a positive number of superpixels")
+    if not clusters >= 1:
+        raise FastalError(f"clusters = {clusters!r}: must be >= 1 (KMeans clusters per chosen superpixel)")
     if budget > n_free:
         raise FastalError(
             f"budget {budget} > {n_free} unlabelled superpixels in the scored pool "
@@ -237,6 +249,7 @@ def select(
         engine=engine_name,
         umap=umap_params,
         timings=timings,
+        clusters=float(clusters),
     )
     pos = STRATEGIES[strategy](cand)
     rows = free_rows[pos].cpu().numpy()  # device -> host: the chosen rows only
