@@ -45,6 +45,7 @@ def test_defaults_are_valid_and_file_then_overrides(tmp_path: Path) -> None:
         ("budgets = []\n", {}, "budgets = []: give at least the initial %"),
         ('budgets = ["1"]\n', {}, "budgets[0] = '1': expected float"),
         ('full_shared = "ref.json"\nfull_reference = false\n', {}, "full_shared needs full_reference = true"),
+        ("clusters = 0.5\n", {}, "clusters = 0.5: must be >= 1"),
     ],
 )
 def test_errors_name_the_offender(tmp_path: Path, text: str, overrides: dict, message: str) -> None:
