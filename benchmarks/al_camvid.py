@@ -290,6 +290,7 @@ def summarize(plan: Plan, running: Collection[str] = ()) -> dict[str, Any]:
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "full_miou": None if not fulls else dict(zip(("mean", "std"), mean_std(fulls)), n=len(fulls)),
         "summary": by_strategy,
+        "paired": paired(plan, results),
         "references": references,
         "runs": runs,
     }
@@ -324,6 +325,26 @@ def summary(plan: Plan, results: dict[str, dict[str, Any]], groups: list[Group])
     return out
 
 
+def paired(plan: Plan, results: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The first strategy's mIoU minus each other's, seed by seed, per budget: mean ± sample std
+    of the differences over the seeds both reached it with (seed-to-seed noise cancels in part)."""
+    schedule, first = plan.cfg.schedule(), plan.args.strategies[0]
+    miou = {(j.strategy, j.seed): {c["cycle"]: c["miou"] for c in results[j.name]["cycles"]}
+            for j in plan.jobs if j.name in results}  # fmt: skip
+    out: dict[str, list[dict[str, Any]]] = {}
+    for other in plan.args.strategies[1:]:
+        rows = []
+        for cycle, budget in enumerate(schedule, start=1):
+            pairs = [(seed, a[cycle] - miou[other, seed][cycle]) for (st, seed), a in miou.items()
+                     if st == first and cycle in a and cycle in miou.get((other, seed), {})]  # fmt: skip
+            if pairs:
+                diff, diff_std = mean_std([d for _, d in pairs])
+                rows.append({"budget_pct": budget, "diff_mean": diff, "diff_std": diff_std,
+                             "n": len(pairs), "seeds": [seed for seed, _ in pairs]})  # fmt: skip
+        out[other] = rows
+    return out
+
+
 def readme_table(data: dict[str, Any]) -> str:
     """Markdown: a row per strategy, a column per budget, "mIoU ± std (mIoU / full)"; [n=k] where
     fewer seeds than asked for reached the budget."""
@@ -342,6 +363,14 @@ def readme_table(data: dict[str, Any]) -> str:
             cell += "" if r["ratio_mean"] is None else f" ({100 * r['ratio_mean']:.0f} %)"
             cells.append(cell + ("" if r["n"] == seeds else f" [n={r['n']}]"))
         lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    first = data["strategies"][0]
+    if any(data["paired"].values()):
+        lines += ["", f"| {first} minus | " + " | ".join(f"{b:g} %" for b in budgets) + " |",
+                  "|---|" + "---:|" * len(budgets)]  # fmt: skip
+        for other, rows in data["paired"].items():
+            by_budget = {r["budget_pct"]: r for r in rows}
+            cells = [f"{r['diff_mean']:+.3f} ± {r['diff_std']:.3f}" if (r := by_budget.get(b)) else "" for b in budgets]
+            lines.append(f"| {other} | " + " | ".join(cells) + " |")
     full = data["full_miou"]
     if full is not None:
         lines += ["", f"Fully supervised (every pixel, same backbone and resolution): mIoU {full['mean']:.3f} ± "

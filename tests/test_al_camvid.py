@@ -97,6 +97,20 @@ def test_driver_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
             assert cell in next(line for line in table.splitlines() if line.startswith(f"| {st} |"))
     assert table.splitlines()[0] == "| strategy | 4 % | 8 % |"
 
+    # Paired differences by hand: the first strategy minus the other, seed by seed.
+    first, other = STRATEGIES
+    assert [r["budget_pct"] for r in data["paired"][other]] == [4.0, 8.0]
+    cells = []
+    for k, row in enumerate(data["paired"][other]):
+        diffs = [results[f"seed{s}-{first}"]["cycles"][k]["miou"] - results[f"seed{s}-{other}"]["cycles"][k]["miou"]
+                 for s in SEEDS]  # fmt: skip
+        assert row["n"] == 2 and row["seeds"] == SEEDS
+        assert row["diff_mean"] == pytest.approx(statistics.mean(diffs))
+        assert row["diff_std"] == pytest.approx(statistics.stdev(diffs))
+        cells.append(f"{statistics.mean(diffs):+.3f} ± {statistics.stdev(diffs):.3f}")
+    paired_table = table.split(f"| {first} minus | 4 % | 8 % |\n")[1]
+    assert paired_table.splitlines()[1] == f"| {other} | {cells[0]} | {cells[1]} |"
+
     # A third start skips every finished run: nothing is run, nothing in the runs changes.
     stamps = {n: (runs / n / "results.json").stat().st_mtime_ns for n in names}
     wall = (runs / "wall.json").read_text()
