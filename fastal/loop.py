@@ -353,14 +353,15 @@ class Run:
         images = np.unique(self.s.cache.image_of(self.pool.unlabelled_ids()))
         scores = score_pool(trainer.teacher, self.s.train, self.s.cache, images, self.s.device,
                             amp=score_amp(self.cfg.amp), region_entropy=self.cfg.region_entropy)
+        bank_features, bank_labels = trainer.bank.features(), trainer.bank.labels()
         sizes, taken = self.pool.sizes, self.pool.labelled_mask.copy()
         missing = self.cfg.schedule()[cycle - 1] / 100 * self.pool.total_pixels - self.pool.labelled_pixels
         chosen: list[np.ndarray] = []
         for round_ in range(taken.size):  # each round takes >= 1 region: it ends
             free = sizes[~taken]
             k = int(np.clip(round(max(missing, 0.0) / free.mean()), 1, free.size))
-            sel = select(self.cfg.strategy, scores, trainer.bank.features(), trainer.bank.labels(), budget=k,
-                         labelled_mask=taken, seed=seed + round_, engine=self.cfg.engine, clusters=self.cfg.clusters)
+            sel = select(self.cfg.strategy, scores, bank_features, bank_labels, budget=k, labelled_mask=taken,
+                         seed=seed + round_, engine=self.cfg.engine, clusters=self.cfg.clusters)
             # At least one region: the last cycle's overshoot can exceed a tiny step of the schedule.
             ids = take_until(sizes, sel.ids, missing) if missing > 0 else sel.ids[:1]
             chosen.append(ids)

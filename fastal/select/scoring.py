@@ -129,6 +129,8 @@ def score_pool(
         raise FastalError(f"image_indices outside 0..{cache.num_images - 1}")
     if batch_size < 1:
         raise FastalError(f"batch_size = {batch_size}: must be >= 1")
+    if region_entropy not in ("sum", "mean"):
+        raise FastalError(f"region_entropy = {region_entropy!r}: choose sum or mean")
     cuda = device.type == "cuda"
     amp_dtype = _autocast_dtype(amp, cuda)
     counts = np.asarray(cache.counts, dtype=np.int64)[image_indices]
@@ -185,6 +187,4 @@ def score_pool(
     if features is None:
         features = torch.zeros(0, 0, dtype=torch.float32, device=device)
     scores = PoolScores(features=features, entropy=entropy, margin=margin, gids=gids)
-    if region_entropy not in ("sum", "mean"):
-        raise FastalError(f"region_entropy = {region_entropy!r}: choose sum or mean")
     return per_pixel_entropy(scores, cache.sizes) if region_entropy == "mean" else scores
