@@ -299,7 +299,7 @@ def summarize(plan: Plan, running: Collection[str] = ()) -> dict[str, Any]:
         if len({g.full_miou for g in groups}) == 1:  # the same references: one dashed line, not one per strategy
             for g in groups[1:]:
                 g.full_miou = None
-        plot_curves(groups, args.plot, title=f"{plan.cfg.dataset}, {args.protocol} protocol (mean ± std over seeds)")
+        plot_curves(groups, args.plot, title=f"{plan.cfg.dataset}, {plan.config.name} (mean ± std over seeds)")
     return out
 
 
