@@ -28,8 +28,12 @@ def fsync_path(path: str | os.PathLike) -> None:
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open a temp file beside ``path``; on success fsync it and rename it over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_writable(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise FastalError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         # mkstemp makes the file 0600; give it the permissions a plain open() would.
         umask = os.umask(0)
@@ -45,6 +49,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def check_writable(path: str | os.PathLike, directory: bool = False) -> None:
+    """FastalError unless a file (``directory``: a directory) could be written at ``path``: no
+    directory (file) is in the way, and no file stands where a parent directory would be. Lets
+    a command check every output before it writes any."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        what = "a file is there, not a directory" if directory else "it is a directory"
+        raise FastalError(f"cannot write {path}: {what}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FastalError(f"cannot write {path}: {parent} is a file, not a directory")
+            return
 
 
 def read_json(path: str | os.PathLike, hint: str = "") -> Any:
@@ -81,10 +100,14 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     a leftover ``.path.*.tmp`` sibling from a kill is harmless and removed on the next call.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    check_writable(path, directory=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise FastalError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         yield tmp
         if path.exists():

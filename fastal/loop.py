@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from fastal.atomic import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from fastal.atomic import atomic_dir, atomic_write_json, atomic_write_text, check_writable, read_json
 from fastal.config import RunConfig, load_config, save_config
 from fastal.errors import FastalError
 from fastal.progress import console
@@ -87,8 +87,13 @@ def file_lock(path: str | Path, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on ``path + ".lock"`` (created if need be) for the block; the
     kernel drops it when the process dies. ``wait=False``: FastalError if another process holds it."""
     lock = Path(f"{path}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
+    check_writable(lock)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        f = open(lock, "a")  # noqa: SIM115 - closed by the with below
+    except OSError as e:
+        raise FastalError(f"cannot write {lock}: {e.strerror or e}") from None
+    with f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -195,6 +200,19 @@ def prepare(cfg: RunConfig) -> Setup:
     return Setup(cfg, train, val, cache, device, initial_k, cycle_ks)
 
 
+def check_before_training(setup: Setup) -> None:
+    """What a new run would otherwise only find out cycles in: bad validation labels, backbone
+    weights that do not load, and a selection engine the device cannot run."""
+    from fastal.data.base import check_labels
+    from fastal.model.network import build_model
+    from fastal.select.engines import resolve_engine
+
+    check_labels(setup.val)
+    if setup.cfg.weights is not None:
+        build_model(setup.cfg.backbone, setup.train.num_classes, setup.cfg.weights)
+    resolve_engine(setup.cfg.engine, setup.device)
+
+
 def create_run_dir(cfg: RunConfig, run_dir: str | Path) -> Path:
     """A new run directory holding ``config.toml``, created whole or not at all."""
     run_dir = Path(run_dir)
@@ -235,11 +253,14 @@ class Run:
         self._reconcile_queries()
 
     # ---- files --------------------------------------------------------------------------
-    def _read_json(self, name: str) -> Any:
+    def _read_json(self, name: str) -> dict[str, Any] | None:
         path = self.dir / name
         if not path.exists():
             return None
-        return read_json(path)
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise FastalError(f"{path}: expected a JSON object, found {type(data).__name__}")
+        return data
 
     def _empty_results(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -510,6 +531,9 @@ def run_experiment(cfg: RunConfig | None, run_dir: str | Path, resume: bool = Fa
         shared = Path(cfg.full_shared) if cfg.full_reference and cfg.full_shared else None
         if shared is not None and shared.exists():
             check_reference(shared, setup)  # refused before the run directory exists
+        elif shared is not None:
+            check_writable(shared)  # it will be written there, and its lock beside it
+        check_before_training(setup)
         create_run_dir(cfg, run_dir)
     if setup.device.type == "cpu":
         # Deterministic kernels where torch has them; a resumed run must redo a phase bit for bit.
@@ -539,6 +563,19 @@ def run_experiment(cfg: RunConfig | None, run_dir: str | Path, resume: bool = Fa
     return run.results
 
 
+def check_round(q: Any, qpath: Path, num_images: int) -> None:
+    """FastalError unless ``q`` (a round's queries.json) holds a non-empty list ``queries`` of
+    objects with integer ``superpixel``, ``local`` and an ``image`` index below ``num_images``."""
+    rows = q.get("queries") if isinstance(q, dict) else None
+    if not isinstance(rows, list) or not rows:
+        raise FastalError(f"{qpath}: expected a JSON object with a non-empty list \"queries\"")
+    for r in rows:
+        if not isinstance(r, dict) or not all(type(r.get(k)) is int for k in ("superpixel", "image", "local")):
+            raise FastalError(f"{qpath}: query {r!r} lacks an integer superpixel, image or local")
+        if not 0 <= r["image"] < num_images:
+            raise FastalError(f"{qpath}: query {r!r}: image {r['image']} is not in 0..{num_images - 1}")
+
+
 def import_masks(round_dir: str | Path, run_dir: str | Path) -> tuple[int, int]:
     """Label the superpixels of a `fastal select` round from the masks people put in ``round_dir/masks``.
 
@@ -557,6 +594,7 @@ def import_masks(round_dir: str | Path, run_dir: str | Path) -> tuple[int, int]:
     cfg = open_run(run_dir)
     setup = prepare(cfg)
     ds, cache = setup.train, setup.cache
+    check_round(q, qpath, len(ds))
     if q.get("fingerprint") != ds.fingerprint():
         raise FastalError(f"{qpath}: the round was selected on other data than the run {run_dir} uses")
     run = Run(setup, run_dir)

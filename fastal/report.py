@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fastal.atomic import atomic_write_bytes, atomic_write_json, read_json
+from fastal.atomic import atomic_write_bytes, atomic_write_json, check_writable, read_json
 from fastal.errors import FastalError
 
 RESULT_KEYS = ("dataset", "strategy", "seed", "full_miou", "cycles")
@@ -181,6 +181,9 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None, json_path: 
     from fastal.progress import console
 
     groups = group_runs(run_dirs)
+    for target in (out, json_path):  # both checked before either is written
+        if target is not None:
+            check_writable(target)
     console.print(report_table(groups))
     if out is not None:
         plot_curves(groups, out)

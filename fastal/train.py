@@ -291,8 +291,11 @@ class Trainer:
             torch.save(self.state_dict(), f)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> Trainer:
-        """The trainer saved at ``path``, on ``device``, ready to continue (RNG states restored)."""
+    def load(
+        cls, path: str | os.PathLike, device: torch.device | str = "cpu", num_classes: int | None = None
+    ) -> Trainer:
+        """The trainer saved at ``path``, on ``device``, ready to continue (RNG states restored).
+        ``num_classes``: FastalError unless the checkpoint's model has that many classes."""
         if not os.path.isfile(path):
             raise FastalError(f"checkpoint {path} does not exist")
         try:
@@ -302,6 +305,8 @@ class Trainer:
             raise
         except Exception as e:  # unpickling / key errors: not a fastal checkpoint
             raise FastalError(f"checkpoint {path}: not a fastal training checkpoint ({exception_summary(e)})") from e
+        if num_classes is not None and state["num_classes"] != num_classes:
+            raise FastalError(f"checkpoint {path} has {state['num_classes']} classes, the dataset has {num_classes}")
         trainer = cls(cfg, state["num_classes"], device)
         trainer.cfg = TrainConfig(**state["config"])
         trainer.student.load_state_dict(state["student"])

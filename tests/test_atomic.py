@@ -3,7 +3,7 @@ import stat
 
 import pytest
 
-from fastal.atomic import atomic_dir, atomic_open, atomic_write_json, atomic_write_text, read_json
+from fastal.atomic import atomic_dir, atomic_open, atomic_write_json, atomic_write_text, check_writable, read_json
 from fastal.errors import FastalError
 
 
@@ -50,3 +50,21 @@ def test_read_json_names_missing_and_broken_files(tmp_path):
     (tmp_path / "bad.json").write_text("{nope")
     with pytest.raises(FastalError, match=r"bad\.json: not valid JSON"):
         read_json(tmp_path / "bad.json")
+
+
+def test_unwritable_targets_are_one_fastal_error_and_leave_nothing(tmp_path):
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FastalError, match="adir: it is a directory"):
+        atomic_write_text(tmp_path / "adir", "new")
+    with pytest.raises(FastalError, match="afile is a file, not a directory"):
+        atomic_write_text(tmp_path / "afile" / "sub" / "out.json", "new")
+    with pytest.raises(FastalError, match="afile: a file is there"):
+        with atomic_dir(tmp_path / "afile"):
+            pass
+    with pytest.raises(FastalError, match="afile is a file, not a directory"):
+        with atomic_dir(tmp_path / "afile" / "run"):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "afile"]
+    assert list((tmp_path / "adir").iterdir()) == [] and (tmp_path / "afile").read_text() == "x"
+    check_writable(tmp_path / "new" / "deeper" / "out.json")  # missing parents are fine

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastal.data import DATASETS, load_dataset
-from fastal.data.base import resize_pair
+from fastal.data.base import check_labels, resize_pair
 from fastal.errors import FastalError
 
 
@@ -340,3 +340,16 @@ def test_rgb_mask_is_rejected(tmp_path):
 def test_bad_arguments(kwargs, message):
     with pytest.raises(FastalError, match=message):
         load_dataset(**kwargs)
+
+
+def test_check_labels_names_the_first_bad_item(tmp_path):
+    root = make_folder(tmp_path, n=4)
+    check_labels(load_dataset("folder", root=root))  # a good folder passes
+    bad = cv2.imread(str(root / "masks" / "img2.png"), cv2.IMREAD_UNCHANGED)
+    bad[3, 4] = 7  # 3 classes: 7 is none, and 255 stays allowed
+    write_png(root / "masks" / "img2.png", bad)
+    with pytest.raises(FastalError, match=r"img2.*label value.* 7"):
+        check_labels(load_dataset("folder", root=root), workers=2)
+    write_png(root / "masks" / "img1.png", np.zeros((5, 5), np.uint8))  # wrong shape, an earlier item
+    with pytest.raises(FastalError, match=r"img1.*10x14 but its label is 5x5"):
+        check_labels(load_dataset("folder", root=root))

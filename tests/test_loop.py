@@ -22,7 +22,7 @@ from fastal.config import SCHEDULE_KEYS, dumps_toml, make_config
 from fastal.data import load_dataset
 from fastal.data.superpixels import build_cache
 from fastal.errors import FastalError
-from fastal.loop import run_experiment
+from fastal.loop import check_round, run_experiment
 from fastal.oracle import SimulatedOracle
 from fastal.pool import RegionPool
 from fastal.report import CYCLE_KEYS, RESULT_KEYS
@@ -284,3 +284,41 @@ def test_shared_reference_trained_once_then_checked(tiny: dict, tmp_path: Path) 
     shared.write_text('{"miou": 0.5}')
     with pytest.raises(FastalError, match="not a fully supervised reference written by fastal run"):
         run_experiment(make_config(base), tmp_path / "c")
+
+
+def test_what_training_would_find_late_is_refused_before_the_run_exists(tiny: dict, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    base = {**tiny, "strategy": "random"}
+    cases = [
+        ({"engine": "cuml"}, "--engine cuml needs a CUDA device"),
+        ({"weights": str(tmp_path / "missing.pt")}, "missing.pt does not exist"),
+        ({"full_reference": True, "full_shared": str(tmp_path / "file" / "ref.json")}, "file is a file, not a dir"),
+    ]  # fmt: skip
+    for change, message in cases:
+        with pytest.raises(FastalError, match=message):
+            run_experiment(make_config({**base, **change}), tmp_path / "run")
+        assert not (tmp_path / "run").exists(), change
+
+
+def test_resume_refuses_results_that_are_not_an_object(reference: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(reference, copy)
+    (copy / "results.json").write_text("[1, 2]")
+    with pytest.raises(FastalError, match="results.json: expected a JSON object, found list"):
+        run_experiment(None, copy, resume=True)
+
+
+def test_check_round_names_what_is_wrong(tmp_path: Path) -> None:
+    q = tmp_path / "queries.json"
+    good = {"superpixel": 4, "image": 1, "local": 2}
+    check_round({"queries": [good]}, q, 2)
+    for bad, message in [
+        ([good], "non-empty list"),
+        ({"rows": [good]}, "non-empty list"),
+        ({"queries": []}, "non-empty list"),
+        ({"queries": [{"superpixel": 4, "local": 2}]}, "lacks an integer superpixel, image or local"),
+        ({"queries": [{**good, "image": "1"}]}, "lacks an integer"),
+        ({"queries": [{**good, "image": 2}]}, r"image 2 is not in 0..1"),
+    ]:
+        with pytest.raises(FastalError, match=message):
+            check_round(bad, q, 2)

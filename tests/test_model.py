@@ -6,6 +6,7 @@ import collections
 import importlib.util
 import math
 import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -81,13 +82,24 @@ def test_weights_missing_file_and_unknown_name(tmp_path):
         build_model("resnet18", 3, weights="IMAGENET9K")
 
 
-def test_weights_name_offline_is_a_clear_error(monkeypatch):
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("no network")
+def test_weights_name_reads_the_torch_cache_and_never_downloads(tmp_path, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("a download was attempted")
 
-    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
-    with pytest.raises(FastalError, match="could not download.*--weights PATH"):
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(FastalError, match="downloads nothing.*--weights PATH"):
         build_model("resnet18", 3, weights="ResNet18_Weights.IMAGENET1K_V1")
+    assert not (tmp_path / "hub").exists()  # nothing written either
+    # The same file in torchvision's cache is loaded into the backbone.
+    source = torchvision.models.resnet18()
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(source.state_dict(), tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1])
+    model = build_model("resnet18", 3, weights="IMAGENET1K_V1")
+    torch.testing.assert_close(model.backbone.conv1.weight, source.conv1.weight)
 
 
 # ---------------------------------------------------------------- EMA

@@ -94,3 +94,13 @@ def test_bad_results_named(tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text('{"dataset": "x"}')
     with pytest.raises(FastalError, match="missing key 'strategy'"):
         group_runs([tmp_path])
+
+
+def test_an_unwritable_json_target_stops_before_the_plot_is_written(runs: list[Path], tmp_path: Path, capsys) -> None:
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(SystemExit) as e:
+        main(["report", *map(str, runs), "--out", str(tmp_path / "new.png"), "--json", str(tmp_path / "taken")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "taken: it is a directory" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "new.png").exists()

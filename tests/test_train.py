@@ -235,3 +235,11 @@ def test_fully_supervised_synthetic_run_learns():
         constant = np.zeros_like(m["confusion"])
         constant[:, truth.argmax()] = truth  # the best constant predictor: the majority class everywhere
         assert m["miou"] > 2 * confusion_metrics(constant)["miou"]
+
+
+def test_load_checks_the_number_of_classes(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    Trainer(TrainConfig(backbone="resnet18"), 3, "cpu").save(path)
+    assert Trainer.load(path, num_classes=3).num_classes == 3
+    with pytest.raises(FastalError, match="has 3 classes, the dataset has 4"):
+        Trainer.load(path, num_classes=4)

@@ -40,12 +40,14 @@ def test_train_full_then_evaluate_json(tmp_path, capsys):
         (["evaluate", "--checkpoint", "missing.pt"], "checkpoint missing.pt does not exist"),
         (["train", "--backbone", "vgg16"], "unknown backbone 'vgg16'"),
         (["train", "--amp", "fp8"], "amp 'fp8'"),
+        (["train", "--epochs", "0"], "--epochs 0: must be at least 1"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_path):
     assert _run([*argv, "--out", str(tmp_path)] if argv[0] == "train" else argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.strip().count("\n") == 0
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_foreign_pickle_is_one_line_and_writes_nothing(tmp_path, capsys):

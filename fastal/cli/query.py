@@ -131,7 +131,7 @@ def select_cmd(
         raise FastalError(f"--budget {budget}: must lie in 1..{free} (unlabelled superpixels in the pool)")
     if out.exists():
         raise FastalError(f"--out {out}: already exists")
-    trainer = Trainer.load(checkpoint, setup.device)
+    trainer = Trainer.load(checkpoint, setup.device, num_classes=setup.train.num_classes)
     images = np.unique(setup.cache.image_of(np.flatnonzero(~labelled)))
     scores = score_pool(trainer.teacher, setup.train, setup.cache, images, setup.device, amp=score_amp(cfg.amp),
                         region_entropy=cfg.region_entropy)

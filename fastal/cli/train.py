@@ -73,16 +73,20 @@ def train(
 
     from fastal.atomic import atomic_write_json
     from fastal.data import load_dataset
+    from fastal.data.base import check_labels
     from fastal.device import resolve_device
     from fastal.errors import FastalError
     from fastal.train import TrainConfig, Trainer, evaluate
 
+    if epochs < 1:  # TrainConfig allows 0 (fit nothing); a command that trains must train
+        raise FastalError(f"--epochs {epochs}: must be at least 1")
     cfg = TrainConfig(backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size, amp=amp, seed=seed)
     dev = resolve_device(device)
     if not full and not 0 < initial <= 100:
         raise FastalError(f"--initial {initial}: must be a percentage in (0, 100]")
     train_ds = load_dataset(dataset, root=data_root, split="train", scale=scale, size=size, num_images=num_images)
     val_ds = load_dataset(dataset, root=data_root, split="val", scale=scale, size=size)
+    check_labels(val_ds)  # before training: a bad val label would otherwise stop it at the end
     if full:
         samples, labelled = train_ds, 1.0
     else:
@@ -159,11 +163,7 @@ def evaluate_command(
     if not checkpoint.is_file():
         raise FastalError(f"checkpoint {checkpoint} does not exist")
     ds = load_dataset(dataset, root=data_root, split=split, scale=scale, size=size)
-    trainer = Trainer.load(checkpoint, dev)
-    if trainer.num_classes != ds.num_classes:
-        raise FastalError(
-            f"checkpoint {checkpoint} has {trainer.num_classes} classes, {dataset} {split} has {ds.num_classes}"
-        )
+    trainer = Trainer.load(checkpoint, dev, num_classes=ds.num_classes)
     net = trainer.teacher if model == "teacher" else trainer.student
     metrics = evaluate(net, ds, ds.num_classes, dev, batch_size=batch_size, amp=amp, progress=True)
     Console().print(_iou_table(f"{dataset} {split}, {model}, {checkpoint.name}", ds.classes, metrics))

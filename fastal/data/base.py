@@ -343,3 +343,13 @@ def pair_by_stem(
             raise FastalError(f"{image}: no label image for it in {label_dir}")
         pairs.append((image.stem, image, label))
     return pairs
+
+
+def check_labels(ds: SegDataset, workers: int = 4) -> None:
+    """Read every item of ``ds`` (``workers`` threads): a label that cannot be read, does not
+    match its image, or holds a value that is no class raises the dataset's FastalError here.
+    For a split nothing else reads up front (validation), so that bad data stops a command
+    before it writes anything."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for _ in pool.map(ds.__getitem__, range(len(ds))):  # re-raises the first failing item's error
+            pass

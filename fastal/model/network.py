@@ -176,12 +176,19 @@ def _torchvision_state(backbone: str, name: str) -> dict[str, torch.Tensor]:
     if short not in enum.__members__:
         valid = ", ".join(enum.__members__)
         raise FastalError(f"--weights {name!r}: not a weights name of {backbone} (valid: {valid}) nor an existing file")
-    try:
-        return enum[short].get_state_dict(progress=True, check_hash=True)
-    except Exception as e:  # URLError, OSError, hash mismatch: all mean "could not fetch"
+    url = enum[short].url
+    # Nothing downloads at run time: a weights name means the file torchvision keeps in its cache.
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if not cached.is_file():
         raise FastalError(
-            f"--weights {name}: could not download {enum[short].url} ({exception_summary(e)}); "
-            "offline, pass --weights PATH to a local state_dict file"
+            f"--weights {name}: {cached} is not there and fastal downloads nothing; put {url} there "
+            "(or pass --weights PATH to a local state_dict file)"
+        )
+    try:
+        return torch.load(cached, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a corrupt or foreign file
+        raise FastalError(
+            f"--weights {name}: {cached} cannot be read as a torch state_dict ({exception_summary(e)})"
         ) from e
 
 
