@@ -83,3 +83,15 @@ def test_existing_out_is_refused(tmp_path: Path, capsys) -> None:
     code, err = run_cli(["run", str(toml), "--out", str(tmp_path / "run"), "--device", "cpu"], capsys)
     assert code == 2 and "already exists" in err
     assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_select_checks_its_paths_before_building_the_cache(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("FASTAL_CACHE", str(tmp_path / "cache"))
+    base = ["select", "--dataset", "synthetic", "--budget", "3", "--device", "cpu"]
+    code, err = run_cli([*base, "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "missing.pt: file not found" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "ck.pt").write_bytes(b"")
+    (tmp_path / "taken").mkdir()
+    code, err = run_cli([*base, "--checkpoint", str(tmp_path / "ck.pt"), "--out", str(tmp_path / "taken")], capsys)
+    assert code == 2 and "taken: already exists" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt", "taken"]  # no cache, no round

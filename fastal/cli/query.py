@@ -109,6 +109,11 @@ def select_cmd(
 
     overrides = {"dataset": dataset, "data_root": data_root, "scale": scale, "superpixels": superpixels,
                  "strategy": strategy, "engine": engine, "device": device, "seed": seed}  # fmt: skip
+    # Checked before the superpixel cache is built: that can take minutes.
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise FastalError(f"--checkpoint {checkpoint}: file not found")
+    if out.exists():
+        raise FastalError(f"--out {out}: already exists")
     if run is not None:
         open_run(run)  # checks it is a run directory
         cfg = load_config(run / "config.toml", overrides)
@@ -129,8 +134,6 @@ def select_cmd(
     free = int((~labelled).sum())
     if not 1 <= budget <= free:
         raise FastalError(f"--budget {budget}: must lie in 1..{free} (unlabelled superpixels in the pool)")
-    if out.exists():
-        raise FastalError(f"--out {out}: already exists")
     trainer = Trainer.load(checkpoint, setup.device, num_classes=setup.train.num_classes)
     images = np.unique(setup.cache.image_of(np.flatnonzero(~labelled)))
     scores = score_pool(trainer.teacher, setup.train, setup.cache, images, setup.device, amp=score_amp(cfg.amp),
