@@ -29,11 +29,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     """Open a temp file beside ``path``; on success fsync it and rename it over ``path``."""
     path = Path(path)
     check_writable(path)
-    try:
+    with naming_os_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise FastalError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         # mkstemp makes the file 0600; give it the permissions a plain open() would.
         umask = os.umask(0)
@@ -49,6 +47,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def naming_os_errors(path: str | os.PathLike) -> Iterator[None]:
+    """An OSError in the block (permissions, a full disk) becomes one FastalError naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        raise FastalError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def check_writable(path: str | os.PathLike, directory: bool = False) -> None:
@@ -101,13 +108,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     check_writable(path, directory=True)
-    try:
+    with naming_os_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in path.parent.glob(f".{path.name}.*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    except OSError as e:
-        raise FastalError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         yield tmp
         if path.exists():

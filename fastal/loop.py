@@ -59,7 +59,14 @@ from typing import Any
 
 import numpy as np
 
-from fastal.atomic import atomic_dir, atomic_write_json, atomic_write_text, check_writable, read_json
+from fastal.atomic import (
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    check_writable,
+    naming_os_errors,
+    read_json,
+)
 from fastal.config import RunConfig, load_config, save_config
 from fastal.errors import FastalError
 from fastal.progress import console
@@ -88,11 +95,9 @@ def file_lock(path: str | Path, wait: bool = True) -> Iterator[None]:
     kernel drops it when the process dies. ``wait=False``: FastalError if another process holds it."""
     lock = Path(f"{path}.lock")
     check_writable(lock)
-    try:
+    with naming_os_errors(lock):
         lock.parent.mkdir(parents=True, exist_ok=True)
         f = open(lock, "a")  # noqa: SIM115 - closed by the with below
-    except OSError as e:
-        raise FastalError(f"cannot write {lock}: {e.strerror or e}") from None
     with f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
