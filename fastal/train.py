@@ -288,7 +288,14 @@ class Trainer:
     def save(self, path: str | os.PathLike) -> None:
         """Write the checkpoint atomically (a crash leaves the previous one)."""
         with atomic_open(path, "wb") as f:
-            torch.save(self.state_dict(), f)
+            try:
+                torch.save(self.state_dict(), f)
+            except RuntimeError as e:
+                # torch reports a failed write (a full disk) as a RuntimeError raised over the
+                # OSError; hand atomic_open the OSError so it names the file and the cause.
+                if isinstance(e.__context__, OSError):
+                    raise e.__context__ from None
+                raise
 
     @classmethod
     def load(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def camvid_root() -> Path:
     """The CamVid folder (SegNet layout); tests using it carry ``@pytest.mark.camvid``."""
     return CAMVID
+
+
+
+class _DiskWithRoom(io.RawIOBase):
+    """A file on a disk with ``room`` bytes left: a write past that fails with ENOSPC."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        if self.room == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = min(memoryview(b).nbytes, self.room)
+        self.room -= n
+        return n
+
+
+@pytest.fixture
+def disk_with_room(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """``disk_with_room(n)``: from then on every file fastal.atomic opens has n bytes of disk left."""
+
+    def set_room(room: int) -> None:
+        def fdopen(fd: int, mode: str = "r", *args, **kwargs) -> io.IOBase:
+            os.close(fd)
+            raw = io.BufferedWriter(_DiskWithRoom(room))
+            return raw if "b" in mode else io.TextIOWrapper(raw)
+
+        monkeypatch.setattr("fastal.atomic.os.fdopen", fdopen)
+
+    return set_room

@@ -18,6 +18,17 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.txt"]
 
 
+@pytest.mark.parametrize("room", [0, 1000])
+def test_full_disk_is_one_fastal_error_keeping_the_old_file(tmp_path, disk_with_room, room):
+    path = tmp_path / "state.txt"
+    path.write_text("old")
+    disk_with_room(room)
+    with pytest.raises(FastalError, match=f"cannot write {path}: No space left on device"):
+        atomic_write_text(path, "new " * 10_000)
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.txt"]
+
+
 def test_written_file_gets_umask_permissions(tmp_path):
     old = os.umask(0o022)
     try:

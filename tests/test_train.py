@@ -243,3 +243,15 @@ def test_load_checks_the_number_of_classes(tmp_path):
     assert Trainer.load(path, num_classes=3).num_classes == 3
     with pytest.raises(FastalError, match="has 3 classes, the dataset has 4"):
         Trainer.load(path, num_classes=4)
+
+
+@pytest.mark.parametrize("room", [0, 10**6])
+def test_checkpoint_on_a_full_disk_is_one_fastal_error(tmp_path, disk_with_room, room):
+    # With some room left torch.save raises a RuntimeError over the write's OSError (as seen in
+    # CI); with none, the OSError itself. Both must name the file and the cause.
+    trainer = Trainer(TrainConfig(backbone="resnet18"), 3, "cpu")
+    path = tmp_path / "ckpt.pt"
+    disk_with_room(room)
+    with pytest.raises(FastalError, match=f"cannot write {path}: No space left on device"):
+        trainer.save(path)
+    assert list(tmp_path.iterdir()) == []
