@@ -57,7 +57,6 @@ def camvid_root() -> Path:
     return CAMVID
 
 
-
 class _DiskWithRoom(io.RawIOBase):
     """A file on a disk with ``room`` bytes left: a write past that fails with ENOSPC."""
 
@@ -82,8 +81,8 @@ def disk_with_room(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
     def set_room(room: int) -> None:
         def fdopen(fd: int, mode: str = "r", *args, **kwargs) -> io.IOBase:
             os.close(fd)
-            raw = io.BufferedWriter(_DiskWithRoom(room))
-            return raw if "b" in mode else io.TextIOWrapper(raw)
+            binary = io.BufferedWriter(_DiskWithRoom(room))
+            return binary if "b" in mode else io.TextIOWrapper(binary)
 
         monkeypatch.setattr("fastal.atomic.os.fdopen", fdopen)
 
