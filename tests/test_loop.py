@@ -3,6 +3,7 @@ at several points (compared with an uninterrupted run), and a round with people 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -154,7 +155,7 @@ def test_resume_after_sigkill_anywhere(reference: Path, tiny: dict, tmp_path: Pa
     assert_same_run(reference, run_dir)
 
 
-def test_people_round_trip(reference: Path, tiny: dict, tmp_path: Path, capsys) -> None:
+def test_people_round_trip(reference: Path, tiny: dict, tmp_path: Path, capsys, monkeypatch) -> None:
     run_dir, round_dir = tmp_path / "run", tmp_path / "round"
     shutil.copytree(reference, run_dir)
     with pytest.raises(SystemExit) as e:
@@ -177,6 +178,17 @@ def test_people_round_trip(reference: Path, tiny: dict, tmp_path: Path, capsys) 
         assert r["superpixel"] == cache.offsets[r["image"]] + r["local"]
     overlays = sorted(p.stem for p in (round_dir / "overlays").iterdir())
     assert overlays == sorted({r["image_id"] for r in rows})
+
+    # A disk that fills while the overlays are written: one line naming the round, no round left.
+    def no_space(path: Path, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    with monkeypatch.context() as patch, pytest.raises(SystemExit) as e:
+        patch.setattr(Path, "write_bytes", no_space)
+        main(["select", "--run", str(run_dir), "--budget", "3", "--out", str(tmp_path / "full")])
+    assert e.value.code == 2
+    assert f"cannot write {tmp_path / 'full'}: No space left on device" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round", "run"]
 
     # Missing masks: one clear error naming the file, the pool untouched.
     with pytest.raises(SystemExit) as e:

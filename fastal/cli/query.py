@@ -65,9 +65,10 @@ def write_round(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]], ds:
     """The round directory, built whole in a temp sibling (nothing half-written)."""
     import cv2
 
-    from fastal.atomic import atomic_dir
+    from fastal.atomic import atomic_dir, naming_os_errors
+    from fastal.errors import FastalError
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, naming_os_errors(out):
         (tmp / "queries.json").write_text(json.dumps({**meta, "queries": rows}, indent=1) + "\n")
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
@@ -81,7 +82,12 @@ def write_round(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]], ds:
             mine = [r for r in rows if r["image"] == i]
             img = overlay(ds[i][0], np.asarray(cache.local(i)), mine, number)
             number += len(mine)
-            cv2.imwrite(str(tmp / "overlays" / f"{ds.image_id(i)}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            # imencode + write_bytes, not imwrite: imwrite reports a failed write (a full disk) only
+            # by returning False.
+            encoded, png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            if not encoded:
+                raise FastalError(f"{out}: could not encode the overlay of image {ds.image_id(i)}")
+            (tmp / "overlays" / f"{ds.image_id(i)}.png").write_bytes(png.tobytes())
 
 
 @app.command("select")
