@@ -325,7 +325,7 @@ def test_failed_save_keeps_old_file(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(FastalError, match="cannot write .*pool.npz: disk full"):
         pool.save(tmp_path / "pool.npz")
     assert (tmp_path / "pool.npz").read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["pool.npz"]  # no temp file left
