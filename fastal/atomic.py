@@ -26,7 +26,8 @@ def fsync_path(path: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
-    """Open a temp file beside ``path``; on success fsync it and rename it over ``path``."""
+    """Open a temp file beside ``path``; on success fsync it and rename it over ``path``.
+    An OSError in the block or in the commit (a full disk) is one FastalError naming ``path``."""
     path = Path(path)
     check_writable(path)
     with naming_os_errors(path):
@@ -106,6 +107,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
     An existing ``path`` is replaced. On any error (or a kill) nothing appears at ``path``;
     a leftover ``.path.*.tmp`` sibling from a kill is harmless and removed on the next call.
+    An OSError in the block or in the commit (a full disk) is one FastalError naming ``path``.
     """
     path = Path(path)
     check_writable(path, directory=True)
@@ -115,16 +117,17 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old.tmp")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-        fsync_path(path.parent)
+        with naming_os_errors(path):
+            yield tmp
+            if path.exists():
+                old = path.with_name(f".{path.name}.old.tmp")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+            fsync_path(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

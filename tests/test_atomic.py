@@ -1,3 +1,4 @@
+import errno
 import os
 import stat
 
@@ -51,6 +52,17 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
         (d / "g").write_text("3")
     assert sorted(p.name for p in target.iterdir()) == ["g"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+
+
+def test_full_disk_in_atomic_dir_is_one_fastal_error_keeping_the_old_dir(tmp_path):
+    target = tmp_path / "round"
+    with atomic_dir(target) as d:
+        (d / "f").write_text("1")
+    with pytest.raises(FastalError, match=f"cannot write {target}: No space left on device"):
+        with atomic_dir(target) as d:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(d / "f"))
+    assert (target / "f").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["round"]
 
 
 def test_read_json_names_missing_and_broken_files(tmp_path):

@@ -65,10 +65,10 @@ def write_round(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]], ds:
     """The round directory, built whole in a temp sibling (nothing half-written)."""
     import cv2
 
-    from fastal.atomic import atomic_dir, naming_os_errors
+    from fastal.atomic import atomic_dir
     from fastal.errors import FastalError
 
-    with atomic_dir(out) as tmp, naming_os_errors(out):
+    with atomic_dir(out) as tmp:
         (tmp / "queries.json").write_text(json.dumps({**meta, "queries": rows}, indent=1) + "\n")
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
