@@ -54,7 +54,7 @@ class RunConfig:
     budgets: list[float] | None = None  # cumulative % at each evaluated cycle; replaces the three above
     target_ratio: float | None = None  # stop once mIoU >= target_ratio * full_miou (needs the reference)
     full_reference: bool = True  # train a fully supervised model first; its mIoU is `full_miou`
-    full_epochs: int | None = None  # epochs of the reference (None = epochs)
+    full_epochs: int | None = None  # epochs of the reference (None: as many as the last cycle's model had)
     full_shared: str | None = None  # a reference JSON shared by runs: reused when there, else trained and written
     # --- training ---
     backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50 | resnet101 | efficientnet_lite0
@@ -79,6 +79,14 @@ class RunConfig:
         if self.budgets is not None:
             return list(self.budgets)
         return [self.initial + k * self.budget_per_cycle for k in range(self.cycles + 1)]
+
+    def reference_epochs(self) -> int:
+        """Epochs of the fully supervised reference: ``full_epochs``, else as many as the last
+        cycle's model has trained (every cycle's when fine-tuning, one cycle's when retraining), so
+        that the reference line is what the same training gives with every pixel labelled."""
+        if self.full_epochs is not None:
+            return self.full_epochs
+        return self.epochs * (len(self.schedule()) if self.retrain == "finetune" else 1)
 
     def budget_pct(self) -> float:
         """Total % of pixels the run may label."""

@@ -124,7 +124,7 @@ def reference_key(setup: Setup) -> dict[str, Any]:
     """Everything a fully supervised reference's training depends on."""
     cfg = setup.cfg
     return {"train": setup.train.fingerprint(), "val": setup.val.fingerprint(), "backbone": cfg.backbone,
-            "weights": cfg.weights, "epochs": cfg.full_epochs or cfg.epochs, "batch_size": cfg.batch_size,
+            "weights": cfg.weights, "epochs": cfg.reference_epochs(), "batch_size": cfg.batch_size,
             "lr": cfg.lr, "amp": cfg.amp, "seed": cfg.seed, "device": setup.device.type}  # fmt: skip
 
 
@@ -332,7 +332,7 @@ class Run:
         seed = seed_everything(self.cfg.seed, 0, PHASE_TRAIN)
         t0 = time.perf_counter()
         trainer = self._new_trainer(seed)
-        trainer.fit(self.s.train, self.cfg.full_epochs or self.cfg.epochs, progress=True)
+        trainer.fit(self.s.train, self.cfg.reference_epochs(), progress=True)
         seconds = time.perf_counter() - t0
         seed_everything(self.cfg.seed, 0, PHASE_EVAL)
         m = self._evaluate(trainer)

@@ -79,6 +79,14 @@ def test_schedule_either_spelling(tmp_path: Path) -> None:
     assert load_config(f, {"epochs": 3}).schedule() == [1.0, 2.0, 4.0]
 
 
+def test_reference_epochs_match_the_last_cycles_training() -> None:
+    # Fine-tuning: the model evaluated last has trained every evaluated cycle's epochs.
+    assert RunConfig().reference_epochs() == 5 * 6
+    assert make_config({"budgets": [1, 2, 4, 8], "epochs": 2}).reference_epochs() == 8
+    assert make_config({"retrain": "scratch", "epochs": 7}).reference_epochs() == 7
+    assert make_config({"full_epochs": 3}).reference_epochs() == 3
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FastalError, match="nope.toml: config file not found"):
         load_config(tmp_path / "nope.toml")
