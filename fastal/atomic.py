@@ -30,25 +30,24 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
     An OSError in the block or in the commit (a full disk) is one FastalError naming ``path``."""
     path = Path(path)
     check_writable(path)
-    with naming_os_errors(path):
+    with naming_os_errors(path):  # permissions, or a full disk at a write, the flush or the fsync
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file 0600; give it the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with naming_os_errors(path):  # a full disk shows at a write, the flush or the fsync
+        try:
+            # mkstemp makes the file 0600; give it the permissions a plain open() would.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
             with os.fdopen(fd, mode) as f:
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
             fsync_path(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 @contextlib.contextmanager
@@ -116,8 +115,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         for stale in path.parent.glob(f".{path.name}.*.tmp"):
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        with naming_os_errors(path):
+        try:
             yield tmp
             if path.exists():
                 old = path.with_name(f".{path.name}.old.tmp")
@@ -128,6 +126,6 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             else:
                 os.replace(tmp, path)
             fsync_path(path.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
