@@ -112,6 +112,17 @@ def test_side_stream_is_refused_with_one_clear_error(monkeypatch: pytest.MonkeyP
         cuml_engine.check_default_stream(torch.device("cuda", 0))
 
 
+def test_every_stage_checks_device_and_stream_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    on_gpu0 = types.SimpleNamespace(device=torch.device("cuda", 0))  # all enter_cuml reads before cuML
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    with pytest.raises(FastalError, match=r"UMAP fit: the tensor is on cuda:0 but the current device is cuda:1"):
+        cuml_engine.enter_cuml(on_gpu0, "UMAP fit")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    _fake_streams(monkeypatch, current=0x5EED)
+    with pytest.raises(FastalError, match="default CUDA stream only"):
+        cuml_engine.enter_cuml(on_gpu0, "KMeans")
+
+
 def test_cpu_tensors_are_refused_before_cuml_is_imported() -> None:
     x = torch.zeros(40, 3)
     with pytest.raises(FastalError, match="UMAP fit: the cuml engine needs a CUDA tensor, got one on cpu"):

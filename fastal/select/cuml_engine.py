@@ -79,10 +79,16 @@ def check_default_stream(device: torch.device) -> None:
 def enter_cuml(x: torch.Tensor, what: str) -> Any:
     """The ``cuml`` module, after the checks and setup of a stage on ``x``.
 
-    ``x`` on CUDA, torch on its default stream; CuPy on torch's allocator; torch's cache released.
+    ``x`` on the current CUDA device, torch on its default stream; CuPy on torch's allocator;
+    torch's cache released.
     """
     if x.device.type != "cuda":
         raise FastalError(f"{what}: the cuml engine needs a CUDA tensor, got one on {x.device}")
+    if x.device.index != torch.cuda.current_device():  # cuML works on the current device
+        raise FastalError(
+            f"{what}: the tensor is on {x.device} but the current device is cuda:{torch.cuda.current_device()}; "
+            "call it under `with torch.cuda.device(...)`"
+        )
     check_default_stream(x.device)
     import cuml  # first, so that the allocator it (or its `import cudf`) installs is replaced below
 
@@ -135,7 +141,7 @@ class CumlUMAP:
         cuml = enter_cuml(x, "UMAP fit")
         # cuML keeps a zero-copy view of what it was fitted on and reads it in every transform:
         # a copy, so that later writes to the caller's bank cannot change the transforms.
-        self.fit_data_ = x.detach().to(torch.float32, copy=True).contiguous()
+        self.fit_data_ = x.detach().to(torch.float32, memory_format=torch.contiguous_format, copy=True)
         self.umap_ = cuml.UMAP(**kw, output_type="cupy").fit(to_cupy(self.fit_data_))
         self.embedding_ = to_torch(self.umap_.embedding_)  # the bank's embedding, a view
         self.params_ = params
