@@ -16,7 +16,7 @@ from umap.umap_ import smooth_knn_dist as umap_smooth_knn_dist
 
 from fastal.errors import FastalError
 from fastal.select.knn import knn_search
-from fastal.select.umap_params import UMAPParams, translate_umap_params
+from fastal.select.umap_params import UMAPParams, cuml_transform_params, translate_umap_params
 from fastal.select.umap_torch import TorchUMAP, init_from_neighbours, membership_weights, smooth_knn_dist
 
 
@@ -114,7 +114,9 @@ def test_params_translation_and_errors() -> None:
     p = UMAPParams(metric="manhattan", random_state=None, transform_seed=7)
     assert translate_umap_params(p, "umap-learn")["metric"] == "manhattan"
     cu = translate_umap_params(p, "cuml")
-    assert cu["random_state"] == 7 and "transform_seed" not in cu
+    # random_state reaches cuML as given; the transform seed is set per transform (issue 18).
+    assert cu["random_state"] is None and "transform_seed" not in cu
+    assert cuml_transform_params(p, 100)["random_state"] == 7
     with pytest.raises(FastalError, match="torch engine transforms with"):
         translate_umap_params(p, "torch")
     with pytest.raises(FastalError, match="cuML supports"):
