@@ -42,8 +42,8 @@ from fastal.atomic import atomic_write_json, check_writable
 from fastal.config import RunConfig
 from fastal.progress import console
 from fastal.reference import check_reference, reference_key, shared_reference
-from fastal.rundir import CURVE, FULL, RESULTS, RunDir, crash_point, create_run_dir, open_run
 from fastal.run_setup import PHASE_EVAL, PHASE_SELECT, PHASE_TRAIN, Setup, check_before_training, phase_seed, prepare
+from fastal.rundir import CURVE, FULL, RESULTS, RunDir, crash_point, create_run_dir, open_run
 
 
 def seed_everything(seed: int, cycle: int, phase: int) -> int:
@@ -110,7 +110,8 @@ def _evaluate(setup: Setup, trainer: Any) -> dict[str, Any]:
 
     m = evaluate(trainer.teacher, setup.val, setup.train.num_classes, setup.device, amp=setup.cfg.amp)
     # A class absent from truth and prediction has no IoU: null in JSON, not NaN.
-    return {"miou": float(m["miou"]), "per_class_iou": [None if math.isnan(x) else float(x) for x in m["per_class_iou"]]}
+    return {"miou": float(m["miou"]),
+            "per_class_iou": [None if math.isnan(x) else float(x) for x in m["per_class_iou"]]}
 
 
 # ---- phases -------------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ import numpy as np
 from fastal.atomic import atomic_dir, atomic_write_bytes, read_json
 from fastal.errors import FastalError
 from fastal.pool import global_to_local
-from fastal.rundir import LABELS, RunDir, open_run
 from fastal.run_setup import prepare
+from fastal.rundir import LABELS, RunDir, open_run
 
 COLUMNS = ("image", "image_id", "superpixel", "local", "x0", "y0", "x1", "y1", "pixels")
 

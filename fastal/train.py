@@ -5,8 +5,9 @@ InfoNCE against the memory bank -> Adam step -> EMA update of the teacher -> the
 features of the batch go into the bank (the teacher is the model that scores the pool).
 The EMA rate at step t is min(ema, 1 - 1/t), the mean-teacher warm-up.
 
-Mixed precision: ``amp="auto"`` is bf16 autocast on CUDA and fp32 on CPU; ``"bf16"``,
-``"fp16"`` (with a GradScaler) and ``"fp32"`` force one. Losses are computed in fp32.
+Mixed precision (:mod:`fastal.model.precision`): ``amp="auto"`` is bf16 autocast on CUDA and
+fp32 on CPU; ``"bf16"``, ``"fp16"`` (with a GradScaler) and ``"fp32"`` force one. Losses are
+computed in fp32.
 """
 
 from __future__ import annotations

@@ -50,7 +50,8 @@ def graph(top_level: bool) -> dict[str, set[str]]:
     out = {}
     for name, path in MODULES.items():
         tree = ast.parse(path.read_text(), str(path))
-        edges = {m if m in MODULES else m.rsplit(".", 1)[0] for m in _imports(tree, name, path.name == "__init__.py", top_level)}
+        found = _imports(tree, name, path.name == "__init__.py", top_level)
+        edges = {m if m in MODULES else m.rsplit(".", 1)[0] for m in found}  # a name's module
         out[name] = {m for m in edges if m in MODULES and m != name}
     return out
 

@@ -35,8 +35,8 @@ def select_cmd(
     from fastal.loop import rank_unlabelled
     from fastal.progress import console
     from fastal.rounds import query_rows, write_round
-    from fastal.rundir import RunDir, open_run
     from fastal.run_setup import prepare
+    from fastal.rundir import RunDir, open_run
 
     overrides = {"dataset": dataset, "data_root": data_root, "scale": scale, "superpixels": superpixels,
                  "strategy": strategy, "engine": engine, "device": device, "seed": seed}  # fmt: skip
@@ -80,8 +80,8 @@ def import_cmd(
     run: Path = typer.Option(..., "--run", help="Run directory whose pool receives the labels."),
 ) -> None:
     """Feed returned masks into a run's pool as its next cycle; `fastal run --resume RUN` then trains on them."""
-    from fastal.rounds import import_masks
     from fastal.progress import console
+    from fastal.rounds import import_masks
 
     cycle, n = import_masks(round_dir, run)
     console.print(f"cycle {cycle}: {n} superpixels labelled; continue with `fastal run --resume {run}`")
