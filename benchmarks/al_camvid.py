@@ -42,7 +42,7 @@ from typing import Any, TextIO
 from fastal.atomic import atomic_write_json, read_json
 from fastal.config import RunConfig, load_config, to_dict
 from fastal.errors import FastalError
-from fastal.loop import CONFIG, FULL, RESULTS, file_lock, open_run
+from fastal.rundir import CONFIG, FULL, RESULTS, file_lock, open_run
 from fastal.progress import console, progress
 from fastal.report import Group, group_runs, mean_std, plot_curves
 
@@ -165,7 +165,7 @@ def start(plan: Plan, job: Job, threads: int) -> Running:
 
 def ready(job: Job, running: list[Running]) -> bool:
     """A run may start once its seed's reference exists, or when no run of its seed is going
-    (the one going trains the reference; the lock in fastal.loop keeps it to one anyway)."""
+    (the one going trains the reference; the lock in fastal.reference keeps it to one anyway)."""
     if job.reference is None or job.reference.exists():
         return True
     return all(r.job.seed != job.seed for r in running)

@@ -1,4 +1,5 @@
-"""Which superpixels are labelled, what they cost, and how that state is saved.
+"""Which superpixels are labelled, what they cost, how that state is saved, and the training
+view of it (:class:`LabelledSamples`); an oracle's answer (:class:`OracleAnswer`) is what grows it.
 
 Index spaces, named once and converted with the functions below:
 
@@ -24,16 +25,15 @@ import io
 import json
 import os
 import zipfile
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from fastal.atomic import atomic_write_bytes
 from fastal.data.base import IGNORE
 from fastal.errors import FastalError
-
-if TYPE_CHECKING:
-    from fastal.oracle import OracleAnswer
 
 LABEL_MODES = ("dominant", "full")
 _FORMAT_VERSION = 1
@@ -46,6 +46,40 @@ _STATE_ARRAYS = {
     "valid": np.int32,
     "order": np.int64,
 }
+
+
+@dataclass(frozen=True)
+class OracleAnswer:
+    """What an oracle (:mod:`fastal.oracle`) revealed; one entry per queried superpixel, in query order.
+
+    ``classes`` is the majority non-ignore class (-1 when the superpixel is all ignore) in
+    both modes; ``noisy`` counts non-ignore pixels whose truth differs from the label given
+    (always 0 in full mode); ``valid`` counts non-ignore pixels.
+    """
+
+    mode: str
+    ids: np.ndarray  # int64 [k] global superpixel ids
+    classes: np.ndarray  # int16 [k]
+    pixels: np.ndarray  # int64 [k]
+    clicks: np.ndarray  # int64 [k]
+    noisy: np.ndarray  # int64 [k]
+    valid: np.ndarray  # int64 [k]
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    @property
+    def noisy_pixels(self) -> int:
+        return int(self.noisy.sum())
+
+    @property
+    def valid_pixels(self) -> int:
+        return int(self.valid.sum())
+
+    @property
+    def noise(self) -> float:
+        """Fraction of labelled non-ignore pixels whose label is wrong."""
+        return self.noisy_pixels / self.valid_pixels if self.valid_pixels else 0.0
 
 
 def _show(ids: np.ndarray, limit: int = 10) -> str:
@@ -433,3 +467,23 @@ def take_until(sizes: np.ndarray, ordered_ids: np.ndarray, pixels: float) -> np.
     reach = np.cumsum(np.asarray(sizes)[ordered_ids])
     k = int(np.searchsorted(reach, pixels, side="left")) + 1
     return ordered_ids[: min(k, ordered_ids.size)]
+
+
+class LabelledSamples:
+    """The training view of a pool: (image, sparse label map) of each image with labelled superpixels.
+
+    ``truth(i)`` gives image ``i``'s full labels; only full label mode reads it.
+    """
+
+    def __init__(self, ds: Any, cache: Any, pool: RegionPool, truth: Callable[[int], np.ndarray]) -> None:
+        self.ds, self.cache, self.pool, self.truth = ds, cache, pool, truth
+        self.images = pool.labelled_images()  # (n,) image indices
+
+    def __len__(self) -> int:
+        return int(self.images.size)
+
+    def __getitem__(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        i = int(self.images[j])
+        image, _ = self.ds[i]
+        truth = self.truth(i) if self.pool.label_mode == "full" else None
+        return image, self.pool.label_map(i, self.cache.local(i), truth)

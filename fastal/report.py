@@ -146,6 +146,25 @@ def curve_for_results(results: dict[str, Any], path: str | Path) -> None:
     plot_curves([g], path, title=f"{results['dataset']}, seed {results['seed']}")
 
 
+def cycle_table(results: dict[str, Any]) -> Any:
+    """The rich table of one run's cycles so far (``results.json``'s dict), printed after each cycle."""
+    from rich.table import Table
+
+    full = results.get("full_miou")
+    table = Table(title=f"{results['dataset']} / {results['strategy']} / seed {results['seed']}"
+                  + (f"  (fully supervised mIoU {full:.4f})" if full is not None else ""))
+    for col in ("cycle", "regions", "% pixels", "clicks", "mIoU", "of full", "train s", "select s"):
+        table.add_column(col, justify="right")
+    for c in results["cycles"]:
+        table.add_row(
+            str(c["cycle"]), str(c["labelled_superpixels"]), f"{100 * c['labelled_pixel_fraction']:.2f}",
+            str(c["cost_clicks"]), f"{c['miou']:.4f}", "" if full is None else f"{c['miou'] / full:.1%}",
+            "" if c["train_seconds"] is None else f"{c['train_seconds']:.1f}",
+            "" if c["select_seconds"] is None else f"{c['select_seconds']:.1f}",
+        )  # fmt: skip
+    return table
+
+
 def _fmt(m: float, s: float, n: int) -> str:
     return f"{m:.3f}" if n == 1 else f"{m:.3f} ± {s:.3f} (n={n})"
 

@@ -5,8 +5,9 @@ InfoNCE against the memory bank -> Adam step -> EMA update of the teacher -> the
 features of the batch go into the bank (the teacher is the model that scores the pool).
 The EMA rate at step t is min(ema, 1 - 1/t), the mean-teacher warm-up.
 
-Mixed precision: ``amp="auto"`` is bf16 autocast on CUDA and fp32 on CPU; ``"bf16"``,
-``"fp16"`` (with a GradScaler) and ``"fp32"`` force one. Losses are computed in fp32.
+Mixed precision (:mod:`fastal.model.precision`): ``amp="auto"`` is bf16 autocast on CUDA and
+fp32 on CPU; ``"bf16"``, ``"fp16"`` (with a GradScaler) and ``"fp32"`` force one. Losses are
+computed in fp32.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from fastal.atomic import atomic_open
+from fastal.config import RunConfig
 from fastal.data.base import IGNORE
 from fastal.errors import FastalError
 from fastal.model import (
@@ -41,20 +43,23 @@ from fastal.model import (
 )
 from fastal.model.efficientnet import LITE0
 from fastal.model.network import IMAGENET_MEAN, IMAGENET_STD, exception_summary
+from fastal.model.precision import AMP_MODES, autocast, resolve_amp, to_tensor_batch
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD"]  # re-exported: the input normalisation lives with the model
-AMP_MODES = ("auto", "bf16", "fp16", "fp32")
+# Re-exported: the input normalisation and the precision rules live with the model.
+__all__ = ["AMP_MODES", "IMAGENET_MEAN", "IMAGENET_STD", "autocast", "resolve_amp", "to_tensor_batch"]
+_RUN = RunConfig()  # TrainConfig's defaults for the settings a run shares with it
 
 
 @dataclass
 class TrainConfig:
-    backbone: str = "resnet18"  # one of fastal.model.BACKBONES
-    weights: str | None = None  # local state_dict file or torchvision weights name (backbone)
-    lr: float = 5e-4  # Adam
+    # The settings a run shares with it default as a run's do (RunConfig).
+    backbone: str = _RUN.backbone  # one of fastal.model.BACKBONES
+    weights: str | None = _RUN.weights  # local state_dict file or torchvision weights name (backbone)
+    lr: float = _RUN.lr  # Adam
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 2e-4
-    batch_size: int = 8
-    epochs: int = 10  # default for fit()
+    batch_size: int = _RUN.batch_size
+    epochs: int = _RUN.epochs  # default for fit()
     ema: float = 0.99  # teacher = ema * teacher + (1 - ema) * student
     lam: float = 0.1  # weight of the InfoNCE term (lambda)
     tau: float = 0.1  # InfoNCE temperature
@@ -64,11 +69,17 @@ class TrainConfig:
     bank_size: int = 1000  # T = 100 x P_i per class
     proj_dim: int = 128
     flip: bool = True  # random horizontal flip, joint image/mask
-    amp: str = "auto"  # auto | bf16 | fp16 | fp32 (auto: bf16 on CUDA, fp32 on CPU)
+    amp: str = _RUN.amp  # auto | bf16 | fp16 | fp32 (auto: bf16 on CUDA, fp32 on CPU)
     channels_last: bool | None = None  # None: on CUDA only
     compile: bool = False  # torch.compile the student
     seed: int = 0
     num_workers: int = 0  # DataLoader workers
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig, seed: int) -> TrainConfig:
+        """The training settings of run ``cfg``, seeded with ``seed`` (the phase's)."""
+        return cls(backbone=cfg.backbone, weights=cfg.weights, batch_size=cfg.batch_size, lr=cfg.lr,
+                   epochs=cfg.epochs, amp=cfg.amp, seed=seed)  # fmt: skip
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
@@ -84,24 +95,6 @@ class TrainConfig:
             raise FastalError(f"train config ema = {self.ema}: must be in [0, 1]")
         if self.tau <= 0 or self.lr <= 0:
             raise FastalError(f"train config tau = {self.tau}, lr = {self.lr}: both must be > 0")
-
-
-def to_tensor_batch(
-    images: np.ndarray | torch.Tensor, device: torch.device | str, channels_last: bool = False
-) -> torch.Tensor:
-    """The one image normalisation: uint8 (B, H, W, 3) or (H, W, 3) RGB -> float32
-    (B, 3, H, W) on ``device``, scaled to [0, 1] and standardised with the ImageNet mean/std."""
-    x = torch.as_tensor(images)
-    if x.dtype != torch.uint8 or x.ndim not in (3, 4) or x.shape[-1] != 3:
-        raise FastalError(f"images must be uint8 (B, H, W, 3) or (H, W, 3), got {x.dtype} {tuple(x.shape)}")
-    if x.ndim == 3:
-        x = x[None]
-    # Copy uint8 (4x fewer bytes than float) and convert on the device.
-    x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1) * 255
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return ((x - mean) / std).contiguous(memory_format=fmt)
 
 
 def collate(batch: Sequence[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,21 +118,6 @@ def random_hflip(
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     y = torch.where(flip[:, None, None], y.flip(-1), y)
     return x, y
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` on ``device``; None means plain fp32."""
-    if amp not in AMP_MODES:
-        raise FastalError(f"amp {amp!r}: use one of {', '.join(AMP_MODES)}")
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[amp]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class NonFiniteLoss(FastalError):

@@ -23,7 +23,8 @@ from fastal.config import SCHEDULE_KEYS, dumps_toml, make_config
 from fastal.data import load_dataset
 from fastal.data.superpixels import build_cache
 from fastal.errors import FastalError
-from fastal.loop import check_round, run_experiment
+from fastal.loop import run_experiment
+from fastal.rounds import check_round
 from fastal.oracle import SimulatedOracle
 from fastal.pool import RegionPool
 from fastal.report import CYCLE_KEYS, RESULT_KEYS

@@ -40,13 +40,13 @@ def pool() -> tuple[PoolScores, torch.Tensor, torch.Tensor, np.ndarray]:
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_strategy_contract(strategy: str, pool) -> None:
     scores, bank, bank_lab, mask = pool
-    sel = select(strategy, scores, bank, bank_lab, budget=30, labelled_mask=mask, seed=3, engine="torch")
+    sel = select(strategy, scores, bank, budget=30, labelled_mask=mask, seed=3, engine="torch")
     assert sel.ids.dtype == np.int64 and sel.ids.shape == (30,)
     assert np.unique(sel.ids).size == 30
     assert np.isin(sel.ids, scores.gids).all()
     assert not mask[sel.ids].any()
     assert sel.timings["total"] >= 0 and len(sel.timings) >= 2
-    again = select(strategy, scores, bank, bank_lab, budget=30, labelled_mask=mask, seed=3, engine="torch")
+    again = select(strategy, scores, bank, budget=30, labelled_mask=mask, seed=3, engine="torch")
     np.testing.assert_array_equal(sel.ids, again.ids)
 
 
@@ -56,22 +56,22 @@ def test_entropy_and_margin_match_numpy_argsort(pool) -> None:
     ent = scores.entropy.numpy()[free]
     mar = scores.margin.numpy()[free]
     ids = scores.gids[free]
-    sel = select("entropy", scores, bank, bank_lab, budget=40, labelled_mask=mask)
+    sel = select("entropy", scores, bank, budget=40, labelled_mask=mask)
     np.testing.assert_array_equal(sel.ids, ids[np.argsort(-ent, kind="stable")[:40]])
-    sel = select("margin", scores, bank, bank_lab, budget=40, labelled_mask=mask)
+    sel = select("margin", scores, bank, budget=40, labelled_mask=mask)
     np.testing.assert_array_equal(sel.ids, ids[np.argsort(mar, kind="stable")[:40]])
 
 
 def test_entropy_ties_go_to_the_lower_row() -> None:
     scores = PoolScores(torch.zeros(5, 2), torch.tensor([1.0, 2.0, 2.0, 0.0, 2.0]), torch.zeros(5), np.arange(5))
-    sel = select("entropy", scores, None, None, budget=2, labelled_mask=np.zeros(5, bool))
+    sel = select("entropy", scores, None, budget=2, labelled_mask=np.zeros(5, bool))
     np.testing.assert_array_equal(sel.ids, [1, 2])
 
 
 def test_random_depends_on_seed_only(pool) -> None:
     scores, bank, bank_lab, mask = pool
-    a = select("random", scores, bank, bank_lab, budget=50, labelled_mask=mask, seed=1).ids
-    b = select("random", scores, bank, bank_lab, budget=50, labelled_mask=mask, seed=2).ids
+    a = select("random", scores, bank, budget=50, labelled_mask=mask, seed=1).ids
+    b = select("random", scores, bank, budget=50, labelled_mask=mask, seed=2).ids
     assert set(a) != set(b)
 
 
@@ -108,7 +108,7 @@ def test_coreset_uses_labelled_rows_as_centres() -> None:
     scores = PoolScores(torch.from_numpy(x), torch.zeros(10), torch.zeros(10), np.arange(10))
     mask = np.zeros(10, bool)
     mask[0] = True
-    sel = select("coreset", scores, None, None, budget=1, labelled_mask=mask)
+    sel = select("coreset", scores, None, budget=1, labelled_mask=mask)
     assert sel.ids[0] >= 5
 
 
@@ -128,7 +128,7 @@ def test_contrastive_picks_the_max_entropy_member_of_each_cluster() -> None:
     bank, _ = _clustered(120, 6, 4, seed=11, spread=20.0)
     entropy = np.random.default_rng(2).random(400).astype(np.float32)
     scores = PoolScores(torch.from_numpy(x), torch.from_numpy(entropy), torch.zeros(400), np.arange(400))
-    sel = select("contrastive", scores, torch.from_numpy(bank), None, budget=4,
+    sel = select("contrastive", scores, torch.from_numpy(bank), budget=4,
                  labelled_mask=np.zeros(400, bool), seed=0, engine="torch")
     expected = {int(np.flatnonzero(lab == g)[np.argmax(entropy[lab == g])]) for g in range(4)}
     assert set(sel.ids.tolist()) == expected
@@ -139,30 +139,30 @@ def test_contrastive_picks_the_max_entropy_member_of_each_cluster() -> None:
 def test_budget_larger_than_unlabelled_pool_names_the_sizes(pool) -> None:
     scores, bank, bank_lab, mask = pool
     with pytest.raises(FastalError, match=r"budget 601 > 600 unlabelled .*800 scored, 200 labelled"):
-        select("entropy", scores, bank, bank_lab, budget=601, labelled_mask=mask)
+        select("entropy", scores, bank, budget=601, labelled_mask=mask)
 
 
 @pytest.mark.parametrize("budget", [0, -3, 2.5])
 def test_budget_must_be_a_positive_integer(budget, pool) -> None:
     scores, bank, bank_lab, mask = pool
     with pytest.raises(FastalError, match="budget"):
-        select("entropy", scores, bank, bank_lab, budget=budget, labelled_mask=mask)
+        select("entropy", scores, bank, budget=budget, labelled_mask=mask)
 
 
 def test_unknown_names_and_impossible_engine(pool) -> None:
     scores, bank, bank_lab, mask = pool
     with pytest.raises(FastalError, match="unknown; choose one of"):
-        select("bald", scores, bank, bank_lab, budget=3, labelled_mask=mask)
+        select("bald", scores, bank, budget=3, labelled_mask=mask)
     with pytest.raises(FastalError, match="--engine 'sklearn'"):
-        select("entropy", scores, bank, bank_lab, budget=3, labelled_mask=mask, engine="sklearn")
+        select("entropy", scores, bank, budget=3, labelled_mask=mask, engine="sklearn")
     with pytest.raises(FastalError, match="needs a CUDA device"):
-        select("entropy", scores, bank, bank_lab, budget=3, labelled_mask=mask, engine="cuml")
+        select("entropy", scores, bank, budget=3, labelled_mask=mask, engine="cuml")
     with pytest.raises(FastalError, match="labelled_mask covers 10"):
-        select("entropy", scores, bank, bank_lab, budget=3, labelled_mask=np.zeros(10, bool))
+        select("entropy", scores, bank, budget=3, labelled_mask=np.zeros(10, bool))
     with pytest.raises(FastalError, match="memory bank of more than 15"):
-        select("contrastive", scores, bank[:10], None, budget=3, labelled_mask=mask, engine="torch")
+        select("contrastive", scores, bank[:10], budget=3, labelled_mask=mask, engine="torch")
     with pytest.raises(FastalError, match="unknown option"):
-        select("contrastive", scores, bank, None, budget=3, labelled_mask=mask, umap={"n_neigbours": 5})
+        select("contrastive", scores, bank, budget=3, labelled_mask=mask, umap={"n_neigbours": 5})
 
 
 def test_pick_per_cluster_with_more_clusters_keeps_the_most_uncertain_representatives() -> None:
@@ -179,9 +179,9 @@ def test_clusters_factor_moves_contrastive_towards_entropy() -> None:
     entropy = torch.rand(40, generator=g)
     entropy[[3, 7]] = torch.tensor([5.0, 4.0])  # both in group 0
     scores = PoolScores(features=feats, entropy=entropy, margin=torch.rand(40, generator=g), gids=np.arange(40))
-    one = select("kmeans-entropy", scores, None, None, budget=2, labelled_mask=np.zeros(40, bool)).ids
-    many = select("kmeans-entropy", scores, None, None, budget=2, labelled_mask=np.zeros(40, bool), clusters=20).ids
+    one = select("kmeans-entropy", scores, None, budget=2, labelled_mask=np.zeros(40, bool)).ids
+    many = select("kmeans-entropy", scores, None, budget=2, labelled_mask=np.zeros(40, bool), clusters=20).ids
     assert sorted(np.asarray(one) // 20) == [0, 1]
     assert sorted(many.tolist()) == [3, 7]
     with pytest.raises(FastalError, match="clusters"):
-        select("kmeans-entropy", scores, None, None, budget=2, labelled_mask=np.zeros(40, bool), clusters=0.5)
+        select("kmeans-entropy", scores, None, budget=2, labelled_mask=np.zeros(40, bool), clusters=0.5)

@@ -8,28 +8,12 @@ from __future__ import annotations
 
 import sys
 
-import typer
-
+from fastal.cli import bench, prepare, query, report, run, train  # noqa: F401 - each registers its commands
+from fastal.cli.app import app, bench_app
 from fastal.errors import FastalError
 from fastal.progress import console
 
-app = typer.Typer(
-    name="fastal",
-    help="Fast superpixel active learning for semantic segmentation.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-bench_app = typer.Typer(help="Benchmarks: kernels, selection throughput.", no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
-
-# Each module registers its commands on `app` / `bench_app` when imported.
-from fastal.cli import bench  # noqa: E402,F401
-from fastal.cli import prepare  # noqa: E402,F401
-from fastal.cli import query  # noqa: E402,F401
-from fastal.cli import report  # noqa: E402,F401
-from fastal.cli import run  # noqa: E402,F401
-from fastal.cli import train  # noqa: E402,F401
+__all__ = ["app", "bench_app", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from fastal.cli import bench_app
+from fastal.cli.app import bench_app
 from fastal.errors import FastalError
 
 
@@ -94,8 +94,8 @@ def selection(
     budget = max(1, round(budget_fraction * superpixels))
 
     def run(n: int, k: int) -> Any:
-        scores, bank_f, bank_l = synthetic_selection_inputs(n, dim, bank, classes, seed, dev)
-        return select(strategy, scores, bank_f, bank_l, budget=k, labelled_mask=np.zeros(n, bool),
+        scores, bank_f, _ = synthetic_selection_inputs(n, dim, bank, classes, seed, dev)
+        return select(strategy, scores, bank_f, budget=k, labelled_mask=np.zeros(n, bool),
                       seed=seed, engine=engine_name)
 
     warmup_seconds = None

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import typer
 
-from fastal.cli import app
+from fastal.cli.app import app
 
 
 def _command(params: dict[str, Any]) -> str:

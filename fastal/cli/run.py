@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from fastal.cli import app
+from fastal.cli.app import app
 
 
 @app.command()

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from fastal.cli import app
+from fastal.cli.app import app
 
 
 def _iou_table(title: str, classes: tuple[str, ...], metrics: dict[str, Any]):
@@ -123,9 +123,8 @@ def _initial_set(ds: Any, superpixels: int, fraction: float, seed: int) -> tuple
     import numpy as np
 
     from fastal.data.superpixels import build_cache
-    from fastal.loop import LabelledSamples
     from fastal.oracle import SimulatedOracle
-    from fastal.pool import RegionPool, random_initial
+    from fastal.pool import LabelledSamples, RegionPool, random_initial
 
     cache = build_cache(ds, superpixels=superpixels)
     pool = RegionPool(cache.offsets, cache.sizes, label_mode="dominant", seed=seed)

@@ -296,10 +296,8 @@ def _csr_of(seg: torch.Tensor, num_segments: int) -> tuple[np.ndarray, np.ndarra
     return _csr(_ids(seg), num_segments, nb.get_num_threads())
 
 
-def _segment_sum(
-    values: torch.Tensor, seg: torch.Tensor, num_segments: int, mean: bool
-) -> np.ndarray:
-    """Sums (or means) per segment, (S, ...) float32 (float64 for float64 input)."""
+def segment_sum(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Sums per segment, (S, ...) float32 (float64 for float64 input)."""
     src = _as_float(values)
     rows = src.reshape(src.shape[0], math.prod(src.shape[1:]))  # (N, D); D = 1 for [N]
     ids = _ids(seg)
@@ -314,23 +312,11 @@ def _segment_sum(
             partial = np.zeros((threads, num_segments, rows.shape[1]), src.dtype)
             _add_rows_parallel(rows, ids, partial)
             out = partial.sum(axis=0)
-        counts = np.bincount(ids, minlength=num_segments) if mean else None
     else:
         out = np.zeros((num_segments, rows.shape[1]), src.dtype)
         perm, indptr = _csr(ids, num_segments, threads)
         _segment_sum_sorted(rows, perm, indptr, out)
-        counts = np.diff(indptr)
-    if mean:
-        out /= np.maximum(counts, 1).astype(out.dtype)[:, None]
-    return out.reshape(num_segments, *src.shape[1:])
-
-
-def segment_sum(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
-    return torch.from_numpy(_segment_sum(values, seg, num_segments, mean=False))
-
-
-def segment_mean(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
-    return torch.from_numpy(_segment_sum(values, seg, num_segments, mean=True))
+    return torch.from_numpy(out.reshape(num_segments, *src.shape[1:]))
 
 
 def segment_argmax(scores: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:

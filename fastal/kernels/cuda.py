@@ -258,7 +258,7 @@ def _rows_block(depth: int) -> tuple[int, int]:
     return bx, THREADS // bx
 
 
-def _segment_sum(values: torch.Tensor, seg: torch.Tensor, num_segments: int, mean: bool) -> torch.Tensor:
+def segment_sum(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
     _require_gpu()
     rows = values.reshape(values.shape[0], math.prod(values.shape[1:]))  # (N, D); D = 1 for [N]
     acc_dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
@@ -266,17 +266,7 @@ def _segment_sum(values: torch.Tensor, seg: torch.Tensor, num_segments: int, mea
     perm, indptr = _csr(seg, num_segments)
     k = kernels(_kind(values))
     _launch(k.segment_sum, num_segments, _rows_block(rows.shape[1]), values.device, rows, perm, indptr, out)
-    if mean:
-        out /= torch.diff(indptr).clamp_(min=1).to(acc_dtype)[:, None]
     return out.reshape(num_segments, *values.shape[1:])
-
-
-def segment_sum(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
-    return _segment_sum(values, seg, num_segments, mean=False)
-
-
-def segment_mean(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
-    return _segment_sum(values, seg, num_segments, mean=True)
 
 
 def segment_argmax(scores: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:

@@ -88,15 +88,21 @@ def segment_sum(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> t
 def segment_mean(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
     """Mean of the rows of each segment; same shapes and dtypes as :func:`segment_sum`.
 
-    Empty segments give 0. Deterministic.
+    Empty segments give 0. Deterministic. Composed here, for every device, from
+    :func:`segment_sum` and the segment sizes (:func:`divide_by_counts`).
 
     >>> values, seg = torch.tensor([1.0, 2.0, 6.0]), torch.tensor([1, 1, 1])
     >>> segment_mean(values, seg, 2)
     tensor([0., 3.])
     """
-    impl = _backend(values, seg)
-    _check_segments(values, seg, num_segments, "values")
-    return impl.segment_mean(values, seg, num_segments)
+    return divide_by_counts(segment_sum(values, seg, num_segments), seg, num_segments)
+
+
+def divide_by_counts(sums: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """``sums`` [num_segments, ...] of a segment reduction, each row divided by its segment's
+    size (``bincount`` of ``seg``; an empty segment's row is left as it is, 0 for a sum)."""
+    counts = torch.bincount(seg.reshape(-1).long(), minlength=num_segments).clamp_(min=1)  # exact, integers
+    return sums / counts.to(sums.dtype).view(-1, *([1] * (sums.dim() - 1)))
 
 
 def segment_argmax(scores: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:

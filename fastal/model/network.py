@@ -37,7 +37,7 @@ from fastal.model.efficientnet import LITE0, LITE0_CHANNELS, LITE0_STRIDE, PRETR
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", LITE0)
 _CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, LITE0: LITE0_CHANNELS}
-# What the network's input is normalised with (fastal.train.to_tensor_batch), on the 0..1 scale.
+# What the network's input is normalised with (fastal.model.precision.to_tensor_batch), on the 0..1 scale.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

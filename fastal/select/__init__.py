@@ -2,13 +2,16 @@
 
 >>> from fastal.select import score_pool, select, STRATEGIES
 >>> scores = score_pool(teacher, ds, cache, image_indices, device)        # doctest: +SKIP
->>> sel = select("contrastive", scores, bank.features(), bank.labels(),   # doctest: +SKIP
-...              budget=250, labelled_mask=pool.labelled_mask, seed=0, engine="auto")
+>>> sel = select("contrastive", scores, bank.features(), budget=250,      # doctest: +SKIP
+...              labelled_mask=pool.labelled_mask, seed=0, engine="auto")
 """
 
-from fastal.select.engines import ENGINES, resolve_engine
+from fastal.select.engines import ENGINES, Clusterer, Reducer, resolve_engine
 from fastal.select.scoring import PoolScores, score_pool
 from fastal.select.strategies import STRATEGIES, Selection, select
 from fastal.select.umap_params import UMAPParams
 
-__all__ = ["ENGINES", "STRATEGIES", "PoolScores", "Selection", "UMAPParams", "resolve_engine", "score_pool", "select"]
+__all__ = [
+    "ENGINES", "STRATEGIES", "Clusterer", "PoolScores", "Reducer", "Selection", "UMAPParams", "resolve_engine",
+    "score_pool", "select",
+]  # fmt: skip

@@ -1,12 +1,14 @@
 """Which backend embeds (UMAP) and clusters (KMeans): ``torch`` anywhere, ``cuml`` on CUDA.
 
-Both backends' estimators take and return torch tensors on the caller's device, so strategies
-never see the backend.
+Both backends' estimators take and return torch tensors on the caller's device and have the
+shape of :class:`Reducer` / :class:`Clusterer` (scikit-learn's: parameters in ``__init__``, work
+in ``fit``, which returns the estimator, fitted attributes ending in ``_``), so strategies never
+see the backend.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Protocol
 
 import torch
 
@@ -14,6 +16,27 @@ from fastal.errors import FastalError
 from fastal.select.umap_params import UMAPParams
 
 ENGINES = ("auto", "torch", "cuml")
+
+
+class Reducer(Protocol):
+    """A UMAP: ``fit(x)`` learns the embedding of x (N, D), ``transform(y)`` places new rows in it."""
+
+    def fit(self, x: torch.Tensor) -> Reducer: ...
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor: ...  # (M, D) -> (M, n_components)
+
+
+class Clusterer(Protocol):
+    """A KMeans: ``fit(x)`` clusters the rows of x (N, d); ``fit_predict(x)`` is ``fit(x).labels_``."""
+
+    labels_: torch.Tensor  # (N,) int64 cluster of each row
+    cluster_centers_: torch.Tensor  # (k, d)
+    inertia_: float  # sum of squared distances of the rows to their centres
+    n_iter_: int  # Lloyd iterations run
+
+    def fit(self, x: torch.Tensor) -> Clusterer: ...
+
+    def fit_predict(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 def cuml_available() -> bool:
@@ -39,8 +62,8 @@ def resolve_engine(engine: str, device: torch.device) -> str:
     return engine
 
 
-def make_umap(engine: str, params: UMAPParams) -> Any:
-    """An unfitted UMAP estimator of the resolved ``engine`` (``fit(bank)``, ``transform(x)``)."""
+def make_umap(engine: str, params: UMAPParams) -> Reducer:
+    """An unfitted UMAP estimator of the resolved ``engine``."""
     if engine == "cuml":
         from fastal.select.cuml_engine import CumlUMAP
 
@@ -50,8 +73,8 @@ def make_umap(engine: str, params: UMAPParams) -> Any:
     return TorchUMAP(params)
 
 
-def make_kmeans(engine: str, n_clusters: int, random_state: int) -> Any:
-    """An unfitted KMeans estimator of the resolved ``engine`` (``fit_predict(x)`` -> int64 labels)."""
+def make_kmeans(engine: str, n_clusters: int, random_state: int) -> Clusterer:
+    """An unfitted KMeans estimator of the resolved ``engine``."""
     if engine == "cuml":
         from fastal.select.cuml_engine import CumlKMeans
 

@@ -82,18 +82,6 @@ def _same_shape_batches(ds: Any, image_indices: np.ndarray, batch_size: int) -> 
     return [g[s : s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
 
 
-def _autocast_dtype(amp: bool | str | None, cuda: bool) -> torch.dtype | None:
-    """The autocast dtype for ``amp`` (None = no autocast)."""
-    if amp is None or amp == "auto":
-        return torch.bfloat16 if cuda else None
-    if isinstance(amp, bool):
-        return torch.bfloat16 if amp else None
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-    if amp not in dtypes:
-        raise FastalError(f"amp = {amp!r}: choose auto, bf16, fp16 or fp32")
-    return dtypes[amp]
-
-
 def score_pool(
     teacher: torch.nn.Module,
     ds: Any,
@@ -109,8 +97,9 @@ def score_pool(
     """Mean feature, summed entropy and margin of every superpixel of ``image_indices``.
 
     ``teacher(x)`` returns ``(logits (B, C, h, w), emb (B, D, h, w))``. ``amp``: autocast for
-    the forward pass, the run config's ``"auto"`` (= None: bf16 on CUDA, off on CPU), ``"bf16"``,
-    ``"fp16"``, ``"fp32"`` (off), or a bool (bf16 / off). ``num_workers``: loader processes (default 2 on CUDA, 0 on
+    the forward pass, the run config's setting as :func:`fastal.model.precision.resolve_amp`
+    reads it (``"auto"`` = None: bf16 on CUDA, off on CPU; ``"bf16"``, ``"fp16"``, ``"fp32"``;
+    a bool: bf16 / off). ``num_workers``: loader processes (default 2 on CUDA, 0 on
     CPU, where the network already uses every core). ``region_entropy="mean"`` divides each
     summed entropy by the region's pixel count (:func:`per_pixel_entropy`). Deterministic on CPU.
 
@@ -120,8 +109,8 @@ def score_pool(
         scores.features.shape  # (cache.num_superpixels, 128)
     """
     from fastal.kernels import superpixel_entropy_sum, superpixel_mean_features
+    from fastal.model.precision import autocast, resolve_amp, to_tensor_batch
     from fastal.progress import progress
-    from fastal.train import to_tensor_batch
 
     device = torch.device(device)
     image_indices = np.asarray(image_indices, dtype=np.int64).reshape(-1)
@@ -132,7 +121,7 @@ def score_pool(
     if region_entropy not in ("sum", "mean"):
         raise FastalError(f"region_entropy = {region_entropy!r}: choose sum or mean")
     cuda = device.type == "cuda"
-    amp_dtype = _autocast_dtype(amp, cuda)
+    amp_dtype = resolve_amp(amp, device)
     counts = np.asarray(cache.counts, dtype=np.int64)[image_indices]
     row_start = np.concatenate([[0], np.cumsum(counts)])  # first row of each position
     n = int(row_start[-1])
@@ -157,7 +146,7 @@ def score_pool(
             task = bar.add_task("scoring pool", total=len(image_indices), visible=show_progress)
             for pos, images, sps in loader:
                 x = to_tensor_batch(images, device)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+                with autocast(device, amp_dtype):
                     logits, emb = teacher(x)
                 logits, emb = logits.float(), emb.float()  # kernels accumulate in float32
                 # Batch-local ids: each image's local ids shifted past the previous images'.

@@ -6,8 +6,7 @@ sees candidates only, so it cannot pick a labelled superpixel.
 
 Example::
 
-    sel = select("contrastive", scores, bank.features(), bank.labels(), budget=250,
-                 labelled_mask=pool.labelled_mask, seed=0)
+    sel = select("contrastive", scores, bank.features(), budget=250, labelled_mask=pool.labelled_mask, seed=0)
     sel.ids  # np.int64 (250,) global superpixel ids;  sel.timings  # {"umap_fit": s, ...}
 """
 
@@ -46,7 +45,6 @@ class Candidates:
     margin: torch.Tensor  # (Nc,)
     labelled_features: torch.Tensor  # (Nl, D): scored rows that are already labelled
     bank_features: torch.Tensor | None  # (M, D)
-    bank_labels: torch.Tensor | None  # (M,)
     budget: int
     seed: int
     engine: str
@@ -193,7 +191,6 @@ def select(
     strategy: str,
     scores: PoolScores,
     bank_features: torch.Tensor | None,
-    bank_labels: torch.Tensor | None,
     budget: int,
     labelled_mask: np.ndarray,
     seed: int = 0,
@@ -243,7 +240,6 @@ def select(
         margin=scores.margin[free_rows].float(),
         labelled_features=scores.features[lab_rows],
         bank_features=bank_features,
-        bank_labels=bank_labels,
         budget=int(budget),
         seed=seed,
         engine=engine_name,

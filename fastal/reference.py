@@ -1,0 +1,56 @@
+"""The fully supervised reference a run's curve aims at, and its sharing between runs.
+
+A reference does not depend on the strategy, the schedule or the superpixels: runs that differ
+only in those share one through ``full_shared`` (a JSON path). The first run that needs it
+trains it, under a lock, and writes it there; the others wait for the lock, check that it was
+trained the way they would train it (:func:`reference_key`) and copy it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastal.atomic import atomic_write_json, read_json
+from fastal.errors import FastalError
+from fastal.progress import console
+from fastal.run_setup import Setup
+from fastal.rundir import file_lock
+
+
+def reference_key(setup: Setup) -> dict[str, Any]:
+    """Everything a fully supervised reference's training depends on."""
+    cfg = setup.cfg
+    return {"train": setup.train.fingerprint(), "val": setup.val.fingerprint(), "backbone": cfg.backbone,
+            "weights": cfg.weights, "epochs": cfg.reference_epochs(), "batch_size": cfg.batch_size,
+            "lr": cfg.lr, "amp": cfg.amp, "seed": cfg.seed, "device": setup.device.type}  # fmt: skip
+
+
+def check_reference(path: Path, setup: Setup) -> dict[str, Any]:
+    """The shared reference at ``path``, if it was trained the way ``setup``'s run would train it."""
+    ref = read_json(path)
+    have = ref.get("trained_with") if isinstance(ref, dict) else None
+    if not isinstance(have, dict) or not isinstance(ref.get("miou"), float):
+        raise FastalError(f"{path}: not a fully supervised reference written by fastal run "
+                          f"(no 'miou' or 'trained_with'); delete it to train it again")
+    for key, want in reference_key(setup).items():
+        if have.get(key) != want:
+            what = (f"on other {key} data (dataset, scale, images or files differ)" if key in ("train", "val")
+                    else f"with {key} = {have.get(key)!r}, this run has {want!r}")  # fmt: skip
+            raise FastalError(f"{path}: this shared reference was trained {what}; full_shared serves runs "
+                              f"that differ only in strategy, budgets, labels or superpixels")
+    return ref
+
+
+def shared_reference(shared: Path, setup: Setup, train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The reference at ``shared`` (checked), or ``train()``'s, written there; one run trains it
+    while the others wait on its lock and then read it."""
+    with file_lock(shared):
+        if shared.exists():
+            ref = check_reference(shared, setup)
+            console.print(f"fully supervised mIoU {ref['miou']:.4f} (shared reference {shared})")
+        else:
+            ref = train()
+            atomic_write_json(shared, ref)
+    return {**ref, "shared": str(shared)}

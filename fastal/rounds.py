@@ -1,0 +1,152 @@
+"""One round of queries for people, and the masks they return.
+
+`fastal select` writes a round directory (``--out DIR``)::
+
+    queries.json   what was asked: dataset, classes, and per superpixel: image index and id,
+                   global and local superpixel id, bbox [x0, y0, x1, y1) in pixels, pixels
+    queries.csv    the same rows, for a spreadsheet
+    overlays/<image id>.png   the image with the chosen superpixels outlined and numbered
+    masks/         where the person puts <image id>.png: single-channel 8-bit class ids
+                   (0..C-1, 255 = not labelled); only pixels of queried superpixels are read
+
+and `fastal label import` (:func:`import_masks`) checks the masks and labels the round's
+superpixels as the run's next cycle.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastal.atomic import atomic_dir, atomic_write_bytes, read_json
+from fastal.errors import FastalError
+from fastal.pool import global_to_local
+from fastal.run_setup import prepare
+from fastal.rundir import LABELS, RunDir, open_run
+
+COLUMNS = ("image", "image_id", "superpixel", "local", "x0", "y0", "x1", "y1", "pixels")
+
+
+def query_rows(cache: Any, ds: Any, gids: np.ndarray) -> list[dict[str, Any]]:
+    """One row per chosen superpixel, ordered by image then superpixel id."""
+    gids = np.sort(np.asarray(gids, dtype=np.int64))
+    image, local = global_to_local(np.asarray(cache.offsets), gids)
+    rows = []
+    for i in np.unique(image).tolist():
+        sp = np.asarray(cache.local(i))  # (H, W) local ids
+        for g, lid in zip(gids[image == i].tolist(), local[image == i].tolist()):
+            ys, xs = np.nonzero(sp == lid)
+            rows.append({"image": i, "image_id": ds.image_id(i), "superpixel": g, "local": lid,
+                         "x0": int(xs.min()), "y0": int(ys.min()), "x1": int(xs.max()) + 1,
+                         "y1": int(ys.max()) + 1, "pixels": int(xs.size)})  # fmt: skip
+    return rows
+
+
+def overlay(image: np.ndarray, sp: np.ndarray, rows: list[dict[str, Any]], first_number: int) -> np.ndarray:
+    """The RGB image with each queried superpixel outlined (yellow) and numbered as in queries.csv."""
+    import cv2
+
+    out = image.copy()
+    for n, r in enumerate(rows, start=first_number):
+        mask = (sp == r["local"]).astype(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, (255, 255, 0), 1)
+        ys, xs = np.nonzero(mask)
+        cv2.putText(out, str(n), (int(xs.mean()) - 3, int(ys.mean()) + 3), cv2.FONT_HERSHEY_PLAIN, 0.7,
+                    (255, 255, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def write_round(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]], ds: Any, cache: Any) -> None:
+    """The round directory, built whole in a temp sibling (nothing half-written)."""
+    import cv2
+
+    with atomic_dir(out) as tmp:
+        (tmp / "queries.json").write_text(json.dumps({**meta, "queries": rows}, indent=1) + "\n")
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: r[k] for k in COLUMNS} for r in rows)
+        (tmp / "queries.csv").write_text(buf.getvalue())
+        (tmp / "overlays").mkdir()
+        (tmp / "masks").mkdir()
+        number = 1
+        for i in sorted({r["image"] for r in rows}):
+            mine = [r for r in rows if r["image"] == i]
+            img = overlay(ds[i][0], np.asarray(cache.local(i)), mine, number)
+            number += len(mine)
+            # imencode + write_bytes, not imwrite: imwrite reports a failed write (a full disk) only
+            # by returning False.
+            encoded, png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            if not encoded:
+                raise FastalError(f"{out}: could not encode the overlay of image {ds.image_id(i)}")
+            (tmp / "overlays" / f"{ds.image_id(i)}.png").write_bytes(png.tobytes())
+
+
+def check_round(q: Any, qpath: Path, num_images: int) -> None:
+    """FastalError unless ``q`` (a round's queries.json) holds a non-empty list ``queries`` of
+    objects with integer ``superpixel``, ``local`` and an ``image`` index below ``num_images``."""
+    rows = q.get("queries") if isinstance(q, dict) else None
+    if not isinstance(rows, list) or not rows:
+        raise FastalError(f"{qpath}: expected a JSON object with a non-empty list \"queries\"")
+    for r in rows:
+        if not isinstance(r, dict) or not all(type(r.get(k)) is int for k in ("superpixel", "image", "local")):
+            raise FastalError(f"{qpath}: query {r!r} lacks an integer superpixel, image or local")
+        if not 0 <= r["image"] < num_images:
+            raise FastalError(f"{qpath}: query {r!r}: image {r['image']} is not in 0..{num_images - 1}")
+
+
+def import_masks(round_dir: str | Path, run_dir: str | Path) -> tuple[int, int]:
+    """Label the superpixels of a `fastal select` round from the masks people put in ``round_dir/masks``.
+
+    They become the run's next cycle; in full label mode the masks are also kept under
+    ``run_dir/labels`` for training. Returns (cycle, superpixels labelled).
+    """
+    import cv2
+
+    from fastal.data.base import read_label
+    from fastal.oracle import MaskOracle
+
+    round_dir, run_dir = Path(round_dir), Path(run_dir)
+    qpath = round_dir / "queries.json"
+    q = read_json(qpath, f"is {round_dir} a round written by `fastal select`?")
+    cfg = open_run(run_dir)
+    setup = prepare(cfg)
+    ds, cache = setup.train, setup.cache
+    check_round(q, qpath, len(ds))
+    if q.get("fingerprint") != ds.fingerprint():
+        raise FastalError(f"{qpath}: the round was selected on other data than the run {run_dir} uses")
+    run = RunDir(setup, run_dir)
+    run.trained_checkpoint()  # people's labels go after the cycles the run has trained
+    gids = np.array([r["superpixel"] for r in q["queries"]], dtype=np.int64)
+    images = sorted({r["image"] for r in q["queries"]})
+    masks = {}
+    for i in images:
+        path = round_dir / "masks" / f"{ds.image_id(i)}.png"
+        if not path.exists():
+            raise FastalError(f"{path}: missing (a mask is needed for every image of queries.csv)")
+        m = read_label(path)
+        if m.shape != tuple(ds.image_shape(i)):
+            raise FastalError(f"{path}: mask is {m.shape[0]}x{m.shape[1]}, the image is "
+                              f"{ds.image_shape(i)[0]}x{ds.image_shape(i)[1]}")
+        bad = (m >= ds.num_classes) & (m != 255)
+        if bad.any():
+            raise FastalError(f"{path}: value {int(m[bad][0])} is no class (0..{ds.num_classes - 1}, 255 = none)")
+        masks[i] = m
+    answer = MaskOracle(masks, cache, ds.num_classes, mode=cfg.labels).query(gids)
+    if cfg.labels == "full":
+        # Keep the returned pixels inside the queried superpixels; training reads them from labels/.
+        for i in images:
+            sp = np.asarray(cache.local(i))
+            mine = [r["local"] for r in q["queries"] if r["image"] == i]
+            merged = np.where(np.isin(sp, mine), masks[i], run.truth(i)).astype(np.uint8)
+            _, png = cv2.imencode(".png", merged)
+            atomic_write_bytes(run_dir / LABELS / f"{ds.image_id(i)}.png", png.tobytes())
+    cycle = run.pool.current_cycle + 1
+    run.commit(answer, cycle)
+    return cycle, int(gids.size)
