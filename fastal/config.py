@@ -211,7 +211,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Defaults, then the TOML file at ``path``, then ``overrides`` (CLI values, ``None`` = not given)."""
     values = read_toml(path) if path is not None else {}
-    source = str(path) if path is not None else "config"
+    return merge_config(values, overrides, str(path) if path is not None else "config")
+
+
+def merge_config(values: dict[str, Any], overrides: dict[str, Any] | None, source: str = "config") -> RunConfig:
+    """Defaults, then ``values`` (a file's keys, checked first and named as ``source``), then
+    ``overrides`` (``None`` = not given); an overriding schedule replaces the values' one."""
+    values = dict(values)
     make_config(values, source)  # errors name the file before any override hides them
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     if "budgets" in given:  # an overriding schedule replaces the file's, whichever its spelling

@@ -29,6 +29,7 @@ from fastal.cli import prepare  # noqa: E402,F401
 from fastal.cli import query  # noqa: E402,F401
 from fastal.cli import report  # noqa: E402,F401
 from fastal.cli import run  # noqa: E402,F401
+from fastal.cli import sweep  # noqa: E402,F401
 from fastal.cli import train  # noqa: E402,F401
 
 
