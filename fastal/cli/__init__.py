@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from fastal.errors import FastalError
 from fastal.progress import console
@@ -38,5 +39,5 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="fastal")
     except FastalError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)

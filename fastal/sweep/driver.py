@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from fastal.errors import FastalError
 from fastal.progress import console, progress
 from fastal.sweep.spec import REFERENCES, RUNS, RunSpec, Sweep
@@ -116,12 +118,12 @@ def run_sweep(sweep: Sweep, out: Path, scheduler: str = "local", workers: int | 
     todo = [r for r in runs if not is_finished(out / RUNS / r.name)]
     outcome = Outcome(len(runs), finished=[r.name for r in runs if r not in todo])
     console.print(f"sweep {out}: {len(runs)} runs, {len(outcome.finished)} finished before, {len(todo)} to run",
-                  highlight=False)  # fmt: skip
+                  highlight=False, soft_wrap=True)  # fmt: skip
     if not todo:
         write_cycles(out, runs)
         return outcome
     with connect(scheduler, workers, threads) as (client, t, gpu):
-        console.print(f"Dask scheduler {client.scheduler.address}; {t} torch threads per run", highlight=False)
+        console.print(f"Dask scheduler {client.scheduler.address}; {t} torch threads per run", highlight=False, soft_wrap=True)
         events: queue.SimpleQueue = queue.SimpleQueue()
         client.subscribe_topic(TOPIC, lambda event: events.put(event[1]))
         token = uuid.uuid4().hex[:8]  # a fresh key per submission: a long-lived scheduler may remember old ones
@@ -150,7 +152,7 @@ def run_sweep(sweep: Sweep, out: Path, scheduler: str = "local", workers: int | 
                     msg = events.get()
                     if msg["run"] in running or msg["run"] in outcome.failed:
                         continue
-                    console.print(f"{msg['run']}: started on {msg['worker']}", highlight=False)
+                    console.print(f"{msg['run']}: started on {msg['worker']}", highlight=False, soft_wrap=True)
                     if not msg["run"].startswith("reference "):
                         running[msg["run"]] = -1
                 for name, seen in list(running.items()):
@@ -159,25 +161,25 @@ def run_sweep(sweep: Sweep, out: Path, scheduler: str = "local", workers: int | 
                         c = res["cycles"][-1]
                         latest = f"{name} cycle {c['cycle']} mIoU {c['miou']:.3f}"
                         console.print(f"{name}: cycle {c['cycle']}, mIoU {c['miou']:.4f} at "
-                                      f"{100 * c['labelled_pixel_fraction']:.2f} % of pixels", highlight=False)
+                                      f"{100 * c['labelled_pixel_fraction']:.2f} % of pixels", highlight=False, soft_wrap=True)
                         running[name] = len(res["cycles"])
                 for fut in done.next_batch(block=False):
                     if fut in futures:
                         _finished_run(fut, futures[fut].name, outcome, running, refs.get(futures[fut].reference))
                         write_cycles(out, runs)
                     elif fut.status == "error":
-                        console.print(f"[bold red]{names[fut]}: failed:[/] {error_line(fut.exception())}",
+                        console.print(f"[bold red]{names[fut]}: failed:[/] {escape(error_line(fut.exception()))}",
                                       highlight=False, soft_wrap=True)  # fmt: skip
                     else:
-                        console.print(f"{names[fut]}: done", highlight=False)
+                        console.print(f"{names[fut]}: done", highlight=False, soft_wrap=True)
                 bar.update(task, completed=len(outcome.finished),
                            description=f"runs: {len(running)} running, {len(outcome.failed)} failed"
                            + (f"; latest {latest}" if latest else ""))  # fmt: skip
                 time.sleep(poll)
     write_cycles(out, runs)
-    console.print(f"{len(outcome.finished)}/{len(runs)} runs finished; {out / TABLE}", highlight=False)
+    console.print(f"{len(outcome.finished)}/{len(runs)} runs finished; {out / TABLE}", highlight=False, soft_wrap=True)
     for name, line in outcome.failed.items():
-        console.print(f"[bold red]failed:[/] {name}: {line}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]failed:[/] {name}: {escape(line)}", highlight=False, soft_wrap=True)
     return outcome
 
 
@@ -189,11 +191,11 @@ def _finished_run(fut: Any, name: str, outcome: Outcome, running: dict[str, int]
         outcome.finished.append(name)
         last = res["cycles"][-1]
         console.print(f"{name}: finished, mIoU {last['miou']:.4f} at {100 * last['labelled_pixel_fraction']:.2f} % "
-                      f"of pixels", highlight=False)  # fmt: skip
+                      f"of pixels", highlight=False, soft_wrap=True)  # fmt: skip
         return
     if reference is not None and reference.status == "error":
         line = f"not run: its reference failed ({error_line(reference.exception())})"
     else:
         line = error_line(fut.exception())
     outcome.failed[name] = line
-    console.print(f"[bold red]{name}: failed:[/] {line}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]{name}: failed:[/] {escape(line)}", highlight=False, soft_wrap=True)
