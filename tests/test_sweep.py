@@ -187,11 +187,12 @@ def test_resume_after_the_sweep_is_killed(uninterrupted: Path, tmp_path: Path, c
 
 def test_a_failing_run_does_not_stop_the_others(tmp_path: Path, capsys) -> None:
     # The folder dataset needs a data root: that run fails in its own task, the other finishes.
-    sweep = write_sweep(tmp_path, {"dataset": ["folder", "synthetic"]}, base={"full_reference": False})
+    sweep = write_sweep(tmp_path, {"dataset": ["folder", "synthetic"]}, base={"full_reference": False, "strategy": "random"})
     code, err = cli(["sweep", str(sweep), "--out", str(tmp_path / "out"), "--workers", "1"], capsys)
     assert code == 1
     assert "dataset=folder: failed: dataset folder needs a data root" in err
     assert results(tmp_path / "out" / "runs" / "dataset=synthetic")["stopped"] == "budget"
+    assert "FastalError: dataset folder needs a data root" in (tmp_path / "out" / "runs" / "dataset=folder.log").read_text()
     assert "1/2 runs finished" in err
 
 

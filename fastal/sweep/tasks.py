@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ CLASSES = "classes.json"  # the class names of a run's dataset, for cycles.parqu
 
 class _LazyLog(io.TextIOBase):
     """A log file in a directory that may not exist yet (a new run creates its directory only
-    after checking its data): text is held until the directory appears."""
+    after checking its data): text is held until the directory appears, and goes to
+    ``<directory>.log`` beside it if it never does (a run that failed before it had one)."""
 
     def __init__(self, path: Path) -> None:
         self.path, self.held, self.file = path, [], None
@@ -42,6 +44,8 @@ class _LazyLog(io.TextIOBase):
         return len(text)
 
     def close(self) -> None:
+        if self.file is None and self.held:
+            self.path.parent.with_name(f"{self.path.parent.name}.log").write_text("".join(self.held))
         if self.file is not None:
             self.file.close()
         super().close()
@@ -56,6 +60,9 @@ def logged_to(path: Path) -> Iterator[None]:
     console.file = log
     try:
         yield
+    except BaseException:
+        log.write(traceback.format_exc())
+        raise
     finally:
         console.file = before
         log.close()
