@@ -107,6 +107,87 @@ def error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def say(text: str) -> None:
+    """One line on the console (markup allowed; a line is never wrapped: logs are grepped)."""
+    console.print(text, highlight=False, soft_wrap=True)
+
+
+def submit(client: Any, todo: list[RunSpec], out: Path, threads: int, gpu: bool) -> tuple[dict[str, Any], dict[Any, RunSpec]]:
+    """One task per reference still missing (before the runs: higher priority), one per run
+    (depending on its reference's task). Returns ({reference name: future}, {future: run})."""
+    token = uuid.uuid4().hex[:8]  # a fresh key per submission: a long-lived scheduler may remember old ones
+    refs: dict[str, Any] = {}
+    for run in todo:
+        if run.reference is None or run.reference in refs or Path(str(run.cfg.full_shared)).is_file():
+            continue
+        refs[run.reference] = client.submit(
+            reference_task, f"reference {run.reference}", run.cfg, str(out / REFERENCES / run.reference), threads,
+            key=f"fastal-reference-{run.reference}-{token}", priority=1,
+            resources={"GPU": 1} if wants_gpu(run, gpu) else None)  # fmt: skip
+    runs = {
+        client.submit(run_task, run.name, run.cfg, str(out / RUNS / run.name), threads, refs.get(run.reference),
+                      key=f"fastal-run-{run.name}-{token}", resources={"GPU": 1} if wants_gpu(run, gpu) else None): run
+        for run in todo
+    }  # fmt: skip
+    return refs, runs
+
+
+@dataclass
+class Tracker:
+    """What the driver knows of the tasks: started (Dask events), cycles evaluated (results.json
+    of the running runs), ended (their futures)."""
+
+    out: Path
+    outcome: Outcome
+    refs: dict[str, Any]  # reference name -> future
+    runs: dict[Any, RunSpec]  # future -> run
+    running: dict[str, int] = field(default_factory=dict)  # run name -> cycles evaluated when last looked at
+    starts: dict[str, int] = field(default_factory=dict)  # task name -> times started (> 1: a worker was lost)
+    latest: str = ""
+
+    def started(self, msg: dict[str, Any]) -> None:
+        name = msg["run"]
+        self.starts[name] = self.starts.get(name, 0) + 1
+        say(f"{name}: started{' again (a worker was lost)' if self.starts[name] > 1 else ''} on {msg['worker']}")
+        if not name.startswith("reference "):
+            self.running.setdefault(name, 0)
+
+    def look(self) -> None:
+        for name, seen in list(self.running.items()):
+            res = read_results(self.out / RUNS / name)
+            if res is not None and len(res["cycles"]) > seen:
+                c = res["cycles"][-1]
+                self.latest = f"{name} cycle {c['cycle']} mIoU {c['miou']:.3f}"
+                say(f"{name}: cycle {c['cycle']}, mIoU {c['miou']:.4f} at {100 * c['labelled_pixel_fraction']:.2f} % "
+                    f"of pixels")  # fmt: skip
+                self.running[name] = len(res["cycles"])
+
+    def ended(self, fut: Any) -> None:
+        if fut not in self.runs:
+            name = next(f"reference {n}" for n, f in self.refs.items() if f is fut)
+            if fut.status == "error":
+                say(f"[bold red]{name}: failed:[/] {escape(error_line(fut.exception()))}")
+            return
+        run = self.runs[fut]
+        self.running.pop(run.name, None)
+        if fut.status == "finished":
+            last = fut.result()["cycles"][-1]
+            self.outcome.finished.append(run.name)
+            say(f"{run.name}: finished, mIoU {last['miou']:.4f} at {100 * last['labelled_pixel_fraction']:.2f} % of pixels")
+            return
+        ref = self.refs.get(run.reference)
+        if ref is not None and ref.status == "error":
+            line = f"not run: its reference failed ({error_line(ref.exception())})"
+        else:
+            line = error_line(fut.exception())
+        self.outcome.failed[run.name] = line
+        say(f"[bold red]{run.name}: failed:[/] {escape(line)}")
+
+    def description(self) -> str:
+        text = f"runs: {len(self.running)} running, {len(self.outcome.failed)} failed"
+        return text + (f"; latest {self.latest}" if self.latest else "")
+
+
 def run_sweep(sweep: Sweep, out: Path, scheduler: str = "local", workers: int | None = None,
               threads: int | None = None, poll: float = 0.5) -> Outcome:  # fmt: skip
     """Run every run of ``sweep`` under ``out`` that has not finished (``out`` already made by
@@ -117,85 +198,28 @@ def run_sweep(sweep: Sweep, out: Path, scheduler: str = "local", workers: int | 
     runs = sweep.runs(out)
     todo = [r for r in runs if not is_finished(out / RUNS / r.name)]
     outcome = Outcome(len(runs), finished=[r.name for r in runs if r not in todo])
-    console.print(f"sweep {out}: {len(runs)} runs, {len(outcome.finished)} finished before, {len(todo)} to run",
-                  highlight=False, soft_wrap=True)  # fmt: skip
-    if not todo:
-        write_cycles(out, runs)
-        return outcome
-    with connect(scheduler, workers, threads) as (client, t, gpu):
-        console.print(f"Dask scheduler {client.scheduler.address}; {t} torch threads per run", highlight=False, soft_wrap=True)
-        events: queue.SimpleQueue = queue.SimpleQueue()
-        client.subscribe_topic(TOPIC, lambda event: events.put(event[1]))
-        token = uuid.uuid4().hex[:8]  # a fresh key per submission: a long-lived scheduler may remember old ones
-        refs: dict[str, Any] = {}
-        for run in todo:
-            if run.reference is None or run.reference in refs or Path(str(run.cfg.full_shared)).is_file():
-                continue
-            refs[run.reference] = client.submit(
-                reference_task, f"reference {run.reference}", run.cfg, str(out / REFERENCES / run.reference), t,
-                key=f"fastal-reference-{run.reference}-{token}", priority=1,
-                resources={"GPU": 1} if wants_gpu(run, gpu) else None)  # fmt: skip
-        futures = {
-            client.submit(run_task, run.name, run.cfg, str(out / RUNS / run.name), t, refs.get(run.reference),
-                          key=f"fastal-run-{run.name}-{token}",
-                          resources={"GPU": 1} if wants_gpu(run, gpu) else None): run
-            for run in todo
-        }  # fmt: skip
-        names = {f: f"reference {name}" for name, f in refs.items()}
-        running: dict[str, int] = {}  # run name -> cycles it had evaluated when last looked at
-        latest = ""
-        with progress() as bar:
-            task = bar.add_task("runs", total=len(runs), completed=len(outcome.finished))
-            done = as_completed([*refs.values(), *futures])
-            while not done.is_empty():
-                while not events.empty():
-                    msg = events.get()
-                    if msg["run"] in running or msg["run"] in outcome.failed:
-                        continue
-                    console.print(f"{msg['run']}: started on {msg['worker']}", highlight=False, soft_wrap=True)
-                    if not msg["run"].startswith("reference "):
-                        running[msg["run"]] = -1
-                for name, seen in list(running.items()):
-                    res = read_results(out / RUNS / name)
-                    if res is not None and len(res["cycles"]) > max(seen, 0):
-                        c = res["cycles"][-1]
-                        latest = f"{name} cycle {c['cycle']} mIoU {c['miou']:.3f}"
-                        console.print(f"{name}: cycle {c['cycle']}, mIoU {c['miou']:.4f} at "
-                                      f"{100 * c['labelled_pixel_fraction']:.2f} % of pixels", highlight=False, soft_wrap=True)
-                        running[name] = len(res["cycles"])
-                for fut in done.next_batch(block=False):
-                    if fut in futures:
-                        _finished_run(fut, futures[fut].name, outcome, running, refs.get(futures[fut].reference))
-                        write_cycles(out, runs)
-                    elif fut.status == "error":
-                        console.print(f"[bold red]{names[fut]}: failed:[/] {escape(error_line(fut.exception()))}",
-                                      highlight=False, soft_wrap=True)  # fmt: skip
-                    else:
-                        console.print(f"{names[fut]}: done", highlight=False, soft_wrap=True)
-                bar.update(task, completed=len(outcome.finished),
-                           description=f"runs: {len(running)} running, {len(outcome.failed)} failed"
-                           + (f"; latest {latest}" if latest else ""))  # fmt: skip
-                time.sleep(poll)
+    say(f"sweep {out}: {len(runs)} runs, {len(outcome.finished)} finished before, {len(todo)} to run")
+    if todo:
+        with connect(scheduler, workers, threads) as (client, t, gpu):
+            say(f"Dask scheduler {client.scheduler.address}; {t} torch threads per run")
+            events: queue.SimpleQueue = queue.SimpleQueue()
+            client.subscribe_topic(TOPIC, lambda event: events.put(event[1]))  # event: (time, message)
+            track = Tracker(out, outcome, *submit(client, todo, out, t, gpu))
+            done = as_completed([*track.refs.values(), *track.runs])
+            with progress() as bar:
+                task = bar.add_task("runs", total=len(runs), completed=len(outcome.finished))
+                while not done.is_empty():
+                    while not events.empty():
+                        track.started(events.get())
+                    track.look()
+                    for fut in done.next_batch(block=False):
+                        track.ended(fut)
+                        if fut in track.runs:
+                            write_cycles(out, runs)
+                    bar.update(task, completed=len(outcome.finished), description=track.description())
+                    time.sleep(poll)
     write_cycles(out, runs)
-    console.print(f"{len(outcome.finished)}/{len(runs)} runs finished; {out / TABLE}", highlight=False, soft_wrap=True)
+    say(f"{len(outcome.finished)}/{len(runs)} runs finished; {out / TABLE}")
     for name, line in outcome.failed.items():
-        console.print(f"[bold red]failed:[/] {name}: {escape(line)}", highlight=False, soft_wrap=True)
+        say(f"[bold red]failed:[/] {name}: {escape(line)}")
     return outcome
-
-
-def _finished_run(fut: Any, name: str, outcome: Outcome, running: dict[str, int], reference: Any) -> None:
-    """Record a run's task that ended (``reference``: the future of the reference it waited for)."""
-    running.pop(name, None)
-    if fut.status == "finished":
-        res = fut.result()
-        outcome.finished.append(name)
-        last = res["cycles"][-1]
-        console.print(f"{name}: finished, mIoU {last['miou']:.4f} at {100 * last['labelled_pixel_fraction']:.2f} % "
-                      f"of pixels", highlight=False, soft_wrap=True)  # fmt: skip
-        return
-    if reference is not None and reference.status == "error":
-        line = f"not run: its reference failed ({error_line(reference.exception())})"
-    else:
-        line = error_line(fut.exception())
-    outcome.failed[name] = line
-    console.print(f"[bold red]{name}: failed:[/] {escape(line)}", highlight=False, soft_wrap=True)

@@ -65,14 +65,15 @@ class Sweep:
     def to_json(self) -> dict[str, Any]:
         return {"sweep_file": self.source, "config": self.config, "axes": self.axes}
 
-    def runs(self, out: Path) -> list[RunSpec]:
-        """The grid under sweep directory ``out`` (absolute paths): the last axis varies fastest."""
+    def runs(self, out: Path | None = None) -> list[RunSpec]:
+        """The grid, the last axis varying fastest; under sweep directory ``out`` (absolute), each
+        run's ``full_shared`` is its reference's JSON there."""
         runs = []
         for values in itertools.product(*self.axes.values()):
             point = dict(zip(self.axes, values))
             cfg = merge_config(self.config, point, self.source)
             ref = reference_name(cfg) if cfg.full_reference else None
-            if ref is not None:
+            if ref is not None and out is not None:
                 cfg = replace(cfg, full_shared=str(out / REFERENCES / f"{ref}.json"))
             runs.append(RunSpec(run_name(point), point, cfg, ref))
         return runs
@@ -142,13 +143,13 @@ def load_sweep(path: str | Path) -> Sweep:
             raise FastalError(f"{path}: axes.{key} = {values!r}: {repeated!r} is there twice")
         if key in fixed:
             raise FastalError(f"{path}: {key} is both in [axes] and [set]")
-    for key in ("full_shared",):
-        if key in axes or key in fixed:
-            raise FastalError(f"{path}: {key}: a sweep trains and shares the references itself; drop it")
+    if "full_shared" in axes or "full_shared" in fixed:
+        raise FastalError(f"{path}: full_shared: a sweep trains and shares the references itself; drop it")
     base_values: dict[str, Any] = {}
     if base is not None:
         base_path = path.parent / base
         load_config(base_path)  # its own errors name the base file
+        # A base's full_shared (a single run's) gives way to the sweep's own references.
         base_values = {k: v for k, v in read_toml(base_path).items() if k != "full_shared"}
     cfg = merge_config(base_values, fixed, str(path))
     config = to_dict(replace(cfg, **{k: str(Path(v).absolute()) for k in PATH_KEYS if (v := getattr(cfg, k))}))
@@ -162,7 +163,7 @@ def check_runs(sweep: Sweep) -> None:
     from fastal.model import BACKBONES
     from fastal.select import STRATEGIES
 
-    for run in sweep.runs(Path("/")):
+    for run in sweep.runs():
         if run.cfg.strategy not in STRATEGIES:
             raise FastalError(f"{sweep.source}: strategy {run.cfg.strategy!r}: choose one of {', '.join(STRATEGIES)}")
         if run.cfg.backbone not in BACKBONES:

@@ -77,7 +77,7 @@ def use_threads(threads: int) -> None:
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
 
 
-def announce(name: str, directory: Path) -> None:
+def announce(name: str) -> None:
     """Log where the task runs, and tell the sweep's driver (a Dask event) that it started."""
     from fastal.progress import console
 
@@ -104,30 +104,30 @@ def check_not_daemon() -> None:
                           "start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False")
 
 
-def reference_task(name: str, cfg: RunConfig, ref_dir: str, threads: int) -> str:
+def reference_task(name: str, cfg: RunConfig, directory: str, threads: int) -> str:
     """Train the fully supervised reference of ``cfg`` once, into ``cfg.full_shared``; returns that path.
 
-    It is trained the way a run sharing it would train it (``fastal.loop.Run.full_reference``)
-    in a directory of its own, ``ref_dir`` (config, full.json, sweep.log).
+    It is trained the way a run sharing it would train it (``fastal.loop.Run.full_reference``),
+    in a directory of its own (config.toml, full.json, sweep.log).
     """
     import torch
 
     from fastal.loop import CONFIG, Run, check_before_training, create_run_dir, file_lock, prepare
 
-    shared, ref_dir_ = Path(str(cfg.full_shared)), Path(ref_dir)
+    shared, path = Path(str(cfg.full_shared)), Path(directory)
     if shared.is_file():
         return str(shared)
     use_threads(threads)
-    with file_lock(ref_dir_), logged_to(ref_dir_ / LOG):
-        announce(name, ref_dir_)
+    with file_lock(path), logged_to(path / LOG):
+        announce(name)
         check_not_daemon()
         setup = prepare(cfg)
-        if not (ref_dir_ / CONFIG).is_file():
+        if not (path / CONFIG).is_file():
             check_before_training(setup)
-            create_run_dir(cfg, ref_dir_)
+            create_run_dir(cfg, path)
         if setup.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)  # as fastal.loop.run_experiment does
-        Run(setup, ref_dir_).full_reference()
+        Run(setup, path).full_reference()
     return str(shared)
 
 
@@ -143,7 +143,7 @@ def run_task(name: str, cfg: RunConfig, run_dir: str, threads: int, reference: s
     path = Path(run_dir)
     use_threads(threads)
     with file_lock(path), logged_to(path / LOG):
-        announce(name, path)
+        announce(name)
         check_not_daemon()
         resume = (path / CONFIG).is_file()
         setup = prepare(open_run(path) if resume else cfg)
