@@ -106,7 +106,7 @@ def _label(row: Any, settings: list[str]) -> str:
     return ", ".join([*(f"{k}={row[k]}" for k in settings), row["strategy"]])
 
 
-def tables(df: Any, settings: list[str], baseline: str) -> list[tuple[str, list[str], list[list[str]]]]:
+def tables(df: Any, settings: list[str], baseline: str) -> list[Table]:
     """The report's tables as (title, header, rows) of strings: mIoU per budget, paired differences."""
     summ, pair, full = summary(df, settings), paired(df, settings, baseline), fully_supervised(df, settings)
     budgets = sorted(df[BUDGET].unique())
@@ -142,7 +142,7 @@ def tables(df: Any, settings: list[str], baseline: str) -> list[tuple[str, list[
     return out
 
 
-def markdown(table: tuple[str, list[str], list[list[str]]]) -> str:
+def markdown(table: Table) -> str:
     title, header, rows = table
     head = [header[0] or "strategy", *header[1:]]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
@@ -171,8 +171,11 @@ def plot(df: Any, settings: list[str], path: str | Path) -> None:
     plot_curves(groups, path, title="mIoU (mean ± std over seeds)")
 
 
+Table = tuple[str, list[str], list[list[str]]]  # title, header, rows
+
+
 def sweep_report(sweep_dir: str | Path, out: str | Path | None, json_path: str | Path | None,
-                 baseline: str | None = None, as_markdown: bool = False) -> list[tuple[str, list[str], list[list[str]]]]:  # fmt: skip
+                 baseline: str | None = None, as_markdown: bool = False) -> list[Table]:
     """Print the tables; plot at ``out`` and write the numbers as JSON at ``json_path`` when given."""
     from rich.table import Table
 

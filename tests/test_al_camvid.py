@@ -41,8 +41,9 @@ def test_protocol_sweeps(protocol: str, monkeypatch: pytest.MonkeyPatch, tmp_pat
     # --full-shared REF --data-root ../shared/data/CamVid`, with the data root made absolute.
     data_root = str(ROOT / "../shared/data/CamVid")
     for r in runs:
-        want = load_config(f"configs/al_camvid_{protocol}.toml", {"strategy": r.point["strategy"], "seed": r.point["seed"],
-                           "data_root": data_root, "full_shared": str(tmp_path / "references" / f"{r.reference}.json")})  # fmt: skip
+        ref = str(tmp_path / "references" / f"{r.reference}.json")
+        want = load_config(f"configs/al_camvid_{protocol}.toml",
+                           {**r.point, "data_root": data_root, "full_shared": ref})  # fmt: skip
         assert r.cfg == want, r.name
 
 

@@ -35,8 +35,8 @@ def sweep_dir(tmp_path: Path) -> Path:
         for st in STRATEGIES for s in SEEDS for lab in LABELS for k, b in enumerate(BUDGETS)
     ]  # fmt: skip
     pd.DataFrame(rows).to_parquet(tmp_path / "cycles.parquet", index=False)
-    (tmp_path / "sweep.json").write_text(json.dumps({"sweep_file": "s.toml", "config": {},
-                                                     "axes": {"strategy": STRATEGIES, "seed": SEEDS, "labels": LABELS}}))
+    axes = {"strategy": STRATEGIES, "seed": SEEDS, "labels": LABELS}
+    (tmp_path / "sweep.json").write_text(json.dumps({"sweep_file": "s.toml", "config": {}, "axes": axes}))
     return tmp_path
 
 

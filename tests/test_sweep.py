@@ -115,7 +115,8 @@ def test_sweep_runs_the_grid(uninterrupted: Path, tmp_path: Path) -> None:
     for row in df.itertuples():
         r = res[row.run]
         c = r["cycles"][row.cycle - 1]
-        assert row.run == f"strategy={row.strategy},seed={row.seed}" and (row.strategy, row.seed) == (r["strategy"], r["seed"])
+        assert row.run == f"strategy={row.strategy},seed={row.seed}"
+        assert (row.strategy, row.seed) == (r["strategy"], r["seed"])
         assert row.miou == c["miou"] and row.full_miou == r["full_miou"] and row.budget_pct == c["budget_pct"]
         assert row.pixel_pct == pytest.approx(100 * c["labelled_pixel_fraction"])
         assert (row.superpixels, row.clicks) == (c["labelled_superpixels"], c["cost_clicks"])
@@ -164,7 +165,8 @@ def test_resume_after_the_sweep_is_killed(uninterrupted: Path, tmp_path: Path, c
     sweep = write_sweep(tmp_path, {"strategy": ["entropy"], "seed": SEEDS})
     out = tmp_path / "out"
     names = [f"strategy=entropy,seed={s}" for s in SEEDS]
-    proc = spawn(["sweep", str(sweep), "--out", str(out), *SWEEP])
+    # One worker: the runs go one after the other, so the second is under way when the first ends.
+    proc = spawn(["sweep", str(sweep), "--out", str(out), "--workers", "1", "--threads-per-worker", "1"])
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
         if any((r := results(out / "runs" / n)) and r["stopped"] for n in names):
@@ -187,12 +189,14 @@ def test_resume_after_the_sweep_is_killed(uninterrupted: Path, tmp_path: Path, c
 
 def test_a_failing_run_does_not_stop_the_others(tmp_path: Path, capsys) -> None:
     # The folder dataset needs a data root: that run fails in its own task, the other finishes.
-    sweep = write_sweep(tmp_path, {"dataset": ["folder", "synthetic"]}, base={"full_reference": False, "strategy": "random"})
+    sweep = write_sweep(tmp_path, {"dataset": ["folder", "synthetic"]},
+                        base={"full_reference": False, "strategy": "random"})  # fmt: skip
     code, err = cli(["sweep", str(sweep), "--out", str(tmp_path / "out"), "--workers", "1"], capsys)
     assert code == 1
     assert "dataset=folder: failed: dataset folder needs a data root" in err
     assert results(tmp_path / "out" / "runs" / "dataset=synthetic")["stopped"] == "budget"
-    assert "FastalError: dataset folder needs a data root" in (tmp_path / "out" / "runs" / "dataset=folder.log").read_text()
+    log = tmp_path / "out" / "runs" / "dataset=folder.log"  # it failed before its directory existed
+    assert "FastalError: dataset folder needs a data root" in log.read_text()
     assert "1/2 runs finished" in err
 
 

@@ -11,12 +11,16 @@ from fastal.cli import app
 
 @app.command()
 def sweep(
-    sweep_file: Path | None = typer.Argument(None, help="Sweep file: base config, [axes] to cross, [set] for every run."),
+    sweep_file: Path | None = typer.Argument(
+        None, help="Sweep file: base config, [axes] to cross, [set] for every run."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Sweep directory (default sweeps/<sweep file name>)."),
     scheduler: str = typer.Option(
-        "local", help="local: a Dask LocalCluster started here; or the address of a running scheduler (tcp://HOST:PORT)."
+        "local", help="local: a Dask LocalCluster started here; or a running scheduler's address (tcp://HOST:PORT)."
     ),
-    workers: int | None = typer.Option(None, help="Worker processes of the local cluster (default: one per core; GPUs: one per GPU)."),
+    workers: int | None = typer.Option(
+        None, help="Worker processes of the local cluster (default: one per core; with GPUs, one per GPU)."
+    ),
     threads_per_worker: int | None = typer.Option(
         None, "--threads-per-worker", help="torch threads of each run (default: cores / workers locally, else 1)."
     ),

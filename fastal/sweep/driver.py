@@ -112,7 +112,8 @@ def say(text: str) -> None:
     console.print(text, highlight=False, soft_wrap=True)
 
 
-def submit(client: Any, todo: list[RunSpec], out: Path, threads: int, gpu: bool) -> tuple[dict[str, Any], dict[Any, RunSpec]]:
+def submit(client: Any, todo: list[RunSpec], out: Path, threads: int,
+           gpu: bool) -> tuple[dict[str, Any], dict[Any, RunSpec]]:  # fmt: skip
     """One task per reference still missing (before the runs: higher priority), one per run
     (depending on its reference's task). Returns ({reference name: future}, {future: run})."""
     token = uuid.uuid4().hex[:8]  # a fresh key per submission: a long-lived scheduler may remember old ones
@@ -173,7 +174,8 @@ class Tracker:
         if fut.status == "finished":
             last = fut.result()["cycles"][-1]
             self.outcome.finished.append(run.name)
-            say(f"{run.name}: finished, mIoU {last['miou']:.4f} at {100 * last['labelled_pixel_fraction']:.2f} % of pixels")
+            pct = 100 * last["labelled_pixel_fraction"]
+            say(f"{run.name}: finished, mIoU {last['miou']:.4f} at {pct:.2f} % of pixels")
             return
         ref = self.refs.get(run.reference)
         if ref is not None and ref.status == "error":
