@@ -123,6 +123,16 @@ def test_sweep_runs_the_grid(uninterrupted: Path, tmp_path: Path) -> None:
         assert row.seconds == pytest.approx(c["train_seconds"] + c["select_seconds"])
         got = df.loc[row.Index, [f"iou_{k}" for k in CLASSES]].to_numpy(dtype=float)
         np.testing.assert_array_equal(got, [np.nan if v is None else v for v in c["per_class_iou"]])
+    # fastal report on the sweep: entropy minus random at 8 %, seed by seed, by hand.
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(out), "--json", str(tmp_path / "report.json"), "--out", str(tmp_path / "report.png")])
+    assert e.value.code == 0
+    paired = json.loads((tmp_path / "report.json").read_text())["paired"]
+    row = next(r for r in paired if r["strategy"] == "entropy" and r["budget_pct"] == 8.0)
+    at8 = {name: r["cycles"][1]["miou"] for name, r in res.items()}
+    diffs = [at8[f"strategy=entropy,seed={s}"] - at8[f"strategy=random,seed={s}"] for s in SEEDS]
+    assert row["n"] == 2 and row["diff_mean"] == pytest.approx(sum(diffs) / 2)
+    assert (row["ahead"], row["behind"]) == (sum(d > 0 for d in diffs), sum(d < 0 for d in diffs))
     # A sweep's run is the plain run of its configuration (same threads: CPU results depend on them).
     cfg = load_config(out.parent / "base.toml", {"strategy": "entropy", "seed": 1,
                                                  "full_shared": str(refs[1])})  # fmt: skip
