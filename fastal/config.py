@@ -193,15 +193,21 @@ def make_config(values: dict[str, Any], source: str = "config") -> RunConfig:
     return validate(RunConfig(**checked))
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
+def parse_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file's tables; a missing or broken file is one FastalError naming it."""
     path = Path(path)
     try:
         with path.open("rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
-        raise FastalError(f"{path}: config file not found") from None
+        raise FastalError(f"{path}: {what} not found") from None
     except tomllib.TOMLDecodeError as e:
         raise FastalError(f"{path}: not valid TOML ({e})") from None
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A run configuration file's keys (flat: no sections)."""
+    data = parse_toml(path)
     nested = [k for k, v in data.items() if isinstance(v, dict)]
     if nested:
         raise FastalError(f"{path}: unknown section [{nested[0]}] (the run config is flat key = value)")

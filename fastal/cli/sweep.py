@@ -12,7 +12,7 @@ from fastal.cli import app
 @app.command()
 def sweep(
     sweep_file: Path | None = typer.Argument(
-        None, help="Sweep file: base config, [axes] to cross, [set] for every run."
+        None, help="Sweep file: a base config, the axes to cross, the keys set on every run."
     ),
     out: Path | None = typer.Option(None, "--out", help="Sweep directory (default sweeps/<sweep file name>)."),
     scheduler: str = typer.Option(

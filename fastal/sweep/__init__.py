@@ -5,7 +5,7 @@ what a Dask worker runs (a reference, a run); ``driver`` submits them and follow
 ``table`` writes ``DIR/cycles.parquet``. The sweep directory::
 
     sweep.json               the resolved sweep (base configuration + [set], axes)
-    runs/<name>/             one fastal run directory per point of the grid (plus sweep.log)
+    runs/<name>/             one fastal run directory per point of the grid (plus sweep.log, classes.json)
     references/<name>.json   a fully supervised reference shared by the runs that match it
     references/<name>/       the directory it was trained in (config, full.json, sweep.log)
     cycles.parquet           one row per evaluated cycle of every run

@@ -21,18 +21,12 @@ import hashlib
 import itertools
 import json
 import re
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from fastal.config import RunConfig, load_config, merge_config, read_toml, to_dict
+from fastal.config import RunConfig, load_config, merge_config, parse_toml, read_toml, to_dict
 from fastal.errors import FastalError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on 3.10
-    import tomli as tomllib
 
 SWEEP_KEYS = ("base", "axes", "set")
 SPEC = "sweep.json"  # DIR/sweep.json: the resolved sweep
@@ -109,14 +103,7 @@ def reference_name(cfg: RunConfig) -> str:
 def load_sweep(path: str | Path) -> Sweep:
     """Parse and check a sweep file: every key, every axis value and every run's configuration."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise FastalError(f"{path}: sweep file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise FastalError(f"{path}: cannot read it ({e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise FastalError(f"{path}: not valid TOML ({e})") from None
+    data = parse_toml(path, "sweep file")
     unknown = [k for k in data if k not in SWEEP_KEYS]
     if unknown:
         raise FastalError(f"{path}: unknown key {unknown[0]!r} (a sweep file has base, [axes] and [set])")
