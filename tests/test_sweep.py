@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 import pandas as pd
 import pytest
@@ -25,6 +26,7 @@ from fastal.config import dumps_toml, load_config
 from fastal.data.camvid import CLASSES
 from fastal.loop import run_experiment
 from fastal.sweep import load_sweep, open_sweep_dir
+from fastal.sweep.tasks import use_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 # 8 images 32x48, ~12 superpixels each; a random 4 %, then one cycle to 8 %; one epoch per cycle.
@@ -136,12 +138,13 @@ def test_sweep_runs_the_grid(uninterrupted: Path, tmp_path: Path) -> None:
     # A sweep's run is the plain run of its configuration (same threads: CPU results depend on them).
     cfg = load_config(out.parent / "base.toml", {"strategy": "entropy", "seed": 1,
                                                  "full_shared": str(refs[1])})  # fmt: skip
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads(), numba.get_num_threads()
+    use_threads(1)
     try:
         run_experiment(cfg, tmp_path / "runs" / "strategy=entropy,seed=1")
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads[0])
+        numba.set_num_threads(threads[1])
     assert_same_runs(out, tmp_path, ["strategy=entropy,seed=1"])
 
 
