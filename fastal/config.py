@@ -193,15 +193,21 @@ def make_config(values: dict[str, Any], source: str = "config") -> RunConfig:
     return validate(RunConfig(**checked))
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
+def parse_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file's tables; a missing or broken file is one FastalError naming it."""
     path = Path(path)
     try:
         with path.open("rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
-        raise FastalError(f"{path}: config file not found") from None
+        raise FastalError(f"{path}: {what} not found") from None
     except tomllib.TOMLDecodeError as e:
         raise FastalError(f"{path}: not valid TOML ({e})") from None
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A run configuration file's keys (flat: no sections)."""
+    data = parse_toml(path)
     nested = [k for k, v in data.items() if isinstance(v, dict)]
     if nested:
         raise FastalError(f"{path}: unknown section [{nested[0]}] (the run config is flat key = value)")
@@ -211,7 +217,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Defaults, then the TOML file at ``path``, then ``overrides`` (CLI values, ``None`` = not given)."""
     values = read_toml(path) if path is not None else {}
-    source = str(path) if path is not None else "config"
+    return merge_config(values, overrides, str(path) if path is not None else "config")
+
+
+def merge_config(values: dict[str, Any], overrides: dict[str, Any] | None, source: str = "config") -> RunConfig:
+    """Defaults, then ``values`` (a file's keys, checked first and named as ``source``), then
+    ``overrides`` (``None`` = not given); an overriding schedule replaces the values' one."""
+    values = dict(values)
     make_config(values, source)  # errors name the file before any override hides them
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     if "budgets" in given:  # an overriding schedule replaces the file's, whichever its spelling

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from fastal.cli import bench, prepare, query, report, run, train  # noqa: F401 - each registers its commands
+from rich.markup import escape
+
+from fastal.cli import bench, prepare, query, report, run, sweep, train  # noqa: F401 - each registers its commands
 from fastal.cli.app import app, bench_app
 from fastal.errors import FastalError
 from fastal.progress import console
@@ -21,5 +23,5 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="fastal")
     except FastalError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)

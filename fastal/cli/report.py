@@ -14,10 +14,22 @@ def report(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories (each with results.json)."),
     out: Path = typer.Option(Path("report.png"), "--out", help="Plot of mIoU vs % pixels labelled."),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the numbers as JSON here."),
+    baseline: str | None = typer.Option(
+        None, help="Sweep directory: the strategy the others are paired with (default random, else the first)."
+    ),
+    markdown: bool = typer.Option(False, "--markdown", help="Sweep directory: print the tables as markdown."),
 ) -> None:
-    """Group runs by strategy; mean ± std of mIoU over seeds at each cycle."""
+    """Group runs by strategy; mean ± std of mIoU over seeds at each cycle. Given a sweep directory
+    (`fastal sweep`), per strategy and budget, with paired differences to a baseline."""
+    from fastal.analysis import is_sweep_dir, sweep_report
+    from fastal.errors import FastalError
     from fastal.progress import console
     from fastal.report import write_report
 
-    write_report(run_dirs, out, json_path)
+    if len(run_dirs) == 1 and is_sweep_dir(run_dirs[0]):
+        sweep_report(run_dirs[0], out, json_path, baseline, markdown)
+    elif baseline is not None or markdown:
+        raise FastalError(f"--{'baseline' if baseline else 'markdown'}: only for a sweep directory (fastal sweep)")
+    else:
+        write_report(run_dirs, out, json_path)
     console.print(f"plot: {out}" + (f", json: {json_path}" if json_path else ""))

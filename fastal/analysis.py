@@ -1,0 +1,211 @@
+"""Statistics of a sweep (``DIR/cycles.parquet``): what ``fastal report DIR`` prints and plots.
+
+Per strategy and budget (and per value of every other axis but the seed): the mIoU, mean ± sample
+std over seeds, and its ratio to the fully supervised reference; per strategy, the paired
+difference to a baseline strategy, seed by seed at the same budget (the seed-to-seed noise of
+the data and the initial set cancels in part): mean ± standard error (std / sqrt(n)) and how
+many seeds are ahead of / behind the baseline.
+
+    >>> from fastal.analysis import load_cycles, summary, paired
+    >>> df, settings = load_cycles("sweeps/camvid_cpu")
+    >>> paired(df, settings, baseline="random")
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from fastal.errors import FastalError
+
+BUDGET = "budget_pct"
+
+
+def is_sweep_dir(path: str | Path) -> bool:
+    from fastal.sweep.spec import SPEC
+
+    return (Path(path) / SPEC).is_file()
+
+
+def load_cycles(sweep_dir: str | Path) -> tuple[Any, list[str]]:
+    """``cycles.parquet`` of a sweep and its setting columns: the axes other than strategy and seed."""
+    import pandas as pd
+
+    from fastal.atomic import read_json
+    from fastal.sweep.spec import SPEC
+    from fastal.sweep.table import TABLE
+
+    sweep_dir = Path(sweep_dir)
+    path = sweep_dir / TABLE
+    if not path.is_file():
+        raise FastalError(f"{path}: not found (run `fastal sweep --resume {sweep_dir}` to write it)")
+    df = pd.read_parquet(path)
+    if df.empty:
+        raise FastalError(f"{path}: no run has evaluated a cycle yet")
+    settings = [a for a in read_json(sweep_dir / SPEC)["axes"] if a not in ("strategy", "seed")]
+    if df[BUDGET].isna().any():  # cycles people added have no planned budget: number them instead
+        df[BUDGET] = df["cycle"].astype(float)
+    df["ratio"] = df["miou"] / df["full_miou"]
+    return df, settings
+
+
+def summary(df: Any, settings: list[str]) -> Any:
+    """One row per (settings, strategy, budget): n seeds, mean and sample std of % pixels, mIoU and
+    mIoU / full mIoU (std 0 for a single seed)."""
+    out = (df.groupby([*settings, "strategy", BUDGET], sort=False)
+             .agg(n=("seed", "nunique"), pixel_pct=("pixel_pct", "mean"), miou_mean=("miou", "mean"),
+                  miou_std=("miou", "std"), ratio_mean=("ratio", "mean"), ratio_std=("ratio", "std"))
+             .reset_index())  # fmt: skip
+    single = out["n"] == 1
+    out.loc[single, ["miou_std", "ratio_std"]] = 0.0
+    return out
+
+
+def fully_supervised(df: Any, settings: list[str]) -> Any:
+    """Per setting: the references' mIoU, mean ± std over the seeds (one value per seed)."""
+    refs = df.dropna(subset=["full_miou"]).drop_duplicates([*settings, "seed"])
+    if refs.empty:
+        return refs
+    by = settings or ["all"]  # one group when no axis but the seed and strategy
+    out = (refs.assign(all=0).groupby(by, sort=False)
+               .agg(n=("seed", "nunique"), miou_mean=("full_miou", "mean"), miou_std=("full_miou", "std"))
+               .reset_index().drop(columns=["all"], errors="ignore"))  # fmt: skip
+    out.loc[out["n"] == 1, "miou_std"] = 0.0
+    return out
+
+
+def paired(df: Any, settings: list[str], baseline: str) -> Any:
+    """Each other strategy minus ``baseline``, seed by seed at the same budget and settings: one row
+    per (settings, strategy, budget) with n, mean, std, standard error, seeds ahead and behind."""
+    import numpy as np
+
+    strategies = list(dict.fromkeys(df["strategy"]))
+    if baseline not in strategies:
+        raise FastalError(f"--baseline {baseline}: the sweep has no such strategy ({', '.join(strategies)})")
+    keys = [*settings, "seed", BUDGET]
+    base = df[df["strategy"] == baseline][[*keys, "miou"]]
+    both = df[df["strategy"] != baseline].merge(base, on=keys, suffixes=("", "_baseline"))
+    both["diff"] = both["miou"] - both["miou_baseline"]
+    out = (both.groupby([*settings, "strategy", BUDGET], sort=False)
+               .agg(n=("diff", "size"), diff_mean=("diff", "mean"), diff_std=("diff", "std"),
+                    ahead=("diff", lambda d: int((d > 0).sum())), behind=("diff", lambda d: int((d < 0).sum())))
+               .reset_index())  # fmt: skip
+    out["diff_std"] = out["diff_std"].where(out["n"] > 1, 0.0)
+    out["diff_se"] = out["diff_std"] / np.sqrt(out["n"])
+    return out
+
+
+def default_baseline(df: Any) -> str:
+    """``random`` when the sweep has it, else its first strategy."""
+    strategies = list(dict.fromkeys(df["strategy"]))
+    return "random" if "random" in strategies else strategies[0]
+
+
+def _label(row: Any, settings: list[str]) -> str:
+    return ", ".join([*(f"{k}={row[k]}" for k in settings), row["strategy"]])
+
+
+def tables(df: Any, settings: list[str], baseline: str) -> list[Table]:
+    """The report's tables as (title, header, rows) of strings: mIoU per budget, paired differences."""
+    summ, pair, full = summary(df, settings), paired(df, settings, baseline), fully_supervised(df, settings)
+    budgets = sorted(df[BUDGET].unique())
+    header = ["", *(f"{b:g} %" for b in budgets)]
+    seeds = df["seed"].nunique()
+    rows = []
+    for _, g in summ.groupby([*settings, "strategy"], sort=False):
+        cells = {r[BUDGET]: r for _, r in g.iterrows()}
+        row = [_label(g.iloc[0], settings)]
+        for b in budgets:
+            r = cells.get(b)
+            if r is None:
+                row.append("")
+                continue
+            cell = f"{r['miou_mean']:.3f} ± {r['miou_std']:.3f}"
+            cell += "" if math.isnan(r["ratio_mean"]) else f" ({100 * r['ratio_mean']:.0f} %)"
+            row.append(cell + ("" if r["n"] == seeds else f" [n={r['n']}]"))
+        rows.append(row)
+    for _, r in full.iterrows():
+        name = ", ".join([*(f"{k}={r[k]}" for k in settings), "fully supervised"])
+        rows.append([name, *([f"{r['miou_mean']:.3f} ± {r['miou_std']:.3f}"] * len(budgets))])
+    out = [("mIoU, mean ± std over seeds (ratio to fully supervised)", header, rows)]
+    prow = []
+    for _, g in pair.groupby([*settings, "strategy"], sort=False):
+        cells = {r[BUDGET]: r for _, r in g.iterrows()}
+        prow.append([_label(g.iloc[0], settings)] + [
+            "" if (r := cells.get(b)) is None
+            else f"{r['diff_mean']:+.3f} ± {r['diff_se']:.3f}, {r['ahead']}/{r['behind']}"
+            for b in budgets
+        ])  # fmt: skip
+    if prow:
+        out.append((f"minus {baseline}, seed by seed: mean ± standard error, seeds ahead/behind", header, prow))
+    return out
+
+
+def markdown(table: Table) -> str:
+    title, header, rows = table
+    head = [header[0] or "strategy", *header[1:]]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    return f"{title}\n\n" + "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def plot(df: Any, settings: list[str], path: str | Path) -> None:
+    """mIoU against % of pixels, one line per (settings, strategy), ± std band; each distinct
+    fully supervised mIoU once, dashed (fastal.report's plot)."""
+    from fastal.report import Group, plot_curves
+
+    full = fully_supervised(df, settings)
+    groups, drawn = [], set()
+    for _, g in summary(df, settings).groupby([*settings, "strategy"], sort=False):
+        first = g.iloc[0]
+        mine = (df[settings] == first[settings]).all(axis=1) & (df["strategy"] == first["strategy"])
+        group = Group("", _label(first, settings), sorted(set(df.loc[mine, "run"])), sorted(set(df.loc[mine, "seed"])))
+        group.points = [(k, r["pixel_pct"], r["miou_mean"], r["miou_std"], int(r["n"]))
+                        for k, (_, r) in enumerate(g.iterrows(), start=1)]  # fmt: skip
+        ref = full[(full[settings] == first[settings]).all(axis=1)] if settings else full
+        if not ref.empty and float(ref["miou_mean"].iloc[0]) not in drawn:
+            r = ref.iloc[0]
+            group.full_miou = (float(r["miou_mean"]), float(r["miou_std"]), int(r["n"]))
+            drawn.add(group.full_miou[0])
+        groups.append(group)
+    plot_curves(groups, path, title="mIoU (mean ± std over seeds)")
+
+
+Table = tuple[str, list[str], list[list[str]]]  # title, header, rows
+
+
+def sweep_report(sweep_dir: str | Path, out: str | Path | None, json_path: str | Path | None,
+                 baseline: str | None = None, as_markdown: bool = False) -> list[Table]:
+    """Print the tables; plot at ``out`` and write the numbers as JSON at ``json_path`` when given."""
+    from rich.table import Table
+
+    from fastal.atomic import atomic_write_json, check_writable
+    from fastal.progress import console
+
+    df, settings = load_cycles(sweep_dir)
+    baseline = baseline or default_baseline(df)
+    for target in (out, json_path):
+        if target is not None:
+            check_writable(target)
+    result = tables(df, settings, baseline)
+    for table in result:
+        if as_markdown:
+            print(markdown(table) + "\n")
+            continue
+        title, header, rows = table
+        t = Table(title=title)
+        for i, h in enumerate(header):
+            t.add_column(h, justify="left" if i == 0 else "right")
+        for r in rows:
+            t.add_row(*r)
+        console.print(t)
+    if out is not None:
+        plot(df, settings, out)
+    if json_path is not None:
+        atomic_write_json(json_path, {
+            "sweep": str(sweep_dir), "baseline": baseline,
+            "summary": summary(df, settings).to_dict(orient="records"),
+            "paired": paired(df, settings, baseline).to_dict(orient="records"),
+            "fully_supervised": fully_supervised(df, settings).to_dict(orient="records"),
+        })  # fmt: skip
+    return result

@@ -1,0 +1,227 @@
+"""The sweep's driver: the runs left to do as Dask tasks, their references as tasks they wait for,
+a progress display, failures reported one line each, and cycles.parquet kept up to date.
+
+``scheduler="local"`` starts a ``distributed.LocalCluster`` for the sweep (one run per worker
+process, ``threads`` torch threads each; on a CUDA machine with dask-cuda installed, a
+``dask_cuda.LocalCUDACluster`` with one worker per GPU); an address submits to a running
+cluster. A worker lost in the middle of a task (killed, out of memory, its node gone) is
+replaced by its nanny, and the scheduler runs the task again elsewhere, up to
+``distributed.scheduler.allowed-failures`` times (default 3); the task resumes its directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from fastal.errors import FastalError
+from fastal.progress import console, progress
+from fastal.sweep.spec import REFERENCES, RUNS, RunSpec, Sweep
+from fastal.sweep.table import TABLE, is_finished, read_results, write_cycles
+from fastal.sweep.tasks import TOPIC, reference_task, run_task
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+@dataclass
+class Outcome:
+    runs: int
+    finished: list[str] = field(default_factory=list)  # run names
+    failed: dict[str, str] = field(default_factory=dict)  # run name -> its error line
+
+
+def cuda_cluster_available() -> bool:
+    """A CUDA device and dask-cuda: the local cluster is then one worker per GPU."""
+    try:
+        import dask_cuda  # noqa: F401
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+@contextlib.contextmanager
+def connect(scheduler: str, workers: int | None, threads: int | None) -> Iterator[tuple[Any, int, bool]]:
+    """A Dask client on a cluster started here (``"local"``) or at an address; yields
+    (client, torch threads per run, whether the workers are one per GPU)."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    if workers is not None and workers < 1:
+        raise FastalError(f"--workers {workers}: must be >= 1")
+    if threads is not None and threads < 1:
+        raise FastalError(f"--threads-per-worker {threads}: must be >= 1")
+    if scheduler != "local":
+        if workers is not None:
+            raise FastalError(f"--workers starts a local cluster; the cluster at {scheduler} has its own workers")
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError, ValueError) as e:
+            raise FastalError(f"--scheduler {scheduler}: cannot connect ({e})") from None
+        with client:
+            yield client, threads or 1, False
+        return
+    cores = len(os.sched_getaffinity(0))
+    # Workers must be able to start processes (the superpixel cache is built in a process pool).
+    with dask.config.set({"distributed.worker.daemon": False}):
+        if cuda_cluster_available():
+            import torch
+            from dask_cuda import LocalCUDACluster
+
+            t = threads or max(1, cores // torch.cuda.device_count())
+            cluster = LocalCUDACluster(n_workers=workers, threads_per_worker=1, resources={"GPU": 1},
+                                       dashboard_address=None)  # fmt: skip
+            gpu = True
+        else:
+            n = workers or cores
+            t = threads or max(1, cores // n)
+            # One task per worker (threads_per_worker=1); the run inside it uses t threads.
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   env={v: str(t) for v in THREAD_VARS})  # fmt: skip
+            gpu = False
+        with cluster, Client(cluster) as client:
+            yield client, t, gpu
+
+
+def wants_gpu(run: RunSpec, gpu_cluster: bool) -> bool:
+    """Runs on CUDA ask for a worker resource ``GPU`` (one run per GPU)."""
+    return run.cfg.device.startswith("cuda") or (gpu_cluster and run.cfg.device == "auto")
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a task's exception: FastalError's message, else its type and first line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, FastalError):
+        return text
+    if type(exc).__name__ == "KilledWorker":
+        return f"its worker died every time it ran ({text.split('. ')[0]})"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def say(text: str) -> None:
+    """One line on the console (markup allowed; a line is never wrapped: logs are grepped)."""
+    console.print(text, highlight=False, soft_wrap=True)
+
+
+def submit(client: Any, todo: list[RunSpec], out: Path, threads: int,
+           gpu: bool) -> tuple[dict[str, Any], dict[Any, RunSpec]]:  # fmt: skip
+    """One task per reference still missing (before the runs: higher priority), one per run
+    (depending on its reference's task). Returns ({reference name: future}, {future: run})."""
+    token = uuid.uuid4().hex[:8]  # a fresh key per submission: a long-lived scheduler may remember old ones
+    refs: dict[str, Any] = {}
+    for run in todo:
+        if run.reference is None or run.reference in refs or Path(str(run.cfg.full_shared)).is_file():
+            continue
+        refs[run.reference] = client.submit(
+            reference_task, f"reference {run.reference}", run.cfg, str(out / REFERENCES / run.reference), threads,
+            key=f"fastal-reference-{run.reference}-{token}", priority=1,
+            resources={"GPU": 1} if wants_gpu(run, gpu) else None)  # fmt: skip
+    runs = {
+        client.submit(run_task, run.name, run.cfg, str(out / RUNS / run.name), threads, refs.get(run.reference),
+                      key=f"fastal-run-{run.name}-{token}", resources={"GPU": 1} if wants_gpu(run, gpu) else None): run
+        for run in todo
+    }  # fmt: skip
+    return refs, runs
+
+
+@dataclass
+class Tracker:
+    """What the driver knows of the tasks: started (Dask events), cycles evaluated (results.json
+    of the running runs), ended (their futures)."""
+
+    out: Path
+    outcome: Outcome
+    refs: dict[str, Any]  # reference name -> future
+    runs: dict[Any, RunSpec]  # future -> run
+    running: dict[str, int] = field(default_factory=dict)  # run name -> cycles evaluated when last looked at
+    starts: dict[str, int] = field(default_factory=dict)  # task name -> times started (> 1: a worker was lost)
+    latest: str = ""
+
+    def started(self, msg: dict[str, Any]) -> None:
+        name = msg["run"]
+        self.starts[name] = self.starts.get(name, 0) + 1
+        say(f"{name}: started{' again (a worker was lost)' if self.starts[name] > 1 else ''} on {msg['worker']}")
+        if not name.startswith("reference "):
+            self.running.setdefault(name, 0)
+
+    def look(self) -> None:
+        for name, seen in list(self.running.items()):
+            res = read_results(self.out / RUNS / name)
+            if res is not None and len(res["cycles"]) > seen:
+                c = res["cycles"][-1]
+                self.latest = f"{name} cycle {c['cycle']} mIoU {c['miou']:.3f}"
+                say(f"{name}: cycle {c['cycle']}, mIoU {c['miou']:.4f} at {100 * c['labelled_pixel_fraction']:.2f} % "
+                    f"of pixels")  # fmt: skip
+                self.running[name] = len(res["cycles"])
+
+    def ended(self, fut: Any) -> None:
+        if fut not in self.runs:
+            name = next(f"reference {n}" for n, f in self.refs.items() if f is fut)
+            if fut.status == "error":
+                say(f"[bold red]{name}: failed:[/] {escape(error_line(fut.exception()))}")
+            return
+        run = self.runs[fut]
+        self.running.pop(run.name, None)
+        if fut.status == "finished":
+            last = fut.result()["cycles"][-1]
+            self.outcome.finished.append(run.name)
+            pct = 100 * last["labelled_pixel_fraction"]
+            say(f"{run.name}: finished, mIoU {last['miou']:.4f} at {pct:.2f} % of pixels")
+            return
+        ref = self.refs.get(run.reference)
+        if ref is not None and ref.status == "error":
+            line = f"not run: its reference failed ({error_line(ref.exception())})"
+        else:
+            line = error_line(fut.exception())
+        self.outcome.failed[run.name] = line
+        say(f"[bold red]{run.name}: failed:[/] {escape(line)}")
+
+    def description(self) -> str:
+        text = f"runs: {len(self.running)} running, {len(self.outcome.failed)} failed"
+        return text + (f"; latest {self.latest}" if self.latest else "")
+
+
+def run_sweep(sweep: Sweep, out: Path, scheduler: str = "local", workers: int | None = None,
+              threads: int | None = None, poll: float = 0.5) -> Outcome:  # fmt: skip
+    """Run every run of ``sweep`` under ``out`` that has not finished (``out`` already made by
+    :func:`fastal.sweep.spec.open_sweep_dir`); returns what finished and what failed."""
+    from distributed import as_completed
+
+    out = out.absolute()
+    runs = sweep.runs(out)
+    todo = [r for r in runs if not is_finished(out / RUNS / r.name)]
+    outcome = Outcome(len(runs), finished=[r.name for r in runs if r not in todo])
+    say(f"sweep {out}: {len(runs)} runs, {len(outcome.finished)} finished before, {len(todo)} to run")
+    if todo:
+        with connect(scheduler, workers, threads) as (client, t, gpu):
+            say(f"Dask scheduler {client.scheduler.address}; {t} torch threads per run")
+            events: queue.SimpleQueue = queue.SimpleQueue()
+            client.subscribe_topic(TOPIC, lambda event: events.put(event[1]))  # event: (time, message)
+            track = Tracker(out, outcome, *submit(client, todo, out, t, gpu))
+            done = as_completed([*track.refs.values(), *track.runs])
+            with progress() as bar:
+                task = bar.add_task("runs", total=len(runs), completed=len(outcome.finished))
+                while not done.is_empty():
+                    while not events.empty():
+                        track.started(events.get())
+                    track.look()
+                    for fut in done.next_batch(block=False):
+                        track.ended(fut)
+                        if fut in track.runs:
+                            write_cycles(out, runs)
+                    bar.update(task, completed=len(outcome.finished), description=track.description())
+                    time.sleep(poll)
+    write_cycles(out, runs)
+    say(f"{len(outcome.finished)}/{len(runs)} runs finished; {out / TABLE}")
+    for name, line in outcome.failed.items():
+        say(f"[bold red]failed:[/] {name}: {escape(line)}")
+    return outcome

@@ -1,0 +1,197 @@
+"""Sweep files: parsing and validation, the grid of runs, their names, and the references they share.
+
+A sweep file names a base run configuration, the axes to cross and the keys set on every run::
+
+    base = "configs/default.toml"      # any `fastal run` configuration; relative to this file
+    [axes]                             # crossed: 2 x 2 = 4 runs
+    strategy = ["contrastive", "random"]
+    seed = [0, 1]
+    [set]                              # applied to every run
+    cycles = 2
+
+It resolves to a :class:`Sweep`: the configuration every run starts from (base, then ``[set]``,
+with ``data_root`` and ``cache_dir`` made absolute, since workers may start elsewhere) and the
+axes. The sweep directory keeps it as ``sweep.json``; a sweep file that resolves to another one
+is refused there, naming the first key that differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from fastal.config import RunConfig, load_config, merge_config, parse_toml, read_toml, to_dict
+from fastal.errors import FastalError
+
+SWEEP_KEYS = ("base", "axes", "set")
+SPEC = "sweep.json"  # DIR/sweep.json: the resolved sweep
+RUNS, REFERENCES = "runs", "references"  # DIR/runs/<run name>/, DIR/references/<name>/ and <name>.json
+PATH_KEYS = ("data_root", "cache_dir")  # made absolute: a worker's working directory may be another
+# Keys a fully supervised reference does not depend on (epochs, retrain and the schedule only through
+# RunConfig.reference_epochs()); runs that differ only in them share one. fastal.loop.check_reference
+# still checks every reference against the run that reads it.
+NOT_REFERENCE = ("strategy", "labels", "superpixels", "cache_dir", "initial", "budget_per_cycle", "cycles",
+                 "budgets", "target_ratio", "full_shared", "full_epochs", "epochs", "retrain", "engine",
+                 "region_entropy", "clusters", "keep_checkpoints")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the grid: its name, its point on the axes, its configuration, its reference."""
+
+    name: str
+    point: dict[str, Any]  # axis -> value
+    cfg: RunConfig  # full_shared points at the reference's JSON when it has one
+    reference: str | None  # name of the reference it reads (DIR/references/<name>.json)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    config: dict[str, Any]  # base + [set], as fastal.config.to_dict gives it
+    axes: dict[str, list[Any]]  # in the file's order
+    source: str  # the sweep file, for messages
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sweep_file": self.source, "config": self.config, "axes": self.axes}
+
+    def runs(self, out: Path | None = None) -> list[RunSpec]:
+        """The grid, the last axis varying fastest; under sweep directory ``out`` (absolute), each
+        run's ``full_shared`` is its reference's JSON there."""
+        runs = []
+        for values in itertools.product(*self.axes.values()):
+            point = dict(zip(self.axes, values))
+            cfg = merge_config(self.config, point, self.source)
+            ref = reference_name(cfg) if cfg.full_reference else None
+            if ref is not None and out is not None:
+                cfg = replace(cfg, full_shared=str(out / REFERENCES / f"{ref}.json"))
+            runs.append(RunSpec(run_name(point), point, cfg, ref))
+        return runs
+
+
+def value_name(value: Any) -> str:
+    """An axis value as it appears in run names and in cycles.parquet: lists joined by '+'."""
+    if isinstance(value, list):
+        return "+".join(value_name(v) for v in value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", str(value))
+
+
+def run_name(point: dict[str, Any]) -> str:
+    """``strategy=random,seed=0``: the run's directory name under DIR/runs."""
+    return ",".join(f"{k}={value_name(v)}" for k, v in point.items())
+
+
+def reference_key(cfg: RunConfig) -> dict[str, Any]:
+    """What decides a run's fully supervised reference, read from its configuration alone."""
+    key = {k: v for k, v in to_dict(cfg).items() if k not in NOT_REFERENCE}
+    return {**key, "reference_epochs": cfg.reference_epochs()}
+
+
+def reference_name(cfg: RunConfig) -> str:
+    digest = hashlib.sha1(json.dumps(reference_key(cfg), sort_keys=True).encode()).hexdigest()
+    return f"seed{cfg.seed}-{digest[:8]}"
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Parse and check a sweep file: every key, every axis value and every run's configuration."""
+    path = Path(path)
+    data = parse_toml(path, "sweep file")
+    unknown = [k for k in data if k not in SWEEP_KEYS]
+    if unknown:
+        raise FastalError(f"{path}: unknown key {unknown[0]!r} (a sweep file has base, [axes] and [set])")
+    base = data.get("base")
+    if base is not None and not isinstance(base, str):
+        raise FastalError(f"{path}: base = {base!r}: expected the path of a run configuration")
+    axes, fixed = data.get("axes", {}), data.get("set", {})
+    for name, table in (("axes", axes), ("set", fixed)):
+        if not isinstance(table, dict):
+            raise FastalError(f"{path}: {name} must be a table ([{name}]), not {type(table).__name__}")
+    if not axes:
+        raise FastalError(f"{path}: [axes] names no key to cross (e.g. seed = [0, 1])")
+    known = set(RunConfig.__dataclass_fields__)
+    for key, values in axes.items():
+        if key not in known:
+            raise FastalError(f"{path}: axes.{key}: unknown key (known: {', '.join(sorted(known))})")
+        if not isinstance(values, list):
+            raise FastalError(f"{path}: axes.{key} = {values!r}: expected a list of values")
+        if not values:
+            raise FastalError(f"{path}: axes.{key} = []: an empty axis gives no runs")
+        names = [value_name(v) for v in values]
+        repeated = next((v for v, n in zip(values, names) if names.count(n) > 1), None)
+        if repeated is not None:
+            raise FastalError(f"{path}: axes.{key} = {values!r}: {repeated!r} is there twice")
+        if key in fixed:
+            raise FastalError(f"{path}: {key} is both in [axes] and [set]")
+    if "full_shared" in axes or "full_shared" in fixed:
+        raise FastalError(f"{path}: full_shared: a sweep trains and shares the references itself; drop it")
+    base_values: dict[str, Any] = {}
+    if base is not None:
+        base_path = path.parent / base
+        load_config(base_path)  # its own errors name the base file
+        # A base's full_shared (a single run's) gives way to the sweep's own references.
+        base_values = {k: v for k, v in read_toml(base_path).items() if k != "full_shared"}
+    cfg = merge_config(base_values, fixed, str(path))
+    config = to_dict(replace(cfg, **{k: str(Path(v).absolute()) for k in PATH_KEYS if (v := getattr(cfg, k))}))
+    sweep = Sweep(config, axes, str(path))
+    check_runs(sweep)
+    return sweep
+
+
+def check_runs(sweep: Sweep) -> None:
+    """Every run's configuration is valid and names a strategy and backbone fastal has."""
+    from fastal.model import BACKBONES
+    from fastal.select import STRATEGIES
+
+    for run in sweep.runs():
+        if run.cfg.strategy not in STRATEGIES:
+            raise FastalError(f"{sweep.source}: strategy {run.cfg.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        if run.cfg.backbone not in BACKBONES:
+            raise FastalError(f"{sweep.source}: backbone {run.cfg.backbone!r}: choose one of {', '.join(BACKBONES)}")
+
+
+def first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """The first key (``axes.seed``, ``epochs``) whose value differs between two sweep.json dicts."""
+    for section in ("axes", "config"):
+        a, b = old.get(section, {}), new.get(section, {})
+        for key in list(a) + [k for k in b if k not in a]:
+            if a.get(key) != b.get(key):
+                return f"axes.{key}" if section == "axes" else key
+    if list(old.get("axes", {})) != list(new.get("axes", {})):
+        return "the order of [axes]"
+    return None
+
+
+def open_sweep_dir(out: Path, sweep: Sweep | None) -> Sweep:
+    """The sweep kept in ``out``: checked against ``sweep`` (a changed sweep file is refused), or
+    ``out`` made for ``sweep`` when new. ``sweep=None`` (``--resume``): the kept one."""
+    from fastal.atomic import atomic_dir, read_json
+
+    spec = out / SPEC
+    if spec.is_file():
+        kept = read_json(spec)
+        if sweep is None:
+            return Sweep(kept["config"], kept["axes"], kept["sweep_file"])
+        key = first_difference(kept, sweep.to_json())
+        if key is not None:
+            section, name = ("axes", key[5:]) if key.startswith("axes.") else ("config", key)
+            have, want = kept.get(section, {}).get(name), sweep.to_json()[section].get(name)
+            raise FastalError(f"{out}: made by a sweep with {key} = {have!r}; {sweep.source} now gives {want!r} "
+                              f"(use another --out, or restore the sweep file)")
+        return sweep
+    if sweep is None:
+        raise FastalError(f"{out}: not a sweep directory (no {SPEC})")
+    if out.exists() and any(out.iterdir()):
+        raise FastalError(f"{out}: exists and is not a sweep directory (no {SPEC}); use another --out")
+    with atomic_dir(out) as tmp:
+        (tmp / SPEC).write_text(json.dumps(sweep.to_json(), indent=2) + "\n")
+        (tmp / RUNS).mkdir()
+        (tmp / REFERENCES).mkdir()
+    return sweep

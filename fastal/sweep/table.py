@@ -1,0 +1,76 @@
+"""``DIR/cycles.parquet``: one row per evaluated cycle of every run of a sweep, for analysis.
+
+Columns: ``run`` (its directory name), one column per axis (list values joined by '+', as in the
+run names), ``strategy`` and ``seed`` (always), ``cycle``, ``budget_pct`` (the % of pixels the
+cycle aimed at), ``pixel_pct`` (the % labelled), ``superpixels``, ``clicks``, ``miou``,
+``full_miou``, ``iou_<class>`` per class (``iou_<index>`` until a run has recorded its class
+names), ``train_seconds``, ``select_seconds`` and ``seconds`` (their sum).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from fastal.sweep.spec import RUNS, RunSpec, value_name
+from fastal.sweep.tasks import CLASSES
+
+TABLE = "cycles.parquet"
+FIXED = ("strategy", "seed", "cycle", "budget_pct", "pixel_pct", "superpixels", "clicks", "miou", "full_miou")
+
+
+def read_results(run_dir: Path) -> dict[str, Any] | None:
+    """A run's results.json, or None before its first evaluated cycle."""
+    from fastal.atomic import read_json
+
+    path = run_dir / "results.json"
+    return read_json(path) if path.is_file() else None
+
+
+def is_finished(run_dir: Path) -> bool:
+    res = read_results(run_dir)
+    return res is not None and res.get("stopped") is not None
+
+
+def cycle_rows(out: Path, runs: list[RunSpec]) -> list[dict[str, Any]]:
+    from fastal.atomic import read_json
+
+    rows = []
+    for run in runs:
+        res = read_results(out / RUNS / run.name)
+        if res is None:
+            continue
+        names_path = out / RUNS / run.name / CLASSES
+        names = read_json(names_path) if names_path.is_file() else None
+        for c in res["cycles"]:
+            row: dict[str, Any] = {"run": run.name, **{k: value_name(v) if isinstance(v, list) else v
+                                                      for k, v in run.point.items()}}  # fmt: skip
+            row.update(strategy=res["strategy"], seed=res["seed"], cycle=c["cycle"], budget_pct=c.get("budget_pct"),
+                       pixel_pct=100 * c["labelled_pixel_fraction"], superpixels=c["labelled_superpixels"],
+                       clicks=c["cost_clicks"], miou=c["miou"], full_miou=res["full_miou"])  # fmt: skip
+            for i, iou in enumerate(c["per_class_iou"]):
+                row[f"iou_{names[i] if names and i < len(names) else i}"] = iou
+            seconds = [c.get(k) for k in ("train_seconds", "select_seconds")]
+            row.update(train_seconds=seconds[0], select_seconds=seconds[1],
+                       seconds=sum(s for s in seconds if s is not None))  # fmt: skip
+            rows.append(row)
+    return rows
+
+
+def write_cycles(out: Path, runs: list[RunSpec]) -> Any:
+    """Write ``out/cycles.parquet`` (atomically) from the run directories; returns the DataFrame."""
+    import pandas as pd
+
+    from fastal.atomic import atomic_write_bytes
+
+    axes = list(runs[0].point) if runs else []
+    head = ["run", *axes, *(k for k in FIXED if k not in axes)]
+    rows = cycle_rows(out, runs)
+    rest = list(dict.fromkeys(k for r in rows for k in r if k not in head))
+    tail = ["train_seconds", "select_seconds", "seconds"]
+    df = pd.DataFrame(rows, columns=head + [k for k in rest if k not in tail] + tail)
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(out / TABLE, buf.getvalue())
+    return df

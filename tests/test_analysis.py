@@ -1,0 +1,107 @@
+"""`fastal report SWEEP_DIR`: mean ± std per strategy and budget, paired differences to a baseline
+with standard errors and seeds ahead/behind, ratio to full, checked by hand on a made-up
+cycles.parquet (3 strategies x 3 seeds x 2 budgets, and a second setting axis)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fastal.analysis import load_cycles, paired, summary
+from fastal.cli import main
+
+STRATEGIES, SEEDS, BUDGETS, LABELS = ["contrastive", "random", "entropy"], [0, 1, 2], [1.0, 2.0], ["full", "dominant"]
+
+
+def miou(strategy: str, seed: int, budget: float, labels: str) -> float:
+    return 0.1 * budget + 0.01 * STRATEGIES.index(strategy) - 0.003 * seed**2 + 0.02 * (labels == "full")
+
+
+def full(seed: int, labels: str) -> float:
+    return 0.5 + 0.01 * seed
+
+
+@pytest.fixture
+def sweep_dir(tmp_path: Path) -> Path:
+    rows = [
+        {"run": f"strategy={st},seed={s},labels={lab}", "strategy": st, "seed": s, "labels": lab, "cycle": k + 1,
+         "budget_pct": b, "pixel_pct": b + 0.01 * s, "superpixels": 1, "clicks": 1, "miou": miou(st, s, b, lab),
+         "full_miou": full(s, lab), "train_seconds": 1.0, "select_seconds": 0.0, "seconds": 1.0}
+        for st in STRATEGIES for s in SEEDS for lab in LABELS for k, b in enumerate(BUDGETS)
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_parquet(tmp_path / "cycles.parquet", index=False)
+    axes = {"strategy": STRATEGIES, "seed": SEEDS, "labels": LABELS}
+    (tmp_path / "sweep.json").write_text(json.dumps({"sweep_file": "s.toml", "config": {}, "axes": axes}))
+    return tmp_path
+
+
+def test_summary_and_paired_by_hand(sweep_dir: Path) -> None:
+    df, settings = load_cycles(sweep_dir)
+    assert settings == ["labels"]
+    summ = summary(df, settings)
+    assert len(summ) == len(STRATEGIES) * len(LABELS) * len(BUDGETS)
+    for r in summ.itertuples():
+        values = [miou(r.strategy, s, r.budget_pct, r.labels) for s in SEEDS]
+        ratios = [miou(r.strategy, s, r.budget_pct, r.labels) / full(s, r.labels) for s in SEEDS]
+        assert r.n == 3
+        assert r.miou_mean == pytest.approx(statistics.mean(values))
+        assert r.miou_std == pytest.approx(statistics.stdev(values))
+        assert r.ratio_mean == pytest.approx(statistics.mean(ratios))
+        assert r.ratio_std == pytest.approx(statistics.stdev(ratios))
+        assert r.pixel_pct == pytest.approx(r.budget_pct + 0.01)
+    pair = paired(df, settings, "entropy")
+    assert sorted(set(pair["strategy"])) == ["contrastive", "random"]
+    for r in pair.itertuples():
+        diffs = [miou(r.strategy, s, r.budget_pct, r.labels) - miou("entropy", s, r.budget_pct, r.labels)
+                 for s in SEEDS]  # fmt: skip
+        assert r.n == 3 and r.diff_mean == pytest.approx(statistics.mean(diffs))
+        assert r.diff_std == pytest.approx(statistics.stdev(diffs), abs=1e-12)
+        assert r.diff_se == pytest.approx(statistics.stdev(diffs) / math.sqrt(3), abs=1e-12)
+        assert (r.ahead, r.behind) == (sum(d > 1e-12 for d in diffs), sum(d < -1e-12 for d in diffs))
+
+
+def test_paired_counts_seeds_ahead_and_behind(sweep_dir: Path) -> None:
+    df, settings = load_cycles(sweep_dir)
+    # random beats contrastive by 0.01 on seeds 0 and 1; on seed 2 contrastive leads by 0.05.
+    df.loc[(df["strategy"] == "random") & (df["seed"] == 2), "miou"] -= 0.06
+    r = paired(df, settings, "contrastive").query("strategy == 'random' and labels == 'full' and budget_pct == 2.0")
+    assert (int(r["ahead"].iloc[0]), int(r["behind"].iloc[0]), int(r["n"].iloc[0])) == (2, 1, 3)
+    assert float(r["diff_mean"].iloc[0]) == pytest.approx((0.01 + 0.01 - 0.05) / 3)
+
+
+def test_report_cli_on_a_sweep_dir(sweep_dir: Path, tmp_path: Path, capsys) -> None:
+    png, js = tmp_path / "r.png", tmp_path / "r.json"
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(sweep_dir), "--out", str(png), "--json", str(js), "--markdown"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads(js.read_text())
+    assert data["baseline"] == "random" and len(data["paired"]) == 2 * len(LABELS) * len(BUDGETS)
+    # The markdown row of contrastive with full labels: mean ± std (ratio) per budget.
+    row = next(line for line in out.splitlines() if line.startswith("| labels=full, contrastive |"))
+    for b in BUDGETS:
+        values = [miou("contrastive", s, b, "full") for s in SEEDS]
+        ratio = statistics.mean(v / full(s, "full") for s, v in zip(SEEDS, values))
+        assert f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({100 * ratio:.0f} %)" in row
+    fulls = [full(s, "full") for s in SEEDS]
+    assert f"| labels=full, fully supervised | {statistics.mean(fulls):.3f} ± {statistics.stdev(fulls):.3f} |" in out
+    diffs = [miou("contrastive", s, 2.0, "dominant") - miou("random", s, 2.0, "dominant") for s in SEEDS]
+    section = out.split("minus random, seed by seed")[1]
+    line = next(line for line in section.splitlines() if line.startswith("| labels=dominant, contrastive |"))
+    assert line.endswith(f"{statistics.mean(diffs):+.3f} ± {statistics.stdev(diffs) / math.sqrt(3):.3f}, 0/3 |")
+
+
+def test_report_bad_baseline_and_options(sweep_dir: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(sweep_dir), "--baseline", "clever", "--out", str(tmp_path / "r.png")])
+    assert e.value.code == 2 and "--baseline clever: the sweep has no such strategy" in capsys.readouterr().err
+    assert not (tmp_path / "r.png").exists()
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(tmp_path / "nothing"), "--baseline", "random"])
+    assert e.value.code == 2 and "--baseline: only for a sweep directory" in capsys.readouterr().err
