@@ -79,7 +79,7 @@ class RunConfig:
     temperature: float = 0.1  # tau of the InfoNCE loss
     bank_lifetime: Literal["run", "cycle"] = "run"  # run: the memory bank is kept across cycles; cycle: each
     # cycle's training starts with an empty bank (the paper's; selection still fits UMAP on the bank just filled)
-    bank_from: Literal["teacher", "student"] = "teacher"  # whose features (and correct, uncertain pixels) enter the bank
+    bank_from: Literal["teacher", "student"] = "teacher"  # whose features (of correct, uncertain pixels) enter the bank
     # --- run ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0

@@ -12,6 +12,6 @@ from fastal.select.strategies import CLUSTER_STRATEGIES, STRATEGIES, Selection, 
 from fastal.select.umap_params import UMAPParams
 
 __all__ = [
-    "CLUSTER_STRATEGIES", "ENGINES", "STRATEGIES", "Clusterer", "PoolScores", "Reducer", "Selection", "UMAPParams", "resolve_engine",
-    "score_pool", "select",
+    "CLUSTER_STRATEGIES", "ENGINES", "STRATEGIES", "Clusterer", "PoolScores", "Reducer", "Selection", "UMAPParams",
+    "resolve_engine", "score_pool", "select",
 ]  # fmt: skip

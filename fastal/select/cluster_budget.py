@@ -11,7 +11,7 @@ search keeps a bracket ``lo`` (fits) < ``hi`` (does not) and stops when ``hi = l
 returned m fits and m + 1 does not -- a local maximum, within 1 of the boundary it found, not
 necessarily the global one (which would need every m fitted). Guesses are secant steps on the
 picks' pixels (near linear in m), a bisection step when two steps did not halve the bracket,
-so the number of KMeans fits stays small (measured: 4-6 on pools of 3,000 to 20,000 regions)
+so the number of KMeans fits stays small (measured: 3-5 on a pool of 3,000 regions)
 and never exceeds ~3 log2 of the range of m.
 """
 
@@ -27,8 +27,8 @@ from fastal.errors import FastalError
 
 @dataclass
 class ClusterFit:
-    """The final fit of a search: ``picks`` (positions, most uncertain first, one per cluster
-    when ``clusters`` is 1), the ``k`` KMeans clusters and each candidate's cluster ``labels``."""
+    """The final fit of a search: ``picks`` (positions, most uncertain first, one per non-empty
+    cluster when ``per_pick`` is 1), the ``k`` KMeans clusters and each candidate's ``labels``."""
 
     picks: torch.Tensor  # (m,) int64 positions
     k: int
