@@ -68,6 +68,18 @@ class RunConfig:
     engine: Literal["auto", "torch", "cuml"] = "auto"  # UMAP/KMeans backend
     region_entropy: Literal["sum", "mean"] = "sum"  # a region's uncertainty: summed (the paper's) or per-pixel entropy
     clusters: float = 1.0  # KMeans clusters per queried region (contrastive, kmeans-entropy); 1 = the paper's k = budget
+    # fit: k searched so that every cluster's most uncertain region fits the cycle's pixels (one pick per
+    # cluster; the shortfall goes to the next cycle); prefix: k from the mean region size, picks cut to the pixels
+    cluster_budget: Literal["fit", "prefix"] = "fit"
+    umap_components: int = 2  # UMAP's n_components (contrastive selection)
+    umap_neighbors: int = 15  # UMAP's n_neighbors; the memory bank must hold more features
+    umap_min_dist: float = 0.1  # UMAP's min_dist, in [0, 1] (spread is 1)
+    # --- method (training) ---
+    contrastive_weight: float = 0.1  # lambda, the InfoNCE term's weight; 0 = cross-entropy only
+    temperature: float = 0.1  # tau of the InfoNCE loss
+    bank_lifetime: Literal["run", "cycle"] = "run"  # run: the memory bank is kept across cycles; cycle: each
+    # cycle's training starts with an empty bank (the paper's; selection still fits UMAP on the bank just filled)
+    bank_from: Literal["teacher", "student"] = "teacher"  # whose features (of correct, uncertain pixels) enter the bank
     # --- run ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
@@ -165,6 +177,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         need(getattr(cfg, name) >= 0, f"{name} = {getattr(cfg, name)}: must be >= 0 (0 = all)")
     need(cfg.lr > 0, f"lr = {cfg.lr}: must be > 0")
     need(cfg.clusters >= 1, f"clusters = {cfg.clusters}: must be >= 1 (KMeans clusters per queried region)")
+    need(cfg.umap_components >= 1, f"umap_components = {cfg.umap_components}: must be >= 1")
+    need(cfg.umap_neighbors >= 2, f"umap_neighbors = {cfg.umap_neighbors}: must be >= 2")
+    need(0 <= cfg.umap_min_dist <= 1, f"umap_min_dist = {cfg.umap_min_dist}: must lie in [0, 1] (UMAP's spread is 1)")
+    need(math.isfinite(cfg.contrastive_weight) and cfg.contrastive_weight >= 0,
+         f"contrastive_weight = {cfg.contrastive_weight}: must be >= 0 (0: cross-entropy only)")  # fmt: skip
+    need(math.isfinite(cfg.temperature) and cfg.temperature > 0, f"temperature = {cfg.temperature}: must be > 0")
     need(cfg.scale is None or 0 < cfg.scale <= 8, f"scale = {cfg.scale}: a factor in (0, 8]")
     need(
         len(cfg.image_size) == 2 and min(cfg.image_size) >= 16,

@@ -21,7 +21,11 @@ superpixels as the missing pixels make at the unlabelled pool's mean size, and k
 shortest prefix of its ranked picks that reaches entry K (:func:`fastal.pool.take_until`).
 A strategy that prefers large regions (summed entropy does) thus labels fewer of them rather
 than more pixels. When its picks fall short (smaller than the mean), it is asked again for the
-rest, the picks so far counted as labelled, so every strategy ends a cycle at its target. The
+rest, the picks so far counted as labelled, so every strategy ends a cycle at its target.
+``contrastive`` and ``kmeans-entropy`` under ``cluster_budget = "fit"`` (the default) instead
+choose k so that every cluster's most uncertain region fits the missing pixels, and keep all
+k picks: a cycle then ends at or below its target, and the next cycle's target (cumulative)
+makes up the difference; k and the share of clusters kept go into results.json. The
 planned counts (``cycle_superpixels``, ``round((entry K - entry K-1) / 100 * num_superpixels)``)
 only check the schedule against the pool.
 
@@ -30,11 +34,12 @@ The fully supervised reference, and its sharing between runs, is :mod:`fastal.re
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,7 +48,10 @@ from fastal.config import RunConfig
 from fastal.progress import console
 from fastal.reference import check_reference, reference_key, shared_reference
 from fastal.run_setup import PHASE_EVAL, PHASE_SELECT, PHASE_TRAIN, Setup, check_before_training, phase_seed, prepare
-from fastal.rundir import CURVE, FULL, RESULTS, RunDir, crash_point, create_run_dir, open_run
+from fastal.rundir import CLUSTERS, CURVE, FULL, RESULTS, RunDir, crash_point, create_run_dir, open_run
+
+if TYPE_CHECKING:
+    from fastal.select import Selection
 
 
 def seed_everything(seed: int, cycle: int, phase: int) -> int:
@@ -58,15 +66,21 @@ def seed_everything(seed: int, cycle: int, phase: int) -> int:
 
 
 def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, seed: int,
-                    budget: int | None = None, pixels: float | None = None) -> np.ndarray:
+                    budget: int | None = None, pixels: float | None = None) -> Selection:
     """Score the unlabelled pool with the teacher of ``checkpoint`` and choose from it with the
-    run's strategy: ``budget`` superpixels (`fastal select`), or regions until they add up to
-    ``pixels`` (a cycle of the loop), the strategy asked again while its picks fall short.
+    run's strategy: ``budget`` superpixels (`fastal select`), or regions worth ``pixels`` (a cycle
+    of the loop).
 
-    ``labelled``: bool mask over global ids (not modified). Returns global ids, most wanted first.
+    With ``pixels``, ``contrastive`` and ``kmeans-entropy`` under ``cluster_budget = "fit"`` choose
+    k so that every cluster's pick fits (one round; what is left goes to the next cycle). The
+    other strategies, and ``"prefix"``, are asked for the missing pixels' worth at the mean free
+    region size and keep the prefix that reaches them, asked again while their picks fall short.
+
+    ``labelled``: bool mask over global ids (not modified). Returns the Selection: global ids,
+    most wanted first, and, for the clustering strategies, k and the clusters the ids represent.
     """
     from fastal.pool import take_until
-    from fastal.select import score_pool, select
+    from fastal.select import CLUSTER_STRATEGIES, UMAPParams, score_pool, select
     from fastal.train import Trainer
 
     cfg = setup.cfg
@@ -74,29 +88,55 @@ def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, 
     images = np.unique(setup.cache.image_of(np.flatnonzero(~labelled)))
     scores = score_pool(trainer.teacher, setup.train, setup.cache, images, setup.device, amp=cfg.amp,
                         region_entropy=cfg.region_entropy)
-
     bank = trainer.bank.features()
+    umap = UMAPParams(n_neighbors=cfg.umap_neighbors, n_components=cfg.umap_components, min_dist=cfg.umap_min_dist)
 
-    def choose(k: int, taken: np.ndarray, seed: int) -> np.ndarray:
+    def choose(k: int, taken: np.ndarray, seed: int, **pixel_budget: Any) -> Selection:
         return select(cfg.strategy, scores, bank, budget=k, labelled_mask=taken, seed=seed, engine=cfg.engine,
-                      clusters=cfg.clusters).ids  # fmt: skip
+                      umap=umap, clusters=cfg.clusters, **pixel_budget)  # fmt: skip
 
     if pixels is None:
         return choose(int(budget), labelled, seed)
     sizes, taken, missing = np.asarray(setup.cache.sizes, dtype=np.int64), labelled.copy(), pixels
-    chosen: list[np.ndarray] = []
+
+    def first_guess() -> int:  # the missing pixels' worth of regions at the mean free size
+        return int(np.clip(round(max(missing, 0.0) / sizes[~taken].mean()), 1, (~taken).sum()))
+
+    if cfg.cluster_budget == "fit" and cfg.strategy in CLUSTER_STRATEGIES:
+        return choose(first_guess(), taken, seed, pixels=missing, sizes=sizes)
+    rounds: list[Selection] = []
     for round_ in range(taken.size):  # each round takes >= 1 region: it ends
-        free = sizes[~taken]
-        k = int(np.clip(round(max(missing, 0.0) / free.mean()), 1, free.size))
-        ids = choose(k, taken, seed + round_)
+        sel = choose(first_guess(), taken, seed + round_)
         # At least one region: the last cycle's overshoot can exceed a tiny step of the schedule.
-        ids = take_until(sizes, ids, missing) if missing > 0 else ids[:1]
-        chosen.append(ids)
+        ids = take_until(sizes, sel.ids, missing) if missing > 0 else sel.ids[:1]
+        rounds.append(_kept_prefix(sel, ids.size))
         taken[ids] = True
         missing -= sizes[ids].sum()
         if missing <= 0 or taken.all():
             break
-    return np.concatenate(chosen)
+    return _concat(rounds)
+
+
+def _kept_prefix(sel: Selection, n: int) -> Selection:
+    """``sel`` cut to its first ``n`` ids (its KMeans fit's k unchanged)."""
+    return dataclasses.replace(sel, ids=sel.ids[:n], clusters=None if sel.clusters is None else sel.clusters[:n])
+
+
+def _concat(rounds: list[Selection]) -> Selection:
+    """One Selection of a cycle's rounds: their ids in order, their k summed, their clusters numbered apart."""
+    from fastal.select import Selection
+
+    timings: dict[str, float] = {}
+    for r in rounds:
+        for name, seconds in r.timings.items():
+            timings[name] = timings.get(name, 0.0) + seconds
+    ids = np.concatenate([r.ids for r in rounds])
+    if rounds[0].k is None:
+        return Selection(ids=ids, timings=timings)
+    offsets = np.cumsum([0] + [r.k for r in rounds])
+    clusters = np.concatenate([np.where(r.clusters >= 0, r.clusters + o, -1) for r, o in zip(rounds, offsets)])
+    return Selection(ids=ids, timings=timings, k=int(offsets[-1]), clusters=clusters,
+                     kmeans_fits=sum(r.kmeans_fits for r in rounds))  # fmt: skip
 
 
 def _new_trainer(setup: Setup, seed: int) -> Any:
@@ -151,7 +191,11 @@ def select(run: RunDir, cycle: int) -> None:
         ids = np.sort(random_initial(pool, cfg.schedule()[0] / 100))
     else:
         missing = cfg.schedule()[cycle - 1] / 100 * pool.total_pixels - pool.labelled_pixels
-        ids = rank_unlabelled(run.s, run.ckpt(cycle - 1), pool.labelled_mask, seed, pixels=missing)
+        sel = rank_unlabelled(run.s, run.ckpt(cycle - 1), pool.labelled_mask, seed, pixels=missing)
+        ids = sel.ids
+        if sel.k is not None:  # before the commit: a resumed run finds it with the cycle's labels
+            stats = {"k": sel.k, "clusters_kept": sel.clusters_kept(), "kmeans_fits": sel.kmeans_fits}
+            atomic_write_json(run.dir / CLUSTERS, {**(run.read_json(CLUSTERS) or {}), str(cycle): stats})
     seconds = time.perf_counter() - t0
     run.commit(SimulatedOracle(run.s.train, run.s.cache, mode=cfg.labels).query(ids), cycle)
     run.set_timing(cycle, "select_seconds", seconds)
@@ -166,6 +210,9 @@ def train(run: RunDir, cycle: int) -> None:
     t0 = time.perf_counter()
     if cycle > 1 and run.cfg.retrain == "finetune":
         trainer = Trainer.load(run.ckpt(cycle - 1), run.s.device)
+        if run.cfg.bank_lifetime == "cycle":
+            # The bank checkpoint K-1 holds served cycle K's selection; cycle K trains with a new one.
+            trainer.bank.clear()
     else:
         trainer = _new_trainer(run.s, seed)
     trainer.fit(LabelledSamples(run.s.train, run.s.cache, run.pool, run.truth), run.cfg.epochs, progress=True)
@@ -186,6 +233,7 @@ def evaluate(run: RunDir, cycle: int) -> dict[str, Any]:
     m = _evaluate(run.s, Trainer.load(run.ckpt(cycle), run.s.device))
     labelled = (pool.state > 0) & (pool.state <= cycle)  # a later import may exist
     t = run.timings.get(str(cycle), {})
+    clusters = (run.read_json(CLUSTERS) or {}).get(str(cycle), {})
     sched = cfg.schedule()
     rec = {
         "cycle": cycle,
@@ -193,6 +241,10 @@ def evaluate(run: RunDir, cycle: int) -> dict[str, Any]:
         "labelled_superpixels": int(labelled.sum()),
         "labelled_pixel_fraction": float(pool.sizes[labelled].sum() / pool.total_pixels),
         "cost_clicks": int(pool.clicks[labelled].sum()),
+        # The selection's final KMeans fit (null for other strategies and cycle 1).
+        "k": clusters.get("k"),
+        "clusters_kept": clusters.get("clusters_kept"),
+        "kmeans_fits": clusters.get("kmeans_fits"),
         "miou": m["miou"],
         "per_class_iou": m["per_class_iou"],
         "train_seconds": t.get("train_seconds"),

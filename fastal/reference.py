@@ -19,12 +19,17 @@ from fastal.run_setup import Setup
 from fastal.rundir import file_lock
 
 
+# The loss settings a reference written before they were run options was trained with.
+FIXED_BEFORE = {"contrastive_weight": 0.1, "temperature": 0.1, "bank_from": "teacher"}
+
+
 def reference_key(setup: Setup) -> dict[str, Any]:
     """Everything a fully supervised reference's training depends on."""
     cfg = setup.cfg
     return {"train": setup.train.fingerprint(), "val": setup.val.fingerprint(), "backbone": cfg.backbone,
             "weights": cfg.weights, "epochs": cfg.reference_epochs(), "batch_size": cfg.batch_size,
-            "lr": cfg.lr, "amp": cfg.amp, "seed": cfg.seed, "device": setup.device.type}  # fmt: skip
+            "lr": cfg.lr, "amp": cfg.amp, "seed": cfg.seed, "device": setup.device.type,
+            **{k: getattr(cfg, k) for k in FIXED_BEFORE}}  # fmt: skip
 
 
 def check_reference(path: Path, setup: Setup) -> dict[str, Any]:
@@ -35,7 +40,7 @@ def check_reference(path: Path, setup: Setup) -> dict[str, Any]:
         raise FastalError(f"{path}: not a fully supervised reference written by fastal run "
                           f"(no 'miou' or 'trained_with'); delete it to train it again")
     for key, want in reference_key(setup).items():
-        if have.get(key) != want:
+        if have.get(key, FIXED_BEFORE.get(key)) != want:
             what = (f"on other {key} data (dataset, scale, images or files differ)" if key in ("train", "val")
                     else f"with {key} = {have.get(key)!r}, this run has {want!r}")  # fmt: skip
             raise FastalError(f"{path}: this shared reference was trained {what}; full_shared serves runs "

@@ -153,12 +153,14 @@ def cycle_table(results: dict[str, Any]) -> Any:
     full = results.get("full_miou")
     table = Table(title=f"{results['dataset']} / {results['strategy']} / seed {results['seed']}"
                   + (f"  (fully supervised mIoU {full:.4f})" if full is not None else ""))
-    for col in ("cycle", "regions", "% pixels", "clicks", "mIoU", "of full", "train s", "select s"):
+    for col in ("cycle", "regions", "% pixels", "clicks", "mIoU", "of full", "k", "kept", "train s", "select s"):
         table.add_column(col, justify="right")
     for c in results["cycles"]:
+        kept = c.get("clusters_kept")  # k and kept: clustering strategies' selection (absent in older runs)
         table.add_row(
             str(c["cycle"]), str(c["labelled_superpixels"]), f"{100 * c['labelled_pixel_fraction']:.2f}",
             str(c["cost_clicks"]), f"{c['miou']:.4f}", "" if full is None else f"{c['miou'] / full:.1%}",
+            "" if c.get("k") is None else str(c["k"]), "" if kept is None else f"{kept:.0%}",
             "" if c["train_seconds"] is None else f"{c['train_seconds']:.1f}",
             "" if c["select_seconds"] is None else f"{c['select_seconds']:.1f}",
         )  # fmt: skip

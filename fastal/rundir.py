@@ -9,6 +9,7 @@ The layout (see :mod:`fastal.loop` for the order in which a cycle writes it)::
     full.json            the fully supervised reference (trained here, or copied from ``full_shared``)
     checkpoints/cycle-K.pt   Trainer state after training cycle K
     timings.json         seconds spent per cycle (the only thing a resumed run may not reproduce)
+    clusters.json        per cycle, the clustering strategies' k, clusters_kept and kmeans_fits
     results.json         one record per evaluated cycle
     labels/<image id>.png    masks people returned (`fastal label import`), read in full label mode
     curve.png            mIoU against % of pixels labelled
@@ -45,6 +46,7 @@ CONFIG, POOL, QUERIES, FULL, TIMINGS, RESULTS, CURVE, LABELS = (
     "config.toml", "pool.npz", "queries.jsonl", "full.json", "timings.json", "results.json", "curve.png",
     "labels",
 )  # fmt: skip
+CLUSTERS = "clusters.json"
 
 
 def crash_point(name: str) -> None:

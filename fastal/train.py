@@ -2,7 +2,8 @@
 
 One step (:meth:`Trainer.train_step`): student forward -> CE on labelled pixels + lambda *
 InfoNCE against the memory bank -> Adam step -> EMA update of the teacher -> the teacher's
-features of the batch go into the bank (the teacher is the model that scores the pool).
+features of the batch go into the bank (the teacher is the model that scores the pool; with
+``bank_from = "student"``, the student's of this step). ``lam = 0`` is a CE-only step.
 The EMA rate at step t is min(ema, 1 - 1/t), the mean-teacher warm-up.
 
 Mixed precision (:mod:`fastal.model.precision`): ``amp="auto"`` is bf16 autocast on CUDA and
@@ -61,8 +62,9 @@ class TrainConfig:
     batch_size: int = _RUN.batch_size
     epochs: int = _RUN.epochs  # default for fit()
     ema: float = 0.99  # teacher = ema * teacher + (1 - ema) * student
-    lam: float = 0.1  # weight of the InfoNCE term (lambda)
-    tau: float = 0.1  # InfoNCE temperature
+    lam: float = _RUN.contrastive_weight  # weight of the InfoNCE term (lambda); 0: CE only
+    tau: float = _RUN.temperature  # InfoNCE temperature
+    bank_from: str = _RUN.bank_from  # teacher | student: whose features enter the memory bank
     anchors_per_class: int = 50
     negatives: int = 1024  # K_n per anchor: half nearest, half random
     per_image: int = 10  # P_i: bank entries per image and class per step
@@ -79,7 +81,8 @@ class TrainConfig:
     def from_run(cls, cfg: RunConfig, seed: int) -> TrainConfig:
         """The training settings of run ``cfg``, seeded with ``seed`` (the phase's)."""
         return cls(backbone=cfg.backbone, weights=cfg.weights, batch_size=cfg.batch_size, lr=cfg.lr,
-                   epochs=cfg.epochs, amp=cfg.amp, seed=seed)  # fmt: skip
+                   epochs=cfg.epochs, amp=cfg.amp, lam=cfg.contrastive_weight, tau=cfg.temperature,
+                   bank_from=cfg.bank_from, seed=seed)  # fmt: skip
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
@@ -95,6 +98,10 @@ class TrainConfig:
             raise FastalError(f"train config ema = {self.ema}: must be in [0, 1]")
         if self.tau <= 0 or self.lr <= 0:
             raise FastalError(f"train config tau = {self.tau}, lr = {self.lr}: both must be > 0")
+        if not self.lam >= 0:
+            raise FastalError(f"train config lam = {self.lam}: must be >= 0")
+        if self.bank_from not in ("teacher", "student"):
+            raise FastalError(f"train config bank_from = {self.bank_from!r}: use teacher or student")
 
 
 def collate(batch: Sequence[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,13 +186,16 @@ class Trainer:
         if labelled == 0:
             return None
         y_feat = downsample_labels(y, logits.shape[-2:])  # (B, h, w)
-        bank_features, bank_labels = self.bank.features(), self.bank.labels()
-        sample = sample_contrastive(
-            emb, y_feat, logits.argmax(1), bank_features, bank_labels, C,
-            cfg.anchors_per_class, cfg.negatives, self.generator,
-        )  # fmt: skip
-        nce = contrastive_loss(emb, sample, self.bank.class_means(), bank_features, cfg.tau)
-        loss = ce + cfg.lam * nce
+        if cfg.lam > 0:
+            bank_features, bank_labels = self.bank.features(), self.bank.labels()
+            sample = sample_contrastive(
+                emb, y_feat, logits.argmax(1), bank_features, bank_labels, C,
+                cfg.anchors_per_class, cfg.negatives, self.generator,
+            )  # fmt: skip
+            nce = contrastive_loss(emb, sample, self.bank.class_means(), bank_features, cfg.tau)
+            loss = ce + cfg.lam * nce
+        else:  # the ablation: a CE-only step (InfoNCE not computed, reported as 0)
+            nce, loss = torch.zeros((), device=ce.device), ce
         values = torch.stack([loss, ce, nce]).tolist()  # host sync: NaN check and progress
         if not math.isfinite(values[0]):
             raise NonFiniteLoss(f"loss is {values[0]} at step {self.step + 1} (epoch {self.epoch + 1})", self.step + 1)
@@ -197,9 +207,11 @@ class Trainer:
         # Mean-teacher warm-up: early on the teacher follows the student closely, so a short
         # run (a small AL cycle) does not leave it near the random initialisation.
         ema_update(self.teacher, self.student, min(cfg.ema, 1.0 - 1.0 / (self.step + 1)))
-        with torch.no_grad(), autocast(self.device, self.amp_dtype):
-            t_logits, t_emb = self.teacher(x)
-        self.bank.push(t_emb, t_logits, y_feat)
+        bank_logits, bank_emb = logits.detach(), emb.detach()  # bank_from student: this step's forward
+        if cfg.bank_from == "teacher":
+            with torch.no_grad(), autocast(self.device, self.amp_dtype):
+                bank_logits, bank_emb = self.teacher(x)
+        self.bank.push(bank_emb, bank_logits, y_feat)
         self.step += 1
         return {"loss": values[0], "ce": values[1], "nce": values[2], "labelled": labelled}
 

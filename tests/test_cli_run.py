@@ -29,6 +29,18 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
         ("", ["--budgets", "1,two"], "--budgets '1,two': expected comma-separated percentages"),
         ("", ["--budgets", "4,2"], "budgets = [4.0, 2.0]: must be strictly increasing"),
         ("budgets = [1, 2]\n", ["--cycles", "3"], "cycles cannot change it (override budgets instead)"),
+        # The method's knobs (issue 16).
+        ('cluster_budget = "all"\n', [], "cluster_budget = 'all': choose one of fit, prefix"),
+        ('bank_lifetime = "epoch"\n', [], "bank_lifetime = 'epoch': choose one of run, cycle"),
+        ('bank_from = "ema"\n', [], "bank_from = 'ema': choose one of teacher, student"),
+        ("contrastive_weight = -0.1\n", [], "contrastive_weight = -0.1: must be >= 0"),
+        ("contrastive_weight = nan\n", [], "contrastive_weight = nan: must be >= 0"),
+        ("temperature = 0\n", [], "temperature = 0.0: must be > 0"),
+        ("umap_components = 0\n", [], "umap_components = 0: must be >= 1"),
+        ("umap_neighbors = 1\n", [], "umap_neighbors = 1: must be >= 2"),
+        ("umap_neighbors = 2.5\n", [], "umap_neighbors = 2.5: expected int, got float"),
+        ("umap_min_dist = 1.5\n", [], "umap_min_dist = 1.5: must lie in [0, 1]"),
+        ("contrastive_wieght = 0\n", [], "unknown key 'contrastive_wieght'"),
     ],
 )
 def test_bad_config_exit_2_one_line_nothing_written(tmp_path: Path, capsys, toml: str, args: list[str],

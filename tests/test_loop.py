@@ -100,8 +100,12 @@ def test_run_end_to_end(reference: Path, tiny: dict) -> None:
     total = cache.sizes.sum()
     first = cache.sizes[pool.state == 1]  # the initial set is logged sorted: any may be the last drawn
     assert first.sum() >= 0.25 * total > first.sum() - first.max()
-    upto, last = cache.sizes[pool.state > 0].sum(), cache.sizes[pool.order[-1]]  # cycle 2 keeps the ranking
-    assert upto >= 0.30 * total > upto - last
+    # Cycle 2 (contrastive, cluster_budget "fit"): k chosen so that every cluster's pick fits the
+    # missing pixels, all k kept (one per cluster); the shortfall is left to a next cycle.
+    upto, c2 = cache.sizes[pool.state > 0].sum(), res["cycles"][1]
+    assert upto <= 0.30 * total
+    assert c2["k"] == np.count_nonzero(pool.state == 2) and c2["clusters_kept"] == 1.0 and c2["kmeans_fits"] >= 1
+    assert res["cycles"][0]["k"] is None  # the random initial set has no clusters
     # The query log is the pool, line by line, with the oracle's answers.
     lines = [json.loads(line) for line in (reference / "queries.jsonl").read_text().splitlines()]
     assert [r["superpixel"] for r in lines] == pool.order.tolist()
@@ -335,3 +339,41 @@ def test_check_round_names_what_is_wrong(tmp_path: Path) -> None:
     ]:
         with pytest.raises(FastalError, match=message):
             check_round(bad, q, 2)
+
+
+def test_prefix_budget_and_bank_per_cycle_and_their_resume(tiny: dict, tmp_path: Path, monkeypatch) -> None:
+    # kmeans-entropy under cluster_budget "prefix" (the old cut: each cycle reaches its target with
+    # its last pick, some clusters lose theirs) and bank_lifetime "cycle" (each cycle's training
+    # starts from the last model with an empty bank); killed after cycle 2's training, resumed.
+    import fastal.train
+
+    values = {**tiny, "strategy": "kmeans-entropy", "cluster_budget": "prefix", "bank_lifetime": "cycle",
+              "keep_checkpoints": True}  # fmt: skip
+    entered: list[tuple[int, int]] = []  # (optimiser steps, bank entries) as each cycle's training starts
+    real_fit = fastal.train.Trainer.fit
+
+    def spy(self, *args, **kwargs):
+        entered.append((self.step, int(self.bank.count.sum())))
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(fastal.train.Trainer, "fit", spy)
+    uninterrupted = tmp_path / "ref"
+    res = run_experiment(make_config(values), uninterrupted)
+    assert len(entered) == 2 and entered[1][0] > 0  # cycle 2 fine-tunes cycle 1's model ...
+    assert [bank for _, bank in entered] == [0, 0]  # ... with an empty bank
+    for cycle in (1, 2):  # yet the bank each checkpoint holds (the next selection's) is filled
+        ck = torch.load(uninterrupted / f"checkpoints/cycle-{cycle}.pt", map_location="cpu", weights_only=True)
+        assert int(ck["bank"]["count"].sum()) > 0
+    pool = RegionPool.load(uninterrupted / "pool.npz")
+    upto, last = pool.sizes[pool.state > 0].sum(), pool.sizes[pool.order[-1]]
+    assert upto >= 0.30 * pool.total_pixels > upto - last  # the prefix reaches the target with its last pick
+    rec, picked = res["cycles"][1], np.count_nonzero(pool.state == 2)
+    assert 0 < rec["clusters_kept"] <= 1 and rec["k"] >= picked
+    assert round(rec["clusters_kept"] * rec["k"]) == picked  # each kept pick is a cluster's
+    config = tmp_path / "c.toml"
+    config.write_text(dumps_toml(values))
+    run_dir = tmp_path / "run"
+    p = fastal_cli("run", str(config), "--out", str(run_dir), crash_at="trained:2")
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    run_experiment(None, run_dir, resume=True)
+    assert_same_run(uninterrupted, run_dir)

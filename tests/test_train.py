@@ -255,3 +255,79 @@ def test_checkpoint_on_a_full_disk_is_one_fastal_error(tmp_path, disk_with_room,
     with pytest.raises(FastalError, match=f"cannot write {path}: No space left on device"):
         trainer.save(path)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- the method's knobs (issue 16)
+
+
+def test_lambda_zero_is_a_cross_entropy_only_step(monkeypatch):
+    # Independent reference: the same forward (same dropout draws) on a copy and torch's own
+    # cross-entropy over the labelled pixels; the trainer's loss and gradients must be its.
+    import copy
+
+    import torch.nn.functional as F
+
+    import fastal.train
+
+    trainer = Trainer(TrainConfig(lam=0.0, flip=False, **TINY), num_classes=3, device="cpu")
+    images, labels = collate([Samples()[i] for i in range(2)])
+    trainer.train_step(images, labels)  # fills the bank: a contrastive term would now be nonzero
+    assert trainer.bank.features().shape[0] > 0
+    ref = copy.deepcopy(trainer.student)
+    rng = torch.get_rng_state()
+    logits, _ = ref(to_tensor_batch(images, "cpu"))
+    up = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    ce = F.cross_entropy(up, labels.long(), ignore_index=255)
+    ce.backward()
+
+    def no_contrastive(*a, **k):
+        raise AssertionError("lambda = 0 must not sample the contrastive term")
+
+    monkeypatch.setattr(fastal.train, "sample_contrastive", no_contrastive)
+    torch.set_rng_state(rng)
+    out = trainer.train_step(images, labels)
+    assert out["loss"] == out["ce"] and out["nce"] == 0.0
+    assert out["ce"] == pytest.approx(ce.item(), rel=1e-5)
+    for (name, p), q in zip(trainer.student.named_parameters(), ref.parameters()):
+        if q.grad is None:  # the projection head: no gradient without the InfoNCE term
+            assert p.grad is None and name.startswith("proj"), name
+        else:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bank_from_student_pushes_this_steps_student_features():
+    import copy
+
+    from fastal.model import MemoryBank, downsample_labels
+
+    cfg = TrainConfig(bank_from="student", flip=False, **TINY)
+    trainer = Trainer(cfg, num_classes=3, device="cpu")
+    images, labels = collate([Samples()[i] for i in range(2)])
+    student = copy.deepcopy(trainer.student).train()
+    rng = torch.get_rng_state()
+    with torch.no_grad():
+        logits, emb = student(to_tensor_batch(images, "cpu"))
+    expected = MemoryBank(3, cfg.proj_dim, cfg.per_image, cfg.bank_size)
+    expected.push(emb, logits, downsample_labels(labels.long(), logits.shape[-2:]))
+    torch.set_rng_state(rng)
+    trainer.train_step(images, labels)
+    assert expected.features().shape[0] > 0
+    torch.testing.assert_close(trainer.bank.features(), expected.features())
+    with pytest.raises(FastalError, match="bank_from = 'ema'"):
+        TrainConfig(bank_from="ema")
+    with pytest.raises(FastalError, match="lam = -1"):
+        TrainConfig(lam=-1.0)
+
+
+def test_bank_clear_leaves_a_new_bank():
+    from fastal.model import MemoryBank
+
+    trainer = Trainer(TrainConfig(**TINY), num_classes=3, device="cpu")
+    images, labels = collate([Samples()[i] for i in range(2)])
+    trainer.train_step(images, labels)
+    assert trainer.bank.features().shape[0] > 0
+    trainer.bank.clear()
+    fresh = MemoryBank(3, 128, TINY["per_image"], TINY["bank_size"])
+    assert trainer.bank.features().shape == (0, 128)
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(torch.as_tensor(trainer.bank.state_dict()[k]), torch.as_tensor(v)), k

@@ -64,7 +64,7 @@ def select_cmd(
     free = int((~labelled).sum())
     if not 1 <= budget <= free:
         raise FastalError(f"--budget {budget}: must lie in 1..{free} (unlabelled superpixels in the pool)")
-    ids = rank_unlabelled(setup, checkpoint, labelled, cfg.seed, budget=budget)
+    ids = rank_unlabelled(setup, checkpoint, labelled, cfg.seed, budget=budget).ids
     rows = query_rows(setup.cache, setup.train, ids)
     meta = {"dataset": cfg.dataset, "fingerprint": setup.train.fingerprint(), "classes": list(setup.train.classes),
             "superpixels": cfg.superpixels, "strategy": cfg.strategy, "checkpoint": str(checkpoint),

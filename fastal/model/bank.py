@@ -103,6 +103,12 @@ class MemoryBank:
         total = (self.data * self._filled()[..., None]).sum(1)
         return torch.nn.functional.normalize(total, dim=1)
 
+    def clear(self) -> None:
+        """Empty every queue, as a new bank is."""
+        self.data.zero_()
+        self.ptr.zero_()
+        self.count.zero_()
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "data": self.data,

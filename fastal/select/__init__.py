@@ -8,10 +8,10 @@
 
 from fastal.select.engines import ENGINES, Clusterer, Reducer, resolve_engine
 from fastal.select.scoring import PoolScores, score_pool
-from fastal.select.strategies import STRATEGIES, Selection, select
+from fastal.select.strategies import CLUSTER_STRATEGIES, STRATEGIES, Selection, select
 from fastal.select.umap_params import UMAPParams
 
 __all__ = [
-    "ENGINES", "STRATEGIES", "Clusterer", "PoolScores", "Reducer", "Selection", "UMAPParams", "resolve_engine",
-    "score_pool", "select",
+    "CLUSTER_STRATEGIES", "ENGINES", "STRATEGIES", "Clusterer", "PoolScores", "Reducer", "Selection", "UMAPParams",
+    "resolve_engine", "score_pool", "select",
 ]  # fmt: skip

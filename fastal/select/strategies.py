@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fastal.errors import FastalError
+from fastal.select.cluster_budget import clusters_for, fit_clusters, representatives
 from fastal.select.engines import make_kmeans, make_umap, resolve_engine
 from fastal.select.scoring import PoolScores
 from fastal.select.umap_params import UMAPParams
@@ -28,12 +29,24 @@ from fastal.select.umap_params import UMAPParams
 
 @dataclass
 class Selection:
-    """What a strategy chose: global superpixel ids (np.int64, ``budget`` of them) in the
-    strategy's order of preference (most wanted first, so that a pixel budget can keep a
-    prefix) and stage seconds."""
+    """What a strategy chose: global superpixel ids (np.int64, ``budget`` of them, or as many as
+    fit ``pixels``) in the strategy's order of preference (most wanted first, so that a pixel
+    budget can keep a prefix) and stage seconds. The clustering strategies also report their
+    final KMeans fit: ``k`` clusters, the ``clusters`` each id represents (-1: a fill-up pick, not
+    a cluster's representative) and the ``kmeans_fits`` the choice of k took."""
 
     ids: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    k: int | None = None
+    clusters: np.ndarray | None = None  # (len(ids),) int64
+    kmeans_fits: int = 0
+
+    def clusters_kept(self, kept: int | None = None) -> float | None:
+        """The share of the ``k`` clusters represented among the first ``kept`` ids (all by default)."""
+        if self.k is None or self.clusters is None:
+            return None
+        mine = self.clusters[:kept]
+        return float(np.unique(mine[mine >= 0]).size / self.k)
 
 
 @dataclass
@@ -51,10 +64,13 @@ class Candidates:
     umap: UMAPParams
     timings: dict[str, float]
     clusters: float = 1.0  # KMeans clusters per pick (clustering strategies)
-
-    def num_clusters(self) -> int:
-        """k of the clustering strategies: ``clusters`` x budget, at most the candidates."""
-        return min(self.entropy.shape[0], max(self.budget, round(self.clusters * self.budget)))
+    # A budget in pixels (clustering strategies; ``budget`` is then the search's first guess).
+    sizes: torch.Tensor | None = None  # (Nc,) pixels of each candidate
+    pixels: float | None = None
+    # What a clustering strategy's final KMeans fit was (set by it; see Selection).
+    k: int | None = None
+    cluster_labels: torch.Tensor | None = None  # (Nc,) int64
+    kmeans_fits: int = 0
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -71,6 +87,7 @@ class Candidates:
 
 Strategy = Callable[[Candidates], torch.Tensor]
 STRATEGIES: dict[str, Strategy] = {}
+CLUSTER_STRATEGIES = ("contrastive", "kmeans-entropy")  # one pick per KMeans cluster
 
 
 def register(name: str) -> Callable[[Strategy], Strategy]:
@@ -93,11 +110,7 @@ def pick_per_cluster(entropy: torch.Tensor, labels: torch.Tensor, k: int, num_cl
     KMeans can leave clusters empty (or cuML can return fewer distinct labels); the remaining
     picks are the highest-entropy candidates not yet chosen, so exactly ``k`` positions return.
     """
-    from fastal.kernels import segment_argmax
-
-    best = segment_argmax(entropy, labels, num_clusters or k)  # position per cluster, -1 for empty
-    chosen = best[best >= 0]
-    chosen = chosen[top_by_score(entropy[chosen], min(k, chosen.numel()))]
+    chosen = representatives(entropy, labels, num_clusters or k)[:k]
     missing = k - chosen.numel()
     if missing > 0:
         rest = torch.ones(entropy.shape[0], dtype=torch.bool, device=entropy.device)
@@ -162,12 +175,35 @@ def _coreset(c: Candidates) -> torch.Tensor:
         return k_center_greedy(c.features, c.labelled_features, c.budget, c.seed)
 
 
+def cluster_and_pick(c: Candidates, x: torch.Tensor) -> torch.Tensor:
+    """KMeans on the rows of ``x`` (one per candidate) and each cluster's most uncertain member.
+
+    A count budget: k = ``clusters`` x budget, the ``budget`` most uncertain representatives
+    (filled up by entropy if clusters are empty). A pixel budget (``c.pixels``): k searched so
+    that every cluster's representative fits (:func:`fastal.select.cluster_budget.fit_clusters`;
+    ``x`` is computed once, only KMeans is refitted). Records the final fit on ``c``.
+    """
+
+    def cluster(k: int) -> torch.Tensor:
+        with c.stage("kmeans"):
+            return make_kmeans(c.engine, k, c.seed).fit_predict(x)
+
+    if c.pixels is None:
+        k = clusters_for(c.budget, c.clusters, c.entropy.shape[0])
+        labels = cluster(k)
+        with c.stage("pick"):
+            picks = pick_per_cluster(c.entropy, labels, c.budget, k)
+        fits = 1
+    else:
+        fit = fit_clusters(cluster, c.entropy, c.sizes, c.pixels, first=c.budget, per_pick=c.clusters)
+        picks, k, labels, fits = fit.picks, fit.k, fit.labels, fit.fits
+    c.k, c.cluster_labels, c.kmeans_fits = k, labels, fits
+    return picks
+
+
 @register("kmeans-entropy")
 def _kmeans_entropy(c: Candidates) -> torch.Tensor:
-    with c.stage("kmeans"):
-        labels = make_kmeans(c.engine, c.num_clusters(), c.seed).fit_predict(c.features)
-    with c.stage("pick"):
-        return pick_per_cluster(c.entropy, labels, c.budget, c.num_clusters())
+    return cluster_and_pick(c, c.features)
 
 
 @register("contrastive")
@@ -181,10 +217,7 @@ def _contrastive(c: Candidates) -> torch.Tensor:
         reducer = make_umap(c.engine, c.umap).fit(c.bank_features.to(c.features.device))
     with c.stage("umap_transform"):
         emb = reducer.transform(c.features)
-    with c.stage("kmeans"):
-        labels = make_kmeans(c.engine, c.num_clusters(), c.seed).fit_predict(emb)
-    with c.stage("pick"):
-        return pick_per_cluster(c.entropy, labels, c.budget, c.num_clusters())
+    return cluster_and_pick(c, emb)
 
 
 def select(
@@ -197,12 +230,18 @@ def select(
     engine: str = "auto",
     umap: UMAPParams | dict | None = None,
     clusters: float = 1.0,
+    pixels: float | None = None,
+    sizes: np.ndarray | None = None,
 ) -> Selection:
     """Choose ``budget`` unlabelled superpixels of the scored pool with ``strategy``.
 
     ``clusters``: KMeans clusters per chosen superpixel for ``contrastive`` and ``kmeans-entropy``
     (1: k = budget, the paper's; more: each cluster's most uncertain member is a candidate and
     the most uncertain ``budget`` candidates are chosen).
+
+    ``pixels`` (those two strategies only, with ``sizes``: pixels per global id): choose as many
+    superpixels as clusters fit, every cluster's pick in ``pixels`` together (``budget`` is the
+    search's first guess; :mod:`fastal.select.cluster_budget`).
 
     ``labelled_mask`` is indexed by global superpixel id (``RegionPool.labelled_mask``). Bad
     strategy/engine names, an impossible budget or a mask that does not cover the pool raise
@@ -225,6 +264,9 @@ def select(
         raise FastalError(f"budget = {budget!r}: must be a positive number of superpixels")
     if not clusters >= 1:
         raise FastalError(f"clusters = {clusters!r}: must be >= 1 (KMeans clusters per chosen superpixel)")
+    if pixels is not None and (strategy not in CLUSTER_STRATEGIES or sizes is None):
+        raise FastalError(f"a pixel budget needs sizes and one of {', '.join(CLUSTER_STRATEGIES)}, "
+                          f"not {strategy!r}")  # fmt: skip
     if budget > n_free:
         raise FastalError(
             f"budget {budget} > {n_free} unlabelled superpixels in the scored pool "
@@ -246,11 +288,15 @@ def select(
         umap=umap_params,
         timings=timings,
         clusters=float(clusters),
+        pixels=None if pixels is None else float(pixels),
+        sizes=None if pixels is None else torch.as_tensor(np.asarray(sizes)[gids[~is_labelled]], device=device),
     )
     pos = STRATEGIES[strategy](cand)
     rows = free_rows[pos].cpu().numpy()  # device -> host: the chosen rows only
     ids = gids[rows]
-    if np.unique(ids).size != budget:  # a strategy bug must not reach the oracle
-        raise RuntimeError(f"strategy {strategy!r} returned {np.unique(ids).size} distinct ids, expected {budget}")
+    want = budget if pixels is None else len(ids)
+    if np.unique(ids).size != want:  # a strategy bug must not reach the oracle
+        raise RuntimeError(f"strategy {strategy!r} returned {np.unique(ids).size} distinct ids, expected {want}")
     timings["total"] = time.perf_counter() - t0
-    return Selection(ids=ids, timings=timings)
+    clusters_of = None if cand.cluster_labels is None else cand.cluster_labels[pos].cpu().numpy()
+    return Selection(ids=ids, timings=timings, k=cand.k, clusters=clusters_of, kmeans_fits=cand.kmeans_fits)
