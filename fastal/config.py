@@ -68,6 +68,9 @@ class RunConfig:
     engine: Literal["auto", "torch", "cuml"] = "auto"  # UMAP/KMeans backend
     region_entropy: Literal["sum", "mean"] = "sum"  # a region's uncertainty: summed (the paper's) or per-pixel entropy
     clusters: float = 1.0  # KMeans clusters per queried region (contrastive, kmeans-entropy); 1 = the paper's k = budget
+    # selection/cycle-K.parquet per selecting cycle: every candidate, the picked ones only, or none (large pools)
+    selection_table: Literal["all", "picked", "none"] = "all"
+    selection_plot: bool = False  # also selection/embedding-cycle-K.png (strategies with an embedding; needs "all")
     # --- run ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
@@ -165,6 +168,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         need(getattr(cfg, name) >= 0, f"{name} = {getattr(cfg, name)}: must be >= 0 (0 = all)")
     need(cfg.lr > 0, f"lr = {cfg.lr}: must be > 0")
     need(cfg.clusters >= 1, f"clusters = {cfg.clusters}: must be >= 1 (KMeans clusters per queried region)")
+    need(not cfg.selection_plot or cfg.selection_table == "all",
+         f"selection_plot needs selection_table = \"all\" (it draws every candidate), not {cfg.selection_table!r}")
     need(cfg.scale is None or 0 < cfg.scale <= 8, f"scale = {cfg.scale}: a factor in (0, 8]")
     need(
         len(cfg.image_size) == 2 and min(cfg.image_size) >= 16,

@@ -3,8 +3,10 @@
 The run directory (:mod:`fastal.rundir`) is the one source of truth. Cycle K commits three
 times, each by an atomic write that a later phase only reads:
 
-1. selection: queries.jsonl lines appended, then ``pool.npz`` saved with the cycle's ids
-   (the pool is authoritative: jsonl lines of a cycle the pool lacks are dropped on resume);
+1. selection: ``selection/cycle-K.parquet`` written (cycles K >= 2, unless ``selection_table =
+   "none"``), queries.jsonl lines appended, then ``pool.npz`` saved with the cycle's ids (the pool
+   is authoritative: jsonl lines of a cycle the pool lacks are dropped on resume, and a table of
+   such a cycle is rewritten, the same, when the cycle is redone);
 2. training: ``checkpoints/cycle-K.pt``;
 3. evaluation: ``results.json`` gains cycle K, ``curve.png`` redrawn.
 
@@ -33,6 +35,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +60,33 @@ def seed_everything(seed: int, cycle: int, phase: int) -> int:
     return s
 
 
+@dataclass
+class Ranking:
+    """What :func:`rank_unlabelled` chose: ``ids`` (global, most wanted first) and, to explain them
+    in the selection table, the pool's scores and each round's Selection with the prefix of its
+    ids that was kept (``ids`` is their concatenation)."""
+
+    ids: np.ndarray
+    scores: Any  # PoolScores
+    rounds: list[Any]  # Selection per call of the strategy
+    kept: list[np.ndarray]
+
+    def table(self, cache: Any, classes: np.ndarray | None = None, keep: str = "all") -> Any:
+        """The selection table (:func:`fastal.select.table.selection_table`); ``classes``: the
+        oracle's class of each of ``ids``, None before the oracle answered."""
+        from fastal.select.table import selection_table
+
+        return selection_table(self.scores, self.rounds, self.kept, cache.offsets, cache.sizes, classes, keep)
+
+
 def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, seed: int,
-                    budget: int | None = None, pixels: float | None = None) -> np.ndarray:
+                    budget: int | None = None, pixels: float | None = None) -> Ranking:
     """Score the unlabelled pool with the teacher of ``checkpoint`` and choose from it with the
     run's strategy: ``budget`` superpixels (`fastal select`), or regions until they add up to
     ``pixels`` (a cycle of the loop), the strategy asked again while its picks fall short.
 
-    ``labelled``: bool mask over global ids (not modified). Returns global ids, most wanted first.
+    ``labelled``: bool mask over global ids (not modified). Returns the Ranking: ``.ids``, global
+    ids, most wanted first.
     """
     from fastal.pool import take_until
     from fastal.select import score_pool, select
@@ -76,13 +99,16 @@ def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, 
                         region_entropy=cfg.region_entropy)
 
     bank = trainer.bank.features()
+    rounds: list[Any] = []
 
     def choose(k: int, taken: np.ndarray, seed: int) -> np.ndarray:
-        return select(cfg.strategy, scores, bank, budget=k, labelled_mask=taken, seed=seed, engine=cfg.engine,
-                      clusters=cfg.clusters).ids  # fmt: skip
+        rounds.append(select(cfg.strategy, scores, bank, budget=k, labelled_mask=taken, seed=seed,
+                             engine=cfg.engine, clusters=cfg.clusters))  # fmt: skip
+        return rounds[-1].ids
 
     if pixels is None:
-        return choose(int(budget), labelled, seed)
+        ids = choose(int(budget), labelled, seed)
+        return Ranking(ids, scores, rounds, [ids])
     sizes, taken, missing = np.asarray(setup.cache.sizes, dtype=np.int64), labelled.copy(), pixels
     chosen: list[np.ndarray] = []
     for round_ in range(taken.size):  # each round takes >= 1 region: it ends
@@ -96,7 +122,7 @@ def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, 
         missing -= sizes[ids].sum()
         if missing <= 0 or taken.all():
             break
-    return np.concatenate(chosen)
+    return Ranking(np.concatenate(chosen), scores, rounds, chosen)
 
 
 def _new_trainer(setup: Setup, seed: int) -> Any:
@@ -148,13 +174,36 @@ def select(run: RunDir, cycle: int) -> None:
     seed = seed_everything(cfg.seed, cycle, PHASE_SELECT)
     t0 = time.perf_counter()
     if cycle == 1:  # the pool's RNG is seeded with this phase's seed (RunDir)
-        ids = np.sort(random_initial(pool, cfg.schedule()[0] / 100))
+        ids, ranking = np.sort(random_initial(pool, cfg.schedule()[0] / 100)), None
     else:
         missing = cfg.schedule()[cycle - 1] / 100 * pool.total_pixels - pool.labelled_pixels
-        ids = rank_unlabelled(run.s, run.ckpt(cycle - 1), pool.labelled_mask, seed, pixels=missing)
+        ranking = rank_unlabelled(run.s, run.ckpt(cycle - 1), pool.labelled_mask, seed, pixels=missing)
+        ids = ranking.ids
     seconds = time.perf_counter() - t0
-    run.commit(SimulatedOracle(run.s.train, run.s.cache, mode=cfg.labels).query(ids), cycle)
+    oracle = SimulatedOracle(run.s.train, run.s.cache, mode=cfg.labels)
+    answer = oracle.query(ids)
+    if ranking is not None and cfg.selection_table != "none":
+        _write_selection(run, cycle, ranking, answer.classes, oracle)
+    run.commit(answer, cycle)
     run.set_timing(cycle, "select_seconds", seconds)
+
+
+def _write_selection(run: RunDir, cycle: int, ranking: Ranking, classes: np.ndarray, oracle: Any) -> None:
+    """``selection/cycle-K.parquet`` (and, when the run asks, ``embedding-cycle-K.png``), before
+    the pool commit: a cycle redone after a kill rewrites the same table."""
+    from fastal.report import embedding_sample, plot_embedding
+    from fastal.select.table import cycle_table_path, write_table
+
+    path = cycle_table_path(run.dir, cycle)
+    table = ranking.table(run.s.cache, classes, run.cfg.selection_table)
+    write_table(table, path)
+    sample = embedding_sample(table, seed=phase_seed(run.cfg.seed, cycle, PHASE_SELECT)) if run.cfg.selection_plot else None
+    if sample is not None:  # None: the strategy has no embedding
+        # Colours from the ground truth of the drawn regions (a simulation can look; the table cannot).
+        truth = oracle.query(sample["superpixel"].to_numpy()).classes
+        plot_embedding(sample, truth, run.s.train.classes, path.with_name(f"embedding-cycle-{cycle}.png"),
+                       title=f"cycle {cycle}: {run.cfg.strategy}")
+    crash_point(f"table:{cycle}")
 
 
 def train(run: RunDir, cycle: int) -> None:

@@ -68,6 +68,6 @@ def test_a_run_scores_its_pool_in_its_own_precision(amp: str, monkeypatch) -> No
     setup = SimpleNamespace(cfg=RunConfig(amp=amp, strategy="entropy"), train=ds, cache=cache,
                             device=torch.device("cpu"))  # fmt: skip
     labelled = np.zeros(int(cache.offsets[-1]), bool)
-    ids = rank_unlabelled(setup, "unused.pt", labelled, seed=0, budget=5)
+    ids = rank_unlabelled(setup, "unused.pt", labelled, seed=0, budget=5).ids
     assert ids.shape == (5,) and not labelled.any()
     assert teacher.seen == {WANT[amp, "cpu"]}

@@ -30,10 +30,13 @@ from fastal.select.umap_params import UMAPParams
 class Selection:
     """What a strategy chose: global superpixel ids (np.int64, ``budget`` of them) in the
     strategy's order of preference (most wanted first, so that a pixel budget can keep a
-    prefix) and stage seconds."""
+    prefix) and stage seconds; for the selection table (:mod:`fastal.select.table`) the scored
+    rows it chose from and what its final fit gave them (``Candidates.fitted``)."""
 
     ids: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+    rows: torch.Tensor | None = None  # (Nc,) int64 rows of the PoolScores that were candidates
+    fitted: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -51,6 +54,9 @@ class Candidates:
     umap: UMAPParams
     timings: dict[str, float]
     clusters: float = 1.0  # KMeans clusters per pick (clustering strategies)
+    # What the final fit gave each candidate, for the selection table: "embedding" (Nc, d) and
+    # "cluster" (Nc,) int64, set by the strategies that have them.
+    fitted: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def num_clusters(self) -> int:
         """k of the clustering strategies: ``clusters`` x budget, at most the candidates."""
@@ -166,6 +172,7 @@ def _coreset(c: Candidates) -> torch.Tensor:
 def _kmeans_entropy(c: Candidates) -> torch.Tensor:
     with c.stage("kmeans"):
         labels = make_kmeans(c.engine, c.num_clusters(), c.seed).fit_predict(c.features)
+    c.fitted["cluster"] = labels
     with c.stage("pick"):
         return pick_per_cluster(c.entropy, labels, c.budget, c.num_clusters())
 
@@ -183,6 +190,7 @@ def _contrastive(c: Candidates) -> torch.Tensor:
         emb = reducer.transform(c.features)
     with c.stage("kmeans"):
         labels = make_kmeans(c.engine, c.num_clusters(), c.seed).fit_predict(emb)
+    c.fitted.update(embedding=emb, cluster=labels)
     with c.stage("pick"):
         return pick_per_cluster(c.entropy, labels, c.budget, c.num_clusters())
 
@@ -253,4 +261,4 @@ def select(
     if np.unique(ids).size != budget:  # a strategy bug must not reach the oracle
         raise RuntimeError(f"strategy {strategy!r} returned {np.unique(ids).size} distinct ids, expected {budget}")
     timings["total"] = time.perf_counter() - t0
-    return Selection(ids=ids, timings=timings)
+    return Selection(ids=ids, timings=timings, rows=free_rows, fitted=cand.fitted)
