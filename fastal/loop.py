@@ -182,22 +182,26 @@ def select(run: RunDir, cycle: int) -> None:
     seconds = time.perf_counter() - t0
     oracle = SimulatedOracle(run.s.train, run.s.cache, mode=cfg.labels)
     answer = oracle.query(ids)
-    if ranking is not None and cfg.selection_table != "none":
+    if ranking is not None:
         _write_selection(run, cycle, ranking, answer.classes, oracle)
     run.commit(answer, cycle)
     run.set_timing(cycle, "select_seconds", seconds)
 
 
 def _write_selection(run: RunDir, cycle: int, ranking: Ranking, classes: np.ndarray, oracle: Any) -> None:
-    """``selection/cycle-K.parquet`` (and, when the run asks, ``embedding-cycle-K.png``), before
-    the pool commit: a cycle redone after a kill rewrites the same table."""
+    """``selection/cycle-K.parquet`` (and, when the run asks, ``embedding-cycle-K.png``) unless the
+    run says ``selection_table = "none"``; before the pool commit: a cycle redone after a kill
+    rewrites the same table."""
     from fastal.report import embedding_sample, plot_embedding
     from fastal.select.table import cycle_table_path, write_table
 
-    path = cycle_table_path(run.dir, cycle)
     table = ranking.table(run.s.cache, classes, run.cfg.selection_table)
+    if table is None:  # selection_table = "none"
+        return
+    path = cycle_table_path(run.dir, cycle)
     write_table(table, path)
-    sample = embedding_sample(table, seed=phase_seed(run.cfg.seed, cycle, PHASE_SELECT)) if run.cfg.selection_plot else None
+    seed = phase_seed(run.cfg.seed, cycle, PHASE_SELECT)
+    sample = embedding_sample(table, seed=seed) if run.cfg.selection_plot else None
     if sample is not None:  # None: the strategy has no embedding
         # Colours from the ground truth of the drawn regions (a simulation can look; the table cannot).
         truth = oracle.query(sample["superpixel"].to_numpy()).classes

@@ -18,6 +18,7 @@ from fastal.report import embedding_sample, group_runs, plot_embedding, query_cl
 from fastal.select import PoolScores, select
 from fastal.select.table import SCHEMA, read_table, selection_table, table_columns, write_table
 
+DTYPE = {name: str(d).removeprefix("torch.") for name, d in SCHEMA.items()}  # numpy's spelling
 NUM_IMAGES, PER_IMAGE = 12, 10  # 120 superpixels; images 2.. are scored (rows 20..119)
 
 
@@ -60,7 +61,7 @@ def test_columns_match_the_selection(pool: dict, strategy: str) -> None:
     t = selection_table(pool["scores"], rounds, kept, pool["offsets"], pool["sizes"], classes)
     assert isinstance(t, pd.DataFrame)
     assert list(t.columns) == list(SCHEMA)
-    assert [str(t[c].dtype) for c in t.columns] == [str(d).removeprefix("torch.") for d in SCHEMA.values()]
+    assert {c: str(t[c].dtype) for c in t.columns} == DTYPE
     # Rows: every scored superpixel unlabelled when the cycle began, in scored order.
     free = pool["scores"].gids[~pool["labelled"][pool["scores"].gids]]
     np.testing.assert_array_equal(t["superpixel"], free)
@@ -108,13 +109,14 @@ def test_parquet_round_trip_and_nulls(pool: dict, tmp_path: Path) -> None:
         assert not list(path.parent.glob(".*.tmp"))  # written atomically
 
 
-def test_picked_keeps_the_picks_in_rank_order(pool: dict) -> None:
+def test_picked_keeps_the_picks_in_rank_order_and_none_nothing(pool: dict) -> None:
     rounds, kept = two_rounds(pool, "kmeans-entropy")
     classes = np.arange(9)
     full = selection_table(pool["scores"], rounds, kept, pool["offsets"], pool["sizes"], classes)
     picked = selection_table(pool["scores"], rounds, kept, pool["offsets"], pool["sizes"], classes, keep="picked")
     want = full[full["rank"] >= 0].sort_values("rank").reset_index(drop=True)
     pd.testing.assert_frame_equal(picked, want)
+    assert selection_table(pool["scores"], rounds, kept, pool["offsets"], pool["sizes"], keep="none") is None
     with pytest.raises(FastalError, match="all rows or the picked ones"):
         table_columns(pool["scores"], rounds, kept, pool["offsets"], pool["sizes"], keep="none")
     with pytest.raises(FastalError, match="backend cudf needs cuDF and a CUDA device"):
@@ -153,11 +155,12 @@ def test_cudf_table_on_the_device_equals_pandas(pool: dict, tmp_path: Path) -> N
 def fake_table(rows: list[tuple[int, int, int]]) -> pd.DataFrame:
     """A table of picks (class, pixels, rank) and one row not picked."""
     rows = [*rows, (3, 1000, -1)]
-    cols = {name: np.full(len(rows), -1) for name in SCHEMA}
-    cols.update(superpixel=np.arange(len(rows)), image=np.zeros(len(rows)), entropy=np.zeros(len(rows)),
-                margin=np.zeros(len(rows)), x=np.full(len(rows), np.nan), y=np.full(len(rows), np.nan),
-                **{"class": [r[0] for r in rows], "pixels": [r[1] for r in rows], "rank": [r[2] for r in rows]})  # fmt: skip
-    return pd.DataFrame({name: np.asarray(cols[name]).astype(str(d).removeprefix("torch.")) for name, d in SCHEMA.items()})
+    n = len(rows)
+    cols = {name: np.full(n, -1) for name in SCHEMA}
+    cols.update(superpixel=np.arange(n), image=np.zeros(n), entropy=np.zeros(n), margin=np.zeros(n),
+                x=np.full(n, np.nan), y=np.full(n, np.nan), pixels=[r[1] for r in rows], rank=[r[2] for r in rows],
+                **{"class": [r[0] for r in rows]})  # fmt: skip
+    return pd.DataFrame({name: np.asarray(cols[name]).astype(DTYPE[name]) for name in SCHEMA})
 
 
 def fake_run(root: Path, name: str, strategy: str, tables: dict[int, list[tuple[int, int, int]]], cycles: int) -> Path:

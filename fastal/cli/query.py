@@ -66,7 +66,7 @@ def select_cmd(
         raise FastalError(f"--budget {budget}: must lie in 1..{free} (unlabelled superpixels in the pool)")
     ranking = rank_unlabelled(setup, checkpoint, labelled, cfg.seed, budget=budget)
     rows = query_rows(setup.cache, setup.train, ranking.ids)
-    table = None if cfg.selection_table == "none" else ranking.table(setup.cache, keep=cfg.selection_table)
+    table = ranking.table(setup.cache, keep=cfg.selection_table)  # None for "none"
     meta = {"dataset": cfg.dataset, "fingerprint": setup.train.fingerprint(), "classes": list(setup.train.classes),
             "superpixels": cfg.superpixels, "strategy": cfg.strategy, "checkpoint": str(checkpoint),
             "run": None if run is None else str(run), "budget": budget}  # fmt: skip

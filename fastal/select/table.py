@@ -152,11 +152,14 @@ _FRAMES: dict[str, Callable[[dict[str, torch.Tensor]], Any]] = {"pandas": _panda
 def selection_table(scores: PoolScores, rounds: list[Selection], kept: list[np.ndarray], offsets: Any, sizes: Any,
                     classes: np.ndarray | None = None, keep: str = "all", backend: str = "auto") -> Any:
     """The selection table of one cycle (or one `fastal select` round) as a DataFrame: cuDF's on
-    CUDA when installed (``backend="auto"``), else pandas'. Arguments as :func:`table_columns`.
+    CUDA when installed (``backend="auto"``), else pandas'; None for ``keep="none"`` (nothing is
+    computed). Other arguments as :func:`table_columns`.
 
     Deterministic: the same selection gives the same table (a redone cycle rewrites the same file).
     """
     name = resolve_backend(backend, scores.entropy.device)
+    if keep == "none":
+        return None
     return _FRAMES[name](table_columns(scores, rounds, kept, offsets, sizes, classes, keep))
 
 
