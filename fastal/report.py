@@ -296,10 +296,11 @@ def plot_embedding(sample: Any, classes: np.ndarray, names: list[str], path: str
 
     classes = np.asarray(classes, dtype=np.int64)
     cmap = plt.get_cmap("tab20")
-    colour = lambda c: (0.6, 0.6, 0.6, 1.0) if c < 0 else cmap(c % 20)  # noqa: E731
+    # tab20's strong shades first (classes 0-9), then the pale ones: neighbours in id stay apart.
+    colour = lambda c: (0.0, 0.0, 0.0, 1.0) if c < 0 else cmap((2 * c) % 20 + (c // 10) % 2)  # noqa: E731
     picked = sample["rank"].to_numpy() >= 0
     fig, ax = plt.subplots(figsize=(6.5, 5), dpi=100)
-    for mask, size, edge in ((~picked, 4, "none"), (picked, 28, "black")):
+    for mask, size, edge in ((~picked, 10 if len(sample) < 2000 else 3, "none"), (picked, 30, "black")):
         ax.scatter(sample["x"].to_numpy()[mask], sample["y"].to_numpy()[mask], s=size,
                    c=[colour(c) for c in classes[mask]], edgecolors=edge, linewidths=0.6)  # fmt: skip
     handles = [Line2D([], [], marker="o", linestyle="", color=colour(c), label=class_name(names, c))
