@@ -210,3 +210,14 @@ def test_embedding_png(pool: dict, tmp_path: Path) -> None:
     # A strategy without an embedding has nothing to draw.
     rounds, kept = two_rounds(pool, "entropy")
     assert embedding_sample(selection_table(pool["scores"], rounds, kept, pool["offsets"], pool["sizes"])) is None
+
+
+def test_config_keys_are_validated() -> None:
+    from fastal.config import make_config
+
+    assert make_config({}).selection_table == "all" and make_config({}).selection_plot is False
+    assert make_config({"selection_table": "none"}).selection_table == "none"
+    with pytest.raises(FastalError, match="selection_table = 'some': choose one of all, picked, none"):
+        make_config({"selection_table": "some"})
+    with pytest.raises(FastalError, match="selection_plot needs selection_table = \"all\""):
+        make_config({"selection_plot": True, "selection_table": "picked"})
