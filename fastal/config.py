@@ -80,6 +80,9 @@ class RunConfig:
     bank_lifetime: Literal["run", "cycle"] = "run"  # run: the memory bank is kept across cycles; cycle: each
     # cycle's training starts with an empty bank (the paper's; selection still fits UMAP on the bank just filled)
     bank_from: Literal["teacher", "student"] = "teacher"  # whose features (of correct, uncertain pixels) enter the bank
+    # selection/cycle-K.parquet per selecting cycle: every candidate, the picked ones only, or none (large pools)
+    selection_table: Literal["all", "picked", "none"] = "all"
+    selection_plot: bool = False  # also selection/embedding-cycle-K.png (strategies with an embedding; needs "all")
     # --- run ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
@@ -183,6 +186,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(math.isfinite(cfg.contrastive_weight) and cfg.contrastive_weight >= 0,
          f"contrastive_weight = {cfg.contrastive_weight}: must be >= 0 (0: cross-entropy only)")  # fmt: skip
     need(math.isfinite(cfg.temperature) and cfg.temperature > 0, f"temperature = {cfg.temperature}: must be > 0")
+    need(not cfg.selection_plot or cfg.selection_table == "all",
+         f"selection_plot needs selection_table = \"all\" (it draws every candidate), not {cfg.selection_table!r}")
     need(cfg.scale is None or 0 < cfg.scale <= 8, f"scale = {cfg.scale}: a factor in (0, 8]")
     need(
         len(cfg.image_size) == 2 and min(cfg.image_size) >= 16,

@@ -3,8 +3,10 @@
 The run directory (:mod:`fastal.rundir`) is the one source of truth. Cycle K commits three
 times, each by an atomic write that a later phase only reads:
 
-1. selection: queries.jsonl lines appended, then ``pool.npz`` saved with the cycle's ids
-   (the pool is authoritative: jsonl lines of a cycle the pool lacks are dropped on resume);
+1. selection: ``selection/cycle-K.parquet`` written (cycles K >= 2, unless ``selection_table =
+   "none"``), queries.jsonl lines appended, then ``pool.npz`` saved with the cycle's ids (the pool
+   is authoritative: jsonl lines of a cycle the pool lacks are dropped on resume, and a table of
+   such a cycle is rewritten, the same, when the cycle is redone);
 2. training: ``checkpoints/cycle-K.pt``;
 3. evaluation: ``results.json`` gains cycle K, ``curve.png`` redrawn.
 
@@ -38,6 +40,7 @@ import dataclasses
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,8 +68,32 @@ def seed_everything(seed: int, cycle: int, phase: int) -> int:
     return s
 
 
+@dataclass
+class Ranking:
+    """What :func:`rank_unlabelled` chose: the cycle's ``selection`` (its ``ids``, global, most
+    wanted first) and, to explain it in the selection table, the pool's scores, every call of the
+    strategy (``calls``) and the prefix of each call's ids that was kept (``ids`` is their
+    concatenation)."""
+
+    selection: Selection
+    scores: Any  # PoolScores
+    calls: list[Selection]
+    kept: list[np.ndarray]
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.selection.ids
+
+    def table(self, cache: Any, classes: np.ndarray | None = None, keep: str = "all") -> Any:
+        """The selection table (:func:`fastal.select.table.selection_table`); ``classes``: the
+        oracle's class of each of ``ids``, None before the oracle answered."""
+        from fastal.select.table import selection_table
+
+        return selection_table(self.scores, self.calls, self.kept, cache.offsets, cache.sizes, classes, keep)
+
+
 def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, seed: int,
-                    budget: int | None = None, pixels: float | None = None) -> Selection:
+                    budget: int | None = None, pixels: float | None = None) -> Ranking:
     """Score the unlabelled pool with the teacher of ``checkpoint`` and choose from it with the
     run's strategy: ``budget`` superpixels (`fastal select`), or regions worth ``pixels`` (a cycle
     of the loop).
@@ -76,8 +103,9 @@ def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, 
     other strategies, and ``"prefix"``, are asked for the missing pixels' worth at the mean free
     region size and keep the prefix that reaches them, asked again while their picks fall short.
 
-    ``labelled``: bool mask over global ids (not modified). Returns the Selection: global ids,
-    most wanted first, and, for the clustering strategies, k and the clusters the ids represent.
+    ``labelled``: bool mask over global ids (not modified). Returns the Ranking: ``.selection``
+    (global ids, most wanted first, and, for the clustering strategies, k and the clusters the
+    ids represent) with what the selection table needs to explain it.
     """
     from fastal.pool import take_until
     from fastal.select import CLUSTER_STRATEGIES, UMAPParams, score_pool, select
@@ -90,20 +118,25 @@ def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, 
                         region_entropy=cfg.region_entropy)
     bank = trainer.bank.features()
     umap = UMAPParams(n_neighbors=cfg.umap_neighbors, n_components=cfg.umap_components, min_dist=cfg.umap_min_dist)
+    calls: list[Selection] = []
 
     def choose(k: int, taken: np.ndarray, seed: int, **pixel_budget: Any) -> Selection:
-        return select(cfg.strategy, scores, bank, budget=k, labelled_mask=taken, seed=seed, engine=cfg.engine,
-                      umap=umap, clusters=cfg.clusters, **pixel_budget)  # fmt: skip
+        calls.append(select(cfg.strategy, scores, bank, budget=k, labelled_mask=taken, seed=seed, engine=cfg.engine,
+                            umap=umap, clusters=cfg.clusters, **pixel_budget))  # fmt: skip
+        return calls[-1]
+
+    def whole(sel: Selection) -> Ranking:  # one call, every id kept
+        return Ranking(sel, scores, calls, [sel.ids])
 
     if pixels is None:
-        return choose(int(budget), labelled, seed)
+        return whole(choose(int(budget), labelled, seed))
     sizes, taken, missing = np.asarray(setup.cache.sizes, dtype=np.int64), labelled.copy(), pixels
 
     def first_guess() -> int:  # the missing pixels' worth of regions at the mean free size
         return int(np.clip(round(max(missing, 0.0) / sizes[~taken].mean()), 1, (~taken).sum()))
 
     if cfg.cluster_budget == "fit" and cfg.strategy in CLUSTER_STRATEGIES:
-        return choose(first_guess(), taken, seed, pixels=missing, sizes=sizes)
+        return whole(choose(first_guess(), taken, seed, pixels=missing, sizes=sizes))
     rounds: list[Selection] = []
     for round_ in range(taken.size):  # each round takes >= 1 region: it ends
         sel = choose(first_guess(), taken, seed + round_)
@@ -114,7 +147,7 @@ def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, 
         missing -= sizes[ids].sum()
         if missing <= 0 or taken.all():
             break
-    return _concat(rounds)
+    return Ranking(_concat(rounds), scores, calls, [r.ids for r in rounds])
 
 
 def _kept_prefix(sel: Selection, n: int) -> Selection:
@@ -188,17 +221,43 @@ def select(run: RunDir, cycle: int) -> None:
     seed = seed_everything(cfg.seed, cycle, PHASE_SELECT)
     t0 = time.perf_counter()
     if cycle == 1:  # the pool's RNG is seeded with this phase's seed (RunDir)
-        ids = np.sort(random_initial(pool, cfg.schedule()[0] / 100))
+        ids, ranking = np.sort(random_initial(pool, cfg.schedule()[0] / 100)), None
     else:
         missing = cfg.schedule()[cycle - 1] / 100 * pool.total_pixels - pool.labelled_pixels
-        sel = rank_unlabelled(run.s, run.ckpt(cycle - 1), pool.labelled_mask, seed, pixels=missing)
-        ids = sel.ids
+        ranking = rank_unlabelled(run.s, run.ckpt(cycle - 1), pool.labelled_mask, seed, pixels=missing)
+        ids, sel = ranking.ids, ranking.selection
         if sel.k is not None:  # before the commit: a resumed run finds it with the cycle's labels
             stats = {"k": sel.k, "clusters_kept": sel.clusters_kept(), "kmeans_fits": sel.kmeans_fits}
             atomic_write_json(run.dir / CLUSTERS, {**(run.read_json(CLUSTERS) or {}), str(cycle): stats})
     seconds = time.perf_counter() - t0
-    run.commit(SimulatedOracle(run.s.train, run.s.cache, mode=cfg.labels).query(ids), cycle)
+    oracle = SimulatedOracle(run.s.train, run.s.cache, mode=cfg.labels)
+    answer = oracle.query(ids)
+    if ranking is not None:
+        _write_selection(run, cycle, ranking, answer.classes, oracle)
+    run.commit(answer, cycle)
     run.set_timing(cycle, "select_seconds", seconds)
+
+
+def _write_selection(run: RunDir, cycle: int, ranking: Ranking, classes: np.ndarray, oracle: Any) -> None:
+    """``selection/cycle-K.parquet`` (and, when the run asks, ``embedding-cycle-K.png``) unless the
+    run says ``selection_table = "none"``; before the pool commit: a cycle redone after a kill
+    rewrites the same table."""
+    from fastal.report import embedding_sample, plot_embedding
+    from fastal.select.table import cycle_table_path, write_table
+
+    table = ranking.table(run.s.cache, classes, run.cfg.selection_table)
+    if table is None:  # selection_table = "none"
+        return
+    path = cycle_table_path(run.dir, cycle)
+    write_table(table, path)
+    seed = phase_seed(run.cfg.seed, cycle, PHASE_SELECT)
+    sample = embedding_sample(table, seed=seed) if run.cfg.selection_plot else None
+    if sample is not None:  # None: the strategy has no embedding
+        # Colours from the ground truth of the drawn regions (a simulation can look; the table cannot).
+        truth = oracle.query(sample["superpixel"].to_numpy()).classes
+        plot_embedding(sample, truth, run.s.train.classes, path.with_name(f"embedding-cycle-{cycle}.png"),
+                       title=f"cycle {cycle}: {run.cfg.strategy}")
+    crash_point(f"table:{cycle}")
 
 
 def train(run: RunDir, cycle: int) -> None:

@@ -1,4 +1,5 @@
-"""Results of runs side by side: mean ± std over seeds at each cycle, as a table, a plot and JSON.
+"""Results of runs side by side: mean ± std over seeds at each cycle, as a table, a plot and JSON;
+from the runs' selection tables, the % of queried pixels by dominant class per strategy.
 
 One run's ``curve.png`` is drawn by the same :func:`plot_curves` as the multi-run report.
 """
@@ -206,8 +207,114 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None, json_path: 
         if target is not None:
             check_writable(target)
     console.print(report_table(groups))
+    classes = query_class_stats(groups)
+    if classes:
+        console.print(query_class_table(classes))
     if out is not None:
         plot_curves(groups, out)
     if json_path is not None:
-        atomic_write_json(json_path, {"groups": [g.to_json() for g in groups]})
+        atomic_write_json(json_path, {"groups": [g.to_json() for g in groups], "query_classes": classes})
     return groups
+
+
+# ---- selection tables (RUN_DIR/selection/cycle-K.parquet, fastal.select.table) ---------------------
+def class_name(names: list[str], c: int) -> str:
+    """The name of class id ``c`` (-1: a region with no labelled pixel)."""
+    return "void" if c < 0 else names[c] if c < len(names) else f"class {c}"
+
+
+def query_classes(run_dir: str | Path) -> dict[int, float] | None:
+    """% of the pixels a run queried, by the regions' dominant class, over the selection tables of
+    its evaluated cycles (the strategy's picks; the random initial set has none). None when the
+    run wrote no table (``selection_table = "none"``, or a run older than the tables)."""
+    from fastal.select.table import cycle_table_path, read_table
+
+    res = read_results(run_dir)
+    paths = [p for p in (cycle_table_path(run_dir, c["cycle"]) for c in res["cycles"]) if p.exists()]
+    if not paths:
+        return None
+    picked = [t[t["rank"] >= 0] for t in map(read_table, paths)]
+    pixels: dict[int, int] = {}
+    for t in picked:
+        for c, px in t.groupby("class")["pixels"].sum().items():
+            pixels[int(c)] = pixels.get(int(c), 0) + int(px)
+    total = sum(pixels.values())
+    return {c: 100 * px / total for c, px in sorted(pixels.items())} if total else None
+
+
+def query_class_stats(groups: list[Group]) -> list[dict[str, Any]]:
+    """Per group with selection tables: the mean over its runs of :func:`query_classes`, keyed by
+    class name (a class a run never queried counts 0 there)."""
+    out = []
+    for g in groups:
+        shares = [s for s in map(query_classes, g.runs) if s is not None]
+        if not shares:
+            continue
+        names = read_results(g.runs[0]).get("classes") or []
+        classes = sorted({c for s in shares for c in s})
+        pct = {class_name(names, c): float(np.mean([s.get(c, 0.0) for s in shares])) for c in classes}
+        out.append({"dataset": g.dataset, "strategy": g.strategy, "runs": len(shares), "pct_queried_pixels": pct})
+    return out
+
+
+def query_class_table(stats: list[dict[str, Any]]) -> Any:
+    """A rich table: % of queried pixels by dominant class, one row per strategy."""
+    from rich.table import Table
+
+    table = Table(title="% of the queried pixels by dominant class (selecting cycles, mean over runs)")
+    table.add_column("strategy")
+    table.add_column("runs", justify="right")
+    classes = list(dict.fromkeys(name for s in stats for name in s["pct_queried_pixels"]))
+    for name in classes:
+        table.add_column(name, justify="right")
+    for s in stats:
+        table.add_row(s["strategy"], str(s["runs"]), *(f"{s['pct_queried_pixels'].get(n, 0.0):.1f}" for n in classes))
+    return table
+
+
+def embedding_sample(table: Any, max_points: int = 5000, seed: int = 0) -> Any:
+    """Rows of a selection table (pandas or cuDF) to draw, as pandas: every pick and up to
+    ``max_points`` others (seeded); picks beyond ``max_points`` are sampled too. None when
+    the table has no embedding (``x`` null)."""
+    import pandas as pd
+
+    if int(table["x"].notna().sum()) == 0:
+        return None
+    parts = []
+    for part in (table[table["rank"] >= 0], table[table["rank"] < 0]):
+        part = part.sample(n=max_points, random_state=seed) if len(part) > max_points else part
+        parts.append(part.to_pandas() if hasattr(part, "to_pandas") else part)  # cuDF -> host: the sample only
+    return pd.concat(parts, ignore_index=True)
+
+
+def plot_embedding(sample: Any, classes: np.ndarray, names: list[str], path: str | Path, title: str) -> None:
+    """The pool's embedding (``sample``'s ``x``, ``y``) coloured by ``classes`` (one per row), the
+    picks larger with a black edge. Written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    classes = np.asarray(classes, dtype=np.int64)
+    cmap = plt.get_cmap("tab20")
+    # tab20's strong shades first (classes 0-9), then the pale ones: neighbours in id stay apart.
+    colour = lambda c: (0.0, 0.0, 0.0, 1.0) if c < 0 else cmap((2 * c) % 20 + (c // 10) % 2)  # noqa: E731
+    picked = sample["rank"].to_numpy() >= 0
+    fig, ax = plt.subplots(figsize=(6.5, 5), dpi=100)
+    for mask, size, edge in ((~picked, 10 if len(sample) < 2000 else 3, "none"), (picked, 30, "black")):
+        ax.scatter(sample["x"].to_numpy()[mask], sample["y"].to_numpy()[mask], s=size,
+                   c=[colour(c) for c in classes[mask]], edgecolors=edge, linewidths=0.6)  # fmt: skip
+    handles = [Line2D([], [], marker="o", linestyle="", color=colour(c), label=class_name(names, c))
+               for c in np.unique(classes)]  # fmt: skip
+    handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="white", markeredgecolor="black",
+                          label="picked"))  # fmt: skip
+    ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    ax.set_title(f"{title}: {int(picked.sum())} picks, {int((~picked).sum())} other regions shown", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

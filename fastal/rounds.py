@@ -8,6 +8,8 @@
     overlays/<image id>.png   the image with the chosen superpixels outlined and numbered
     masks/         where the person puts <image id>.png: single-channel 8-bit class ids
                    (0..C-1, 255 = not labelled); only pixels of queried superpixels are read
+    selection.parquet   the selection table (:mod:`fastal.select.table`; ``class`` is -1: nobody
+                   has answered yet), unless the config says ``selection_table = "none"``
 
 and `fastal label import` (:func:`import_masks`) checks the masks and labels the round's
 superpixels as the run's next cycle.
@@ -62,11 +64,17 @@ def overlay(image: np.ndarray, sp: np.ndarray, rows: list[dict[str, Any]], first
     return out
 
 
-def write_round(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]], ds: Any, cache: Any) -> None:
-    """The round directory, built whole in a temp sibling (nothing half-written)."""
+def write_round(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]], ds: Any, cache: Any,
+                table: Any = None) -> None:
+    """The round directory, built whole in a temp sibling (nothing half-written); ``table``: the
+    selection table, written as ``selection.parquet`` when given."""
     import cv2
 
+    from fastal.select.table import write_table
+
     with atomic_dir(out) as tmp:
+        if table is not None:
+            write_table(table, tmp / "selection.parquet")
         (tmp / "queries.json").write_text(json.dumps({**meta, "queries": rows}, indent=1) + "\n")
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")

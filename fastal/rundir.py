@@ -13,6 +13,7 @@ The layout (see :mod:`fastal.loop` for the order in which a cycle writes it)::
     results.json         one record per evaluated cycle
     labels/<image id>.png    masks people returned (`fastal label import`), read in full label mode
     curve.png            mIoU against % of pixels labelled
+    selection/cycle-K.parquet   the selection table of cycle K >= 2 (:mod:`fastal.select.table`)
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class RunDir:
             "dataset": cfg.dataset,
             "strategy": cfg.strategy,
             "seed": cfg.seed,
+            "classes": list(self.s.train.classes),  # names of the class ids in queries and selection tables
             "labels": cfg.labels,
             "backbone": cfg.backbone,
             "num_superpixels": self.s.cache.num_superpixels,

@@ -39,10 +39,19 @@ def _has_cuml() -> bool:
     return _HAS_CUDA
 
 
+def _has_cudf() -> bool:
+    try:
+        import cudf  # noqa: F401
+    except Exception:
+        return False
+    return _HAS_CUDA
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skips = {
         "gpu": (not _HAS_CUDA, "needs a CUDA device"),
         "cuml": (not _has_cuml(), "needs cuML and a CUDA device"),
+        "cudf": (not _has_cudf(), "needs cuDF and a CUDA device"),
         "camvid": (not (CAMVID / "train").is_dir(), f"CamVid not found at {CAMVID}"),
     }
     for item in items:

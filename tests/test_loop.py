@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -28,6 +29,7 @@ from fastal.rounds import check_round
 from fastal.oracle import SimulatedOracle
 from fastal.pool import RegionPool
 from fastal.report import CYCLE_KEYS, RESULT_KEYS
+from fastal.select.table import SCHEMA, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 # 8 train images 32x48, 4 val, 8 superpixels each, one step per epoch; initial set + 1 cycle.
@@ -36,6 +38,7 @@ TINY = {
     "train_images": 8, "val_images": 4, "image_size": [32, 48], "superpixels": 12,
     "initial": 25.0, "budget_per_cycle": 5.0, "cycles": 1, "epochs": 3, "batch_size": 8,
     "full_reference": False, "device": "cpu", "strategy": "contrastive", "seed": 3, "labels": "dominant",
+    "selection_plot": True,
 }  # fmt: skip
 TIMINGS = ("train_seconds", "select_seconds")
 
@@ -68,6 +71,11 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert (a / "queries.jsonl").read_text() == (b / "queries.jsonl").read_text()
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
     assert strip_timings(ra) == strip_timings(rb)
+    # The selection tables: a cycle redone after a kill rewrote the same one.
+    tables = sorted(p.name for p in (a / "selection").glob("*.parquet"))
+    assert tables == sorted(p.name for p in (b / "selection").glob("*.parquet")) and tables
+    for name in tables:
+        pd.testing.assert_frame_equal(read_table(a / "selection" / name), read_table(b / "selection" / name))
     last = f"checkpoints/cycle-{len(ra['cycles'])}.pt"
     ta, tb = (torch.load(d / last, map_location="cpu", weights_only=True)["teacher"] for d in (a, b))
     for k in ta:
@@ -119,6 +127,31 @@ def test_run_end_to_end(reference: Path, tiny: dict) -> None:
     assert sorted(p.name for p in (reference / "checkpoints").iterdir()) == ["cycle-2.pt"]
 
 
+def test_selection_table_explains_the_cycle(reference: Path, tiny: dict) -> None:
+    assert sorted(p.name for p in (reference / "selection").iterdir()) == ["cycle-2.parquet", "embedding-cycle-2.png"]
+    assert (reference / "selection" / "embedding-cycle-2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    t = read_table(reference / "selection" / "cycle-2.parquet")
+    assert list(t.columns) == list(SCHEMA)
+    pool = RegionPool.load(reference / "pool.npz")
+    ds = load_dataset("synthetic", split="train", num_images=8, size=(32, 48))
+    cache = build_cache(ds, superpixels=12, cache_dir=tiny["cache_dir"], show_progress=False)
+    # One row per superpixel unlabelled when cycle 2 began (all of them lie in scored images).
+    np.testing.assert_array_equal(t["superpixel"], np.flatnonzero(pool.state != 1))
+    np.testing.assert_array_equal(t["image"], cache.image_of(t["superpixel"].to_numpy()))
+    np.testing.assert_array_equal(t["pixels"], cache.sizes[t["superpixel"]])
+    # The picks in rank order are cycle 2's queries in order, with the oracle's dominant class.
+    picks = t[t["rank"] >= 0].sort_values("rank")
+    lines = [json.loads(line) for line in (reference / "queries.jsonl").read_text().splitlines()]
+    np.testing.assert_array_equal(picks["superpixel"], [r["superpixel"] for r in lines if r["cycle"] == 2])
+    np.testing.assert_array_equal(picks["class"], [r["class"] for r in lines if r["cycle"] == 2])
+    truth = SimulatedOracle(ds, cache, mode="dominant").query(picks["superpixel"].to_numpy())
+    np.testing.assert_array_equal(picks["class"], truth.classes)
+    assert (picks["round"] == 0).all() and (t.loc[t["rank"] < 0, ["round", "class"]] == -1).all(axis=None)
+    # contrastive: every candidate has its UMAP point and KMeans cluster; each pick its own cluster.
+    assert t["x"].notna().all() and t["y"].notna().all() and (t["cluster"] >= 0).all()
+    assert picks["cluster"].is_unique
+
+
 def test_resume_of_finished_run_changes_nothing(reference: Path, tmp_path: Path) -> None:
     copy = tmp_path / "run"
     shutil.copytree(reference, copy)
@@ -147,11 +180,15 @@ def test_resume_after_sigkill_anywhere(reference: Path, tiny: dict, tmp_path: Pa
     time.sleep(float(np.random.default_rng().uniform(0.0, 1.0)))
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
-    # Then each resumed process dies at a commit point of cycle 2: half-way through the query
-    # log (before the pool commit), after the checkpoint (before the results).
-    for point in ["queries:2", "ckpt:2"]:
+    # Then each resumed process dies at a commit point of cycle 2: after the selection table
+    # (before the query log), half-way through the query log (before the pool commit), after the
+    # checkpoint (before the results).
+    for point in ["table:2", "queries:2", "ckpt:2"]:
         p = fastal_cli("run", "--resume", str(run_dir), crash_at=point)
         assert p.returncode == -signal.SIGKILL, (point, p.stderr)
+        if point == "table:2":  # the table is there, the cycle is not: it is redone, table and all
+            assert (run_dir / "selection" / "cycle-2.parquet").exists()
+            assert RegionPool.load(run_dir / "pool.npz").current_cycle == 1
         if point == "queries:2":
             logged = len((run_dir / "queries.jsonl").read_text().splitlines())
             assert logged > RegionPool.load(run_dir / "pool.npz").num_labelled  # lines without commit
@@ -183,6 +220,12 @@ def test_people_round_trip(reference: Path, tiny: dict, tmp_path: Path, capsys, 
         assert r["superpixel"] == cache.offsets[r["image"]] + r["local"]
     overlays = sorted(p.stem for p in (round_dir / "overlays").iterdir())
     assert overlays == sorted({r["image_id"] for r in rows})
+    # The round's selection table: the unlabelled candidates, the 3 picks ranked, no class yet.
+    t = read_table(round_dir / "selection.parquet")
+    np.testing.assert_array_equal(t["superpixel"], np.flatnonzero(~pool.labelled_mask))
+    picks = t[t["rank"] >= 0].sort_values("rank")
+    assert sorted(picks["superpixel"]) == sorted(gids) and picks["rank"].tolist() == [0, 1, 2]
+    assert (t["class"] == -1).all()
 
     # A disk that fills while the overlays are written: one line naming the round, no round left.
     def no_space(path: Path, data: bytes) -> int:
@@ -239,7 +282,8 @@ def test_budget_schedule_and_its_resume(reference: Path, tiny: dict, tmp_path: P
     # A random 25 %, then cycles of 5 % and 10 % of the pixels; entropy: no UMAP to wait for.
     # Per-pixel entropy prefers small regions: the first ranking falls short, and the cycle asks again.
     values = {k: v for k, v in tiny.items() if k not in SCHEDULE_KEYS}
-    values.update(strategy="entropy", budgets=[25.0, 30.0, 40.0], region_entropy="mean")
+    values.update(strategy="entropy", budgets=[25.0, 30.0, 40.0], region_entropy="mean", selection_table="picked",
+                  selection_plot=False)
     uninterrupted = tmp_path / "ref"
     budgets_asked: list[int] = []
     real_select = fastal.select.select
@@ -261,6 +305,17 @@ def test_budget_schedule_and_its_resume(reference: Path, tiny: dict, tmp_path: P
         assert upto >= pct / 100 * pool.total_pixels > upto - pool.sizes[last], cycle
     first = pool.sizes[pool.state == 1]
     assert first.sum() >= 0.25 * pool.total_pixels > first.sum() - first.max()
+    # selection_table = "picked": each cycle's table holds its queries, in order, with the round
+    # that picked each; entropy has no embedding.
+    rounds = []
+    for cycle in (2, 3):
+        t = read_table(uninterrupted / "selection" / f"cycle-{cycle}.parquet")
+        np.testing.assert_array_equal(t["superpixel"], pool.order[pool.state[pool.order] == cycle])
+        np.testing.assert_array_equal(t["rank"], np.arange(len(t)))
+        assert t["x"].isna().all() and (t["cluster"] == -1).all() and (np.diff(t["round"]) >= 0).all()
+        rounds.append(int(t["round"].max()) + 1)
+    assert sum(rounds) == len(budgets_asked), (rounds, budgets_asked)  # every round's picks kept some
+    assert not list((uninterrupted / "selection").glob("*.png"))  # selection_plot = false
     assert res["budgets"] == [c["budget_pct"] for c in res["cycles"]] == [25.0, 30.0, 40.0]
     assert res["stopped"] == "budget" and len(res["cycles"]) == 3
     # The uniform spelling records its schedule the same way.

@@ -64,12 +64,13 @@ def select_cmd(
     free = int((~labelled).sum())
     if not 1 <= budget <= free:
         raise FastalError(f"--budget {budget}: must lie in 1..{free} (unlabelled superpixels in the pool)")
-    ids = rank_unlabelled(setup, checkpoint, labelled, cfg.seed, budget=budget).ids
-    rows = query_rows(setup.cache, setup.train, ids)
+    ranking = rank_unlabelled(setup, checkpoint, labelled, cfg.seed, budget=budget)
+    rows = query_rows(setup.cache, setup.train, ranking.ids)
+    table = ranking.table(setup.cache, keep=cfg.selection_table)  # None for "none"
     meta = {"dataset": cfg.dataset, "fingerprint": setup.train.fingerprint(), "classes": list(setup.train.classes),
             "superpixels": cfg.superpixels, "strategy": cfg.strategy, "checkpoint": str(checkpoint),
             "run": None if run is None else str(run), "budget": budget}  # fmt: skip
-    write_round(out, meta, rows, setup.train, setup.cache)
+    write_round(out, meta, rows, setup.train, setup.cache, table)
     console.print(f"{len(rows)} superpixels in {len({r['image'] for r in rows})} images -> {out}/queries.csv, "
                   f"{out}/overlays/; put label PNGs in {out}/masks/ and run `fastal label import {out} --run RUN_DIR`")
 

@@ -33,13 +33,17 @@ class Selection:
     fit ``pixels``) in the strategy's order of preference (most wanted first, so that a pixel
     budget can keep a prefix) and stage seconds. The clustering strategies also report their
     final KMeans fit: ``k`` clusters, the ``clusters`` each id represents (-1: a fill-up pick, not
-    a cluster's representative) and the ``kmeans_fits`` the choice of k took."""
+    a cluster's representative) and the ``kmeans_fits`` the choice of k took. For the selection
+    table (:mod:`fastal.select.table`): the scored ``rows`` it chose from and what its final fit
+    gave them (``Candidates.fitted``)."""
 
     ids: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
     k: int | None = None
     clusters: np.ndarray | None = None  # (len(ids),) int64
     kmeans_fits: int = 0
+    rows: torch.Tensor | None = None  # (Nc,) int64 rows of the PoolScores that were candidates
+    fitted: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def clusters_kept(self, kept: int | None = None) -> float | None:
         """The share of the ``k`` clusters represented among the first ``kept`` ids (all by default)."""
@@ -67,10 +71,12 @@ class Candidates:
     # A budget in pixels (clustering strategies; ``budget`` is then the search's first guess).
     sizes: torch.Tensor | None = None  # (Nc,) pixels of each candidate
     pixels: float | None = None
-    # What a clustering strategy's final KMeans fit was (set by it; see Selection).
+    # What a clustering strategy's final KMeans fit was (set by it; see Selection): k, the fits
+    # its search took, and in ``fitted`` what the fit gave each candidate: "cluster" (Nc,) int64
+    # and, with UMAP, "embedding" (Nc, d).
     k: int | None = None
-    cluster_labels: torch.Tensor | None = None  # (Nc,) int64
     kmeans_fits: int = 0
+    fitted: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -197,7 +203,8 @@ def cluster_and_pick(c: Candidates, x: torch.Tensor) -> torch.Tensor:
     else:
         fit = fit_clusters(cluster, c.entropy, c.sizes, c.pixels, first=c.budget, per_pick=c.clusters)
         picks, k, labels, fits = fit.picks, fit.k, fit.labels, fit.fits
-    c.k, c.cluster_labels, c.kmeans_fits = k, labels, fits
+    c.k, c.kmeans_fits = k, fits
+    c.fitted["cluster"] = labels
     return picks
 
 
@@ -217,6 +224,7 @@ def _contrastive(c: Candidates) -> torch.Tensor:
         reducer = make_umap(c.engine, c.umap).fit(c.bank_features.to(c.features.device))
     with c.stage("umap_transform"):
         emb = reducer.transform(c.features)
+    c.fitted["embedding"] = emb
     return cluster_and_pick(c, emb)
 
 
@@ -298,5 +306,7 @@ def select(
     if np.unique(ids).size != want:  # a strategy bug must not reach the oracle
         raise RuntimeError(f"strategy {strategy!r} returned {np.unique(ids).size} distinct ids, expected {want}")
     timings["total"] = time.perf_counter() - t0
-    clusters_of = None if cand.cluster_labels is None else cand.cluster_labels[pos].cpu().numpy()
-    return Selection(ids=ids, timings=timings, k=cand.k, clusters=clusters_of, kmeans_fits=cand.kmeans_fits)
+    labels = cand.fitted.get("cluster")
+    clusters_of = None if labels is None else labels[pos].cpu().numpy()  # device -> host: the chosen rows' clusters
+    return Selection(ids=ids, timings=timings, k=cand.k, clusters=clusters_of, kmeans_fits=cand.kmeans_fits,
+                     rows=free_rows, fitted=cand.fitted)
