@@ -37,7 +37,8 @@ PATH_KEYS = ("data_root", "cache_dir")  # made absolute: a worker's working dire
 # still checks every reference against the run that reads it.
 NOT_REFERENCE = ("strategy", "labels", "superpixels", "cache_dir", "initial", "budget_per_cycle", "cycles",
                  "budgets", "target_ratio", "full_shared", "full_epochs", "epochs", "retrain", "engine",
-                 "region_entropy", "clusters", "keep_checkpoints")  # fmt: skip
+                 "region_entropy", "clusters", "keep_checkpoints", "cluster_budget", "umap_components",
+                 "umap_neighbors", "umap_min_dist", "bank_lifetime", "selection_table", "selection_plot")  # fmt: skip
 
 
 @dataclass(frozen=True)
