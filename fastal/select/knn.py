@@ -84,7 +84,7 @@ def build_cell_index(ref: torch.Tensor, metric: str, points_per_cell: int = 128,
     order = torch.sort(km.labels_, stable=True).indices
     counts = torch.bincount(km.labels_, minlength=n_cells)
     centroids = km.cluster_centers_
-    radius = torch.zeros(n_cells, dtype=torch.float32).index_reduce_(
+    radius = torch.zeros(n_cells, dtype=torch.float32).scatter_reduce_(
         0, km.labels_, (pts - centroids[km.labels_]).norm(dim=1), "amax"
     )
     pts = pts[order]
