@@ -266,11 +266,13 @@ class TorchKMeans:
         tol = self.tol * x.var(0).mean()  # 0-d tensor: compared on the device
         n_far = min(k, n, 1024)  # empty clusters refilled per iteration (more stay where they were)
         flag = _ConvergenceFlag(dev)
+        ones = torch.ones(n, dtype=x.dtype, device=dev)
         n_iter = 0
         for n_iter in range(1, self.max_iter + 1):
-            counts = torch.bincount(labels, minlength=k)
+            # index_add_, not bincount: CUDA's bincount reads the largest label on the host.
+            counts = torch.zeros(k, dtype=x.dtype, device=dev).index_add_(0, labels, ones)
             sums = torch.zeros_like(centers).index_add_(0, labels, x)
-            new_centers = sums / counts.clamp_min(1)[:, None].to(x.dtype)
+            new_centers = sums / counts.clamp_min(1)[:, None]
             # Empty clusters move onto the points farthest from their centres (the i-th empty
             # cluster onto the i-th farthest point), without a host-side count.
             empty = counts == 0

@@ -85,8 +85,8 @@ def _top_axes(xc: torch.Tensor, n: int, n_iter: int = 100) -> torch.Tensor:
     """The ``n`` leading principal axes (D, n) of centred ``xc`` by subspace iteration on the
     covariance, signs fixed as scikit-learn's ``svd_flip`` (largest |loading| positive)."""
     cov = xc.T @ xc  # (D, D)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    v = torch.randn(cov.shape[0], n, generator=g).to(xc.device, xc.dtype)
+    g = torch.Generator(device=xc.device).manual_seed(0)
+    v = torch.randn(cov.shape[0], n, generator=g, device=xc.device, dtype=xc.dtype)
     for _ in range(n_iter):
         v = cov @ v
         for j in range(n):  # Gram-Schmidt; the loop is over columns, not over values

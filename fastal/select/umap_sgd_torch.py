@@ -123,7 +123,7 @@ def optimize_transform(
     """
     n, k = idx.shape
     eps = epochs_per_sample(w, n_epochs)  # (N, K); normalised by the largest weight of all points
-    local = torch.arange(min(n, chunk_size), device=head.device).repeat_interleave(k)
+    local = torch.arange(min(n, chunk_size), device=head.device)[:, None].expand(-1, k).reshape(-1)
     for s in range(0, n, chunk_size):
         rows = min(chunk_size, n - s)
         sgd_epochs(head[s : s + rows], tail, local[: rows * k], idx[s : s + rows].reshape(-1),
