@@ -196,7 +196,7 @@ class TorchKMeans:
     Fitted attributes: ``cluster_centers_`` (k, D), ``labels_`` (N,) int64, ``inertia_`` (float;
     kept on the device until read), ``n_iter_``.
     Seeds: D^2 sampling in about ``seed_rounds`` rounds on a random sample of
-    max(``seed_sample``, 8 k) points (None: all). Converges like scikit-learn: labels unchanged,
+    max(``seed_sample``, 4 k) points (None: all). Converges like scikit-learn: labels unchanged,
     or the squared centre shift below ``tol`` x mean feature variance. An empty cluster is moved
     onto one of the points farthest from their centres.
 
@@ -213,7 +213,7 @@ class TorchKMeans:
         max_iter: int = 100,
         tol: float = 1e-4,
         n_candidates: int = 32,
-        seed_sample: int | None = 50_000,
+        seed_sample: int | None = 16_384,
         seed_rounds: int = 32,
         random_state: int = 0,
         chunk_size: int = 4096,
@@ -259,7 +259,7 @@ class TorchKMeans:
         cap = max(1024, n // 32) if self.unsure_cap is None else self.unsure_cap
         ops = assignment_ops(x, self.use_numba, self.chunk_size, cap)
         gen = torch.Generator(device=dev).manual_seed(self.random_state)
-        n_seed = n if self.seed_sample is None else min(n, max(self.seed_sample, 8 * k))
+        n_seed = n if self.seed_sample is None else min(n, max(self.seed_sample, 4 * k))
         sample = x if n_seed == n else x.index_select(0, torch.randperm(n, generator=gen, device=dev)[:n_seed])
         centers = seed_in_rounds(sample, k, gen, self.seed_rounds, self.chunk_size)
         labels, d2 = ops.full(x, centers)
