@@ -151,6 +151,13 @@ def test_tensor_sgd_agrees_with_umap_learn(data) -> None:
     _assert_close_to_umap_learn(_quality(bank, bank_y, new, new_y, model.embedding_.numpy(), emb), ref)
 
 
+def test_fit_is_deterministic_for_a_seed(fitted, data) -> None:
+    again = TorchUMAP(UMAPParams(random_state=0)).fit(torch.from_numpy(data[0]))
+    assert torch.equal(again.embedding_, fitted.embedding_)
+    other = TorchUMAP(UMAPParams(random_state=1)).fit(torch.from_numpy(data[0]))
+    assert not torch.equal(other.embedding_, fitted.embedding_)
+
+
 def test_transform_of_bank_points_stays_near_their_fitted_place(fitted, data) -> None:
     # A bank point transformed again lands where the fit put it (its own neighbour at distance 0).
     again = fitted.transform(torch.from_numpy(data[0][:200])).numpy()
