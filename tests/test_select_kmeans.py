@@ -18,7 +18,7 @@ def _nearest_f64(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 _CASES = [(4000, 60, 2, 60), (3000, 20, 16, 20), (3000, 150, 2, 15)]
-_ONE_PERCENT = [(20000, 200, 2, 2000), (20000, 200, 2, 30)]  # k = 1 % of n (the selection's)
+_ONE_PERCENT = [(10000, 100, 2, 1000), (10000, 100, 2, 30)]  # k = 1 % of n (the selection's)
 
 
 @pytest.mark.parametrize(

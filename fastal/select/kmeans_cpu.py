@@ -73,3 +73,37 @@ def assign_pruned_cpu(
     _assign_pruned(x.contiguous().numpy(), centers.contiguous().numpy(), labels.numpy(), near.contiguous().numpy(),
                    bound.double().numpy(), out_labels, out_d2)  # fmt: skip
     return torch.from_numpy(out_labels), torch.from_numpy(out_d2).to(x.dtype)
+
+
+@numba.njit(parallel=True, cache=True)
+def _seed_gains(x, d2, cand, out):  # pragma: no cover - compiled
+    for c in numba.prange(cand.shape[0]):
+        g = 0.0
+        for i in range(x.shape[0]):
+            d = _sq_to(x, i, cand, c)
+            if d < d2[i]:
+                g += d2[i] - d
+        out[c] = g
+
+
+@numba.njit(parallel=True, cache=True)
+def _seed_update(x, d2, new):  # pragma: no cover - compiled
+    for i in numba.prange(x.shape[0]):
+        best = d2[i]
+        for c in range(new.shape[0]):
+            d = _sq_to(x, i, new, c)
+            if d < best:
+                best = d
+        d2[i] = best
+
+
+def seed_gains_cpu(x: torch.Tensor, d2: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """How much each candidate alone lowers the potential: sum_i max(0, d2_i - |x_i - c|^2), float64."""
+    out = np.empty(cand.shape[0], np.float64)
+    _seed_gains(x.contiguous().numpy(), d2.numpy(), cand.contiguous().numpy(), out)
+    return torch.from_numpy(out)
+
+
+def seed_update_cpu(x: torch.Tensor, d2: torch.Tensor, new: torch.Tensor) -> None:
+    """``d2`` (float64, in place) = min(d2, squared distance to the nearest row of ``new``)."""
+    _seed_update(x.contiguous().numpy(), d2.numpy(), new.contiguous().numpy())

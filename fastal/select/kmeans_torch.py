@@ -15,7 +15,8 @@ Lloyd's assignment never holds the N x k distances. Centres move little between 
 each point is first compared with the ``n_candidates`` centres nearest to its current centre c;
 that answer is exact whenever the nearest centre outside the list is at least 2 d(x, c) from c
 (triangle inequality). Points failing the test get a chunked full scan. On CPU tensors of low
-dimension (the UMAP embedding) the assignment is a numba loop (:mod:`fastal.select.kmeans_cpu`);
+dimension (the UMAP embedding) the assignment and the seeding's distance passes are numba loops
+(:mod:`fastal.select.kmeans_cpu`: at D = 2 a matmul form spends its time writing (n, b) blocks);
 in high dimension the pruning rarely holds and the scalar loop loses to BLAS (one core, 40k
 points x 800 centres: a full numba scan 5.8 s at D = 128 against 0.24 s by matmul), so there it
 is a plain chunked matmul scan. The choice is made once per fit (:func:`assignment_ops`).
@@ -73,9 +74,19 @@ def _round_sizes(k: int, rounds: int) -> list[int]:
     return sizes
 
 
-def seed_in_rounds(
-    x: torch.Tensor, k: int, generator: torch.Generator, rounds: int = 32, chunk_size: int = 4096
-) -> torch.Tensor:
+@dataclass(frozen=True)
+class AssignmentOps:
+    """How a fit measures distances: nearest centres (``full(x, centers)``, ``pruned(x, centers,
+    labels, near, bound)``) and the seeding's ``seed_gains(x, d2, cand)`` / ``seed_update(x, d2, new)``."""
+
+    full: Assign
+    pruned: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None  # None: always scan in full
+    seed_gains: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    seed_update: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+    seed_dtype: torch.dtype = torch.float32  # of the seeding's squared distances
+
+
+def seed_in_rounds(x: torch.Tensor, k: int, generator: torch.Generator, ops: AssignmentOps, rounds: int = 32) -> torch.Tensor:
     """k seeds (k, D) drawn by D^2 weighting in ``rounds``-ish rounds (module docstring).
 
     Each round draws candidates without replacement with probability proportional to the squared
@@ -87,7 +98,8 @@ def seed_in_rounds(
     trials = 2 + int(math.log(k))
     centers = torch.empty(k, x.shape[1], dtype=x.dtype, device=dev)
     centers[:1] = x.index_select(0, torch.randint(n, (1,), generator=generator, device=dev))
-    d2 = _sq_dists(x, centers[:1], (centers[:1] ** 2).sum(1))[:, 0]
+    d2 = torch.full((n,), float("inf"), dtype=ops.seed_dtype, device=dev)
+    ops.seed_update(x, d2, centers[:1])
     filled = 1
     for b in _round_sizes(k, rounds):
         # Top of D^2 / Exp(1) (the Gumbel top-k trick): draws without replacement, proportional
@@ -95,42 +107,54 @@ def seed_in_rounds(
         per_seed = trials if b == 1 else 2
         keys = d2 / torch.empty_like(d2).exponential_(generator=generator)
         cand = x.index_select(0, torch.topk(keys, min(n, b * per_seed)).indices)
-        c_sq = (cand * cand).sum(1)
-        gain = torch.zeros(cand.shape[0], dtype=x.dtype, device=dev)
-        for s in range(0, n, chunk_size):  # how much each candidate alone lowers the potential
-            d2s = d2[s : s + chunk_size, None]
-            gain += (d2s - _sq_dists(x[s : s + chunk_size], cand, c_sq)).clamp_min_(0.0).sum(0)
-        new = cand.index_select(0, torch.topk(gain, b).indices)  # b = 1: scikit-learn's greedy rule
+        new = cand.index_select(0, torch.topk(ops.seed_gains(x, d2, cand), b).indices)  # b = 1: scikit-learn's rule
         centers[filled : filled + b] = new
         filled += b
-        n_sq = (new * new).sum(1)
-        for s in range(0, n, chunk_size):
-            d2[s : s + chunk_size] = torch.minimum(d2[s : s + chunk_size], _sq_dists(x[s : s + chunk_size], new, n_sq).amin(1))
+        ops.seed_update(x, d2, new)
     return centers
 
 
-@dataclass(frozen=True)
-class AssignmentOps:
-    """How a fit finds nearest centres: ``full(x, centers)`` and ``pruned(x, centers, labels, near, bound)``."""
+def _seed_gains(x: torch.Tensor, d2: torch.Tensor, cand: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """How much each candidate alone lowers the potential (chunked matmul)."""
+    c_sq = (cand * cand).sum(1)
+    gain = torch.zeros(cand.shape[0], dtype=x.dtype, device=x.device)
+    for s in range(0, x.shape[0], chunk_size):
+        gain += (d2[s : s + chunk_size, None] - _sq_dists(x[s : s + chunk_size], cand, c_sq)).clamp_min_(0.0).sum(0)
+    return gain
 
-    full: Assign
-    pruned: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None  # None: always scan in full
+
+def _seed_update(x: torch.Tensor, d2: torch.Tensor, new: torch.Tensor, chunk_size: int) -> None:
+    """``d2`` = min(d2, squared distance to the nearest row of ``new``), in place (chunked matmul)."""
+    n_sq = (new * new).sum(1)
+    for s in range(0, x.shape[0], chunk_size):
+        d2[s : s + chunk_size] = torch.minimum(d2[s : s + chunk_size], _sq_dists(x[s : s + chunk_size], new, n_sq).amin(1))
+
+
 
 
 def assignment_ops(x: torch.Tensor, use_numba: bool, chunk_size: int, unsure_cap: int) -> AssignmentOps:
     """The one device/dimension choice of a fit: numba loops for low-dimensional CPU tensors,
     a BLAS scan for high-dimensional CPU tensors, tensor code elsewhere (module docstring)."""
+    def full(xs, c):
+        return full_assign(xs, c, chunk_size)
+
+    def gains(xs, d2, cand):
+        return _seed_gains(xs, d2, cand, chunk_size)
+
+    def update(xs, d2, new):
+        _seed_update(xs, d2, new, chunk_size)
+
     if use_numba and x.device.type == "cpu":
         if x.shape[1] > NUMBA_MAX_DIM:
-            return AssignmentOps(lambda xs, c: full_assign(xs, c, chunk_size), None)
-        from fastal.select.kmeans_cpu import assign_full_cpu, assign_pruned_cpu
+            return AssignmentOps(full, None, gains, update)
+        from fastal.select.kmeans_cpu import assign_full_cpu, assign_pruned_cpu, seed_gains_cpu, seed_update_cpu
 
-        return AssignmentOps(assign_full_cpu, assign_pruned_cpu)
+        return AssignmentOps(assign_full_cpu, assign_pruned_cpu, seed_gains_cpu, seed_update_cpu, torch.float64)
 
     def pruned(xs, c, labels, near, bound):
         return pruned_assign(xs, c, labels, near, bound, chunk_size, unsure_cap)
 
-    return AssignmentOps(lambda xs, c: full_assign(xs, c, chunk_size), pruned)
+    return AssignmentOps(full, pruned, gains, update)
 
 
 def pruned_assign(
@@ -261,7 +285,7 @@ class TorchKMeans:
         gen = torch.Generator(device=dev).manual_seed(self.random_state)
         n_seed = n if self.seed_sample is None else min(n, max(self.seed_sample, 4 * k))
         sample = x if n_seed == n else x.index_select(0, torch.randperm(n, generator=gen, device=dev)[:n_seed])
-        centers = seed_in_rounds(sample, k, gen, self.seed_rounds, self.chunk_size)
+        centers = seed_in_rounds(sample, k, gen, ops, self.seed_rounds)
         labels, d2 = ops.full(x, centers)
         tol = self.tol * x.var(0).mean()  # 0-d tensor: compared on the device
         n_far = min(k, n, 1024)  # empty clusters refilled per iteration (more stay where they were)
