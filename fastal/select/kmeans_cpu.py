@@ -11,6 +11,11 @@ import numpy as np
 import torch
 
 
+# Points per work item of the parallel loops: numba's default splits a loop into one static
+# block per thread, so on a busy machine a descheduled thread holds everyone up at the end.
+CHUNK = 4096
+
+
 @numba.njit(inline="always")
 def _sq_to(x, i, c, j):  # pragma: no cover - compiled
     s = 0.0
@@ -60,7 +65,8 @@ def assign_full_cpu(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tenso
     """Nearest centre of every row by a full scan (lowest index on ties): (labels int64, squared distance)."""
     out_labels = np.empty(x.shape[0], np.int64)
     out_d2 = np.empty(x.shape[0], np.float64)
-    _assign_full(x.contiguous().numpy(), centers.contiguous().numpy(), out_labels, out_d2)
+    with numba.parallel_chunksize(CHUNK):
+        _assign_full(x.contiguous().numpy(), centers.contiguous().numpy(), out_labels, out_d2)
     return torch.from_numpy(out_labels), torch.from_numpy(out_d2).to(x.dtype)
 
 
@@ -70,8 +76,9 @@ def assign_pruned_cpu(
     """Exact nearest centre per row, searching ``near[labels[i]]`` first (see TorchKMeans._assign)."""
     out_labels = np.empty(x.shape[0], np.int64)
     out_d2 = np.empty(x.shape[0], np.float64)
-    _assign_pruned(x.contiguous().numpy(), centers.contiguous().numpy(), labels.numpy(), near.contiguous().numpy(),
-                   bound.double().numpy(), out_labels, out_d2)  # fmt: skip
+    with numba.parallel_chunksize(CHUNK):
+        _assign_pruned(x.contiguous().numpy(), centers.contiguous().numpy(), labels.numpy(),
+                       near.contiguous().numpy(), bound.double().numpy(), out_labels, out_d2)  # fmt: skip
     return torch.from_numpy(out_labels), torch.from_numpy(out_d2).to(x.dtype)
 
 
@@ -106,4 +113,5 @@ def seed_gains_cpu(x: torch.Tensor, d2: torch.Tensor, cand: torch.Tensor) -> tor
 
 def seed_update_cpu(x: torch.Tensor, d2: torch.Tensor, new: torch.Tensor) -> None:
     """``d2`` (float64, in place) = min(d2, squared distance to the nearest row of ``new``)."""
-    _seed_update(x.contiguous().numpy(), d2.numpy(), new.contiguous().numpy())
+    with numba.parallel_chunksize(CHUNK):
+        _seed_update(x.contiguous().numpy(), d2.numpy(), new.contiguous().numpy())

@@ -19,6 +19,11 @@ import numpy as np
 import torch
 
 
+# Points per work item of the parallel loops: numba's default splits a loop into one static
+# block per thread, so on a busy machine a descheduled thread holds everyone up at the end.
+CHUNK = 256
+
+
 @numba.njit(inline="always")
 def _clip(v):  # pragma: no cover - compiled
     return min(max(v, np.float32(-4.0)), np.float32(4.0))
@@ -159,8 +164,9 @@ def optimize_fit_cpu(
     indptr = torch.zeros(emb.shape[0] + 1, dtype=torch.int64)
     indptr[1:] = torch.cumsum(torch.bincount(src, minlength=emb.shape[0]), 0)
     f32 = np.float32
-    _sgd_fit(emb.numpy(), indptr.numpy(), dst.contiguous().numpy(), eps.contiguous().numpy(), int(n_epochs), f32(a),
-             f32(b), f32(gamma), float(initial_alpha), float(negative_sample_rate), int(seed))  # fmt: skip
+    with numba.parallel_chunksize(CHUNK):
+        _sgd_fit(emb.numpy(), indptr.numpy(), dst.contiguous().numpy(), eps.contiguous().numpy(), int(n_epochs), f32(a),
+                 f32(b), f32(gamma), float(initial_alpha), float(negative_sample_rate), int(seed))  # fmt: skip
     return emb
 
 
@@ -184,6 +190,7 @@ def optimize_transform_cpu(
 
     eps = epochs_per_sample(w, n_epochs)
     f32 = np.float32
-    _sgd(h, tail.float().contiguous().numpy(), idx.contiguous().numpy(), eps.numpy(), int(n_epochs), f32(a), f32(b),
-         f32(gamma), float(initial_alpha), float(negative_sample_rate), int(seed))  # fmt: skip
+    with numba.parallel_chunksize(CHUNK):
+        _sgd(h, tail.float().contiguous().numpy(), idx.contiguous().numpy(), eps.numpy(), int(n_epochs), f32(a), f32(b),
+             f32(gamma), float(initial_alpha), float(negative_sample_rate), int(seed))  # fmt: skip
     return head
