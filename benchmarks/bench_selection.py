@@ -1,10 +1,10 @@
 """Selection throughput on CPU: contrastive on 250k superpixels (cold and warm), the umap-learn +
 scikit-learn baseline on the same inputs, and a sweep of pool sizes.
 
-    python benchmarks/bench_selection.py [--sweep 10000,30000,100000,300000,1000000] [--baseline-subsample 20000]
+    python benchmarks/bench_selection.py [--tag T] [--sweep 10000,30000,100000,300000,1000000] [--baseline-subsample 20000]
 
-Writes benchmarks/results/selection_cpu.json (summary) and one selection_cpu_<case>.json per
-`fastal bench selection` run. Each `fastal bench` run is its own process: "cold" pays numba
+Writes benchmarks/results/selection_cpu[_T].json (summary) and one selection_cpu[_T]_<case>.json
+per `fastal bench selection` run (a tag keeps earlier results). Each `fastal bench` run is its own process: "cold" pays numba
 compilation (on-disk caches of our kernels may already exist; umap-learn compiles most of its
 functions in every process), "warm" runs a 5k selection first and times the second call.
 The baseline's UMAP transform is timed on a subsample and extrapolated linearly (umap-learn's
@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def fastal_bench(case: str, superpixels: int, warm: bool) -> dict:
-    out = RESULTS / f"selection_cpu_{case}.json"
+def fastal_bench(prefix: str, case: str, superpixels: int, warm: bool) -> dict:
+    out = RESULTS / f"{prefix}_{case}.json"
     cmd = [sys.executable, "-m", "fastal", "bench", "selection", "--superpixels", str(superpixels),
            "--device", "cpu", "--engine", "torch", "--strategy", "contrastive", "--seed", "0",
            "--warm" if warm else "--no-warm", "--json", str(out)]  # fmt: skip
@@ -98,32 +98,35 @@ def main() -> None:
     ap.add_argument("--baseline-subsample", type=int, default=20_000)
     ap.add_argument("--skip-baseline", action="store_true")
     ap.add_argument("--baseline-only", action="store_true", help="redo the baseline in an existing summary")
+    ap.add_argument("--tag", default="", help="suffix of the result files (keeps earlier results)")
     args = ap.parse_args()
+    prefix = "selection_cpu" + (f"_{args.tag}" if args.tag else "")
+    summary_path = RESULTS / f"{prefix}.json"
     from fastal.machine import machine_info
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     n = args.superpixels
     if args.baseline_only:
-        summary = json.loads((RESULTS / "selection_cpu.json").read_text())
+        summary = json.loads(summary_path.read_text())
         summary["baseline"] = baseline(n, args.baseline_subsample)
         summary["baseline"]["command"] = "python benchmarks/bench_selection.py " + " ".join(sys.argv[1:])
         summary["speedup_warm_vs_baseline"] = summary["baseline"]["seconds"] / summary["warm"]["seconds"]
-        (RESULTS / "selection_cpu.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
         print(f"speedup {summary['speedup_warm_vs_baseline']:.2f}x")
         return
     summary: dict = {"command": "python benchmarks/bench_selection.py " + " ".join(sys.argv[1:]),
                      "machine": machine_info(), "gpu": "no GPU lent to this session: GPU sweep not run"}  # fmt: skip
-    summary["cold"] = fastal_bench(f"{n // 1000}k_cold", n, warm=False)
-    summary["warm"] = fastal_bench(f"{n // 1000}k", n, warm=True)
+    summary["cold"] = fastal_bench(prefix, f"{n // 1000}k_cold", n, warm=False)
+    summary["warm"] = fastal_bench(prefix, f"{n // 1000}k", n, warm=True)
     if not args.skip_baseline:
         summary["baseline"] = baseline(n, args.baseline_subsample)
         summary["speedup_warm_vs_baseline"] = summary["baseline"]["seconds"] / summary["warm"]["seconds"]
     summary["sweep"] = []
     for size in [int(s) for s in args.sweep.split(",") if s]:
-        r = summary["warm"] if size == n else fastal_bench(f"sweep_{size // 1000}k", size, warm=True)
+        r = summary["warm"] if size == n else fastal_bench(prefix, f"sweep_{size // 1000}k", size, warm=True)
         summary["sweep"].append({"superpixels": size, "seconds": r["seconds"], "stages": r["stages"],
                                  "load_1min_before": r["load_1min_before"]})  # fmt: skip
-    (RESULTS / "selection_cpu.json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: summary[k] for k in summary if k.startswith("speedup")}, indent=2))
 
 

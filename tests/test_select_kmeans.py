@@ -9,7 +9,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
 from fastal.errors import FastalError
-from fastal.select.kmeans_torch import TorchKMeans, full_assign
+from fastal.select.kmeans_torch import TorchKMeans, assignment_ops, full_assign
 
 
 def _nearest_f64(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -17,20 +17,31 @@ def _nearest_f64(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return d.argmin(1), d.min(1)
 
 
-@pytest.mark.parametrize("use_numba", [True, False], ids=["numba", "tensor"])  # tensor: the CUDA code path
-@pytest.mark.parametrize(("n", "k", "d", "centres"), [(4000, 60, 2, 60), (3000, 20, 16, 20), (3000, 150, 2, 15)])
+_CASES = [(4000, 60, 2, 60), (3000, 20, 16, 20), (3000, 150, 2, 15)]
+_ONE_PERCENT = [(10000, 100, 2, 1000), (10000, 100, 2, 30)]  # k = 1 % of n (the selection's)
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "d", "centres", "use_numba"),
+    # tensor: the CUDA code path (same seeding; slower on the CPU, so on the smaller cases)
+    [(*c, True) for c in _CASES + _ONE_PERCENT] + [(*c, False) for c in _CASES + _ONE_PERCENT[:1]],
+)
 def test_inertia_within_a_few_percent_of_sklearn(n: int, k: int, d: int, centres: int, use_numba: bool) -> None:
+    # Mean over seeds: with k near the number of true clusters one seed of either side may
+    # land in a local minimum (scikit-learn's own KMeans does on 3 of 10 seeds at (3000, 20, 16)).
     x, _ = make_blobs(n, d, centers=centres, cluster_std=1.5, random_state=0)
     x = x.astype(np.float32)
-    ours = TorchKMeans(k, random_state=0, use_numba=use_numba).fit(torch.from_numpy(x))
-    ref = KMeans(k, n_init=1, random_state=0).fit(x)
-    assert ours.inertia_ <= ref.inertia_ * 1.03
+    ours = [TorchKMeans(k, random_state=s, use_numba=use_numba).fit(torch.from_numpy(x)) for s in range(4)]
+    ref = [KMeans(k, n_init=1, random_state=s).fit(x).inertia_ for s in range(4)]
+    print(f"n={n} k={k}: inertia / scikit-learn's {np.mean([o.inertia_ for o in ours]) / np.mean(ref):.4f}")
+    assert np.mean([o.inertia_ for o in ours]) <= np.mean(ref) * 1.03
     # The fitted labels are each point's nearest centre, and inertia is their squared distance.
-    lab, d2 = _nearest_f64(x, ours.cluster_centers_.numpy())
-    agree = lab == ours.labels_.numpy()
-    assert agree.mean() > 0.999  # float32 vs float64 near-ties only
-    assert ours.inertia_ == pytest.approx(d2.sum(), rel=1e-4)
-    assert ours.labels_.dtype == torch.int64 and ours.cluster_centers_.shape == (k, d)
+    for o in ours:
+        lab, d2 = _nearest_f64(x, o.cluster_centers_.numpy())
+        agree = lab == o.labels_.numpy()
+        assert agree.mean() > 0.999  # float32 vs float64 near-ties only
+        assert o.inertia_ == pytest.approx(d2.sum(), rel=1e-4)
+        assert o.labels_.dtype == torch.int64 and o.cluster_centers_.shape == (k, d)
 
 
 @pytest.mark.parametrize("use_numba", [True, False], ids=["numba", "tensor"])
@@ -40,7 +51,8 @@ def test_pruned_assignment_equals_full_scan(use_numba: bool) -> None:
     km = TorchKMeans(300, n_candidates=8, random_state=0, use_numba=use_numba)
     centres = x[torch.randperm(5000, generator=torch.Generator().manual_seed(0))[:300]]
     start = torch.randint(300, (5000,), generator=torch.Generator().manual_seed(1))  # bad guesses too
-    got, got_d2 = km._assign(x, centres, start)
+    ops = assignment_ops(x, use_numba, km.chunk_size, unsure_cap=5000)
+    got, got_d2 = km._assign(ops, x, centres, start)
     ref, ref_d2 = full_assign(x, centres)
     torch.testing.assert_close(got_d2, ref_d2, rtol=1e-5, atol=1e-4)
     assert (got == ref).float().mean() > 0.999

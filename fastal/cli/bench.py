@@ -1,8 +1,11 @@
-"""`fastal bench selection`: selection stages on a synthetic clustered pool, timed per stage."""
+"""`fastal bench selection` and `fastal bench scoring`: selection stages on a synthetic clustered
+pool, and the teacher's pass plus pooling over a pool of images, timed per stage."""
 
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -70,6 +73,9 @@ def selection(
     seed: int = typer.Option(0, help="Seed of the data and the selection."),
     warm: bool = typer.Option(True, help="Run a small selection first so compilation is not timed."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here."),
+    profile: Optional[Path] = typer.Option(
+        None, help="Write a torch.profiler Chrome trace (trace.json, opens in Perfetto) with one range per stage here."
+    ),
 ) -> None:
     """Time the selection stages on a synthetic clustered pool (no training)."""
     import time
@@ -104,7 +110,15 @@ def selection(
         n_warm = min(superpixels, 5000)
         run(n_warm, max(1, round(budget_fraction * n_warm)))
         warmup_seconds = time.perf_counter() - t0
-    sel = run(superpixels, budget)
+    peaks: dict[str, float] | None = None
+    if profile is None:
+        sel = run(superpixels, budget)
+    else:
+        peaks = {}
+        with _profiled_stages(dev, peaks) as prof:
+            sel = run(superpixels, budget)
+        profile.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(profile / "trace.json"))
     stages = {k: v for k, v in sel.timings.items() if k != "total"}
     seconds = sel.timings["total"]
 
@@ -125,5 +139,185 @@ def selection(
             "seconds": seconds, "superpixels_per_second": superpixels / seconds if seconds > 0 else None,
             "stages": stages,
             "warm": warm, "warmup_seconds": warmup_seconds,
+            "profiled": profile is not None, "peak_memory_mib": peaks,
+            "machine": machine_info(),
+        })  # fmt: skip
+
+
+@contextmanager
+def _profiled_stages(device: Any, peaks: dict[str, float]) -> Iterator[Any]:
+    """torch.profiler over the block, each strategy stage (``Candidates.stage``, named as in the
+    JSON) wrapped in :func:`fastal.select.profiling.stage_range`."""
+    from unittest import mock
+
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from fastal.select.profiling import stage_range
+    from fastal.select.strategies import Candidates
+
+    timed = Candidates.stage
+
+    @contextmanager
+    def stage(self: Any, name: str) -> Iterator[None]:
+        with timed(self, name), stage_range(name, device, peaks):
+            yield
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with mock.patch.object(Candidates, "stage", stage), torch_profile(activities=activities) as prof:
+        yield prof
+
+
+def grid_regions(height: int, width: int, regions: int) -> Any:
+    """A regular grid of about ``regions`` near-square cells: local ids (H, W) int64, row-major."""
+    import math
+
+    import torch
+
+    rows = max(1, round(math.sqrt(regions * height / width)))
+    cols = max(1, round(regions / rows))
+    r = torch.arange(height) * rows // height
+    c = torch.arange(width) * cols // width
+    return r[:, None] * cols + c[None, :]
+
+
+def _seeds_available() -> bool:
+    try:
+        import cv2
+
+        return hasattr(cv2, "ximgproc")
+    except ImportError:
+        return False
+
+
+@bench_app.command("scoring")
+def scoring(
+    ctx: typer.Context,
+    dataset: str = typer.Option("synthetic", help="synthetic, camvid, cityscapes or folder."),
+    data_root: Optional[Path] = typer.Option(None, help="Dataset folder (not for synthetic)."),
+    images: int = typer.Option(64, help="Images to score (synthetic: a few distinct ones, repeated)."),
+    size: str = typer.Option("1024x2048", help="Image size HxW (images are resized to it)."),
+    backbone: str = typer.Option("resnet50", help="Backbone of the segmentation network."),
+    device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
+    amp: str = typer.Option("auto", help="auto (bf16 on CUDA, off on CPU), bf16, fp16 or fp32."),
+    batch_size: int = typer.Option(4, help="Images per forward pass."),
+    regions: int = typer.Option(2000, help="Regions per image (about; Cityscapes' SEEDS gives ~2,000)."),
+    superpixels: str = typer.Option("auto", help="seeds, grid (a regular grid), or auto: SEEDS where OpenCV contrib is installed."),
+    distinct: int = typer.Option(8, help="Synthetic only: distinct images generated once and repeated."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the result as JSON here."),
+) -> None:
+    """Time the teacher's pass plus pooling over a pool of images: load / forward / pool."""
+    import time
+
+    import numpy as np
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from fastal.atomic import atomic_write_json
+    from fastal.data import load_dataset
+    from fastal.data.base import parse_size
+    from fastal.data.superpixels import seeds_grid, seeds_superpixels
+    from fastal.device import resolve_device
+    from fastal.kernels import superpixel_entropy_sum, superpixel_mean_features
+    from fastal.machine import machine_info
+    from fastal.model.network import build_model
+    from fastal.select.scoring import _autocast_dtype
+    from fastal.train import to_tensor_batch
+
+    if images < 1 or batch_size < 1 or regions < 1 or distinct < 1:
+        raise FastalError("--images, --batch-size, --regions and --distinct must be positive")
+    if superpixels not in ("auto", "seeds", "grid"):
+        raise FastalError(f"--superpixels {superpixels!r}: choose auto, seeds or grid")
+    if superpixels == "seeds" and not _seeds_available():
+        raise FastalError("--superpixels seeds needs OpenCV contrib (cv2.ximgproc); use grid")
+    kind = ("seeds" if _seeds_available() else "grid") if superpixels == "auto" else superpixels
+    hw = parse_size(size)
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    amp_dtype = _autocast_dtype(amp, cuda)
+    if dataset == "synthetic":
+        ds = load_dataset("synthetic", size=hw, num_images=min(distinct, images))
+    else:
+        ds = load_dataset(dataset, root=data_root, size=hw)
+    grid = grid_regions(*hw, regions).to(dev)
+    model = build_model(backbone, ds.num_classes).to(dev).eval()
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    drawn: dict[int, tuple[Any, Any]] = {}
+
+    def image_and_regions(i: int) -> tuple[Any, Any]:
+        """uint8 (H, W, 3) host image and (H, W) int64 region ids on the device; synthetic ones drawn once."""
+        if i in drawn:
+            return drawn[i]
+        image = np.ascontiguousarray(ds[i][0])
+        sp = grid if kind == "grid" else torch.from_numpy(seeds_superpixels(image, seeds_grid(*hw, regions))[0]).to(dev).long()
+        image_t = torch.from_numpy(image).pin_memory() if cuda else torch.from_numpy(image)
+        if dataset == "synthetic":
+            drawn[i] = (image_t, sp)
+        return image_t, sp
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
+
+    stages = {"load": 0.0, "forward": 0.0, "pool": 0.0}
+    counted = [0]
+
+    def one_batch(start: int, b: int, timed: bool) -> None:
+        t0 = time.perf_counter()
+        pairs = [image_and_regions((start + j) % len(ds)) for j in range(b)]
+        x = to_tensor_batch(torch.stack([p[0] for p in pairs]), dev, channels_last=cuda)
+        counts = [int(p[1].max()) + 1 for p in pairs] if kind == "seeds" else [int(grid.max()) + 1] * b
+        shift = np.concatenate([[0], np.cumsum(counts)])
+        sp = torch.stack([p[1] + int(shift[j]) for j, p in enumerate(pairs)])  # (B, H, W) batch-local ids
+        n_sp = int(shift[-1])
+        sync()
+        t1 = time.perf_counter()
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            logits, emb = model(x)
+        sync()
+        t2 = time.perf_counter()
+        with torch.inference_mode():  # what score_pool does per batch
+            superpixel_mean_features(emb.float(), sp, n_sp)
+            superpixel_entropy_sum(logits.float(), sp, n_sp)
+            probs = superpixel_mean_features(torch.softmax(logits.float(), 1), sp, n_sp)
+            torch.topk(probs, 2, dim=1)  # the margin
+        sync()
+        t3 = time.perf_counter()
+        if timed:
+            stages["load"] += t1 - t0
+            stages["forward"] += t2 - t1
+            stages["pool"] += t3 - t2
+            counted[0] += n_sp
+
+    one_batch(0, min(batch_size, images), timed=False)  # warm-up: kernels compile, cuDNN picks algorithms
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    for start in range(0, images, batch_size):
+        one_batch(start, min(batch_size, images - start), timed=True)
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None
+
+    table = Table(title=f"scoring: {images:,} images {hw[0]}x{hw[1]}, {backbone}, amp {amp}, {kind} regions, {dev}")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    table.add_column("images/s", justify="right")
+    for name, sec in [*stages.items(), ("total", seconds)]:
+        table.add_row(name, f"{sec:.3f}", f"{images / sec:,.2f}" if sec > 0 else "-")
+    Console().print(table)
+    if json_path is not None:
+        atomic_write_json(json_path, {
+            "command": _command_line(ctx),
+            "dataset": dataset, "images": images, "size": list(hw), "backbone": backbone, "device": str(dev),
+            "amp": amp, "batch_size": batch_size, "superpixels": kind, "superpixels_scored": counted[0],
+            "distinct_images": len(ds) if dataset == "synthetic" else None,
+            "seconds": seconds, "images_per_second": images / seconds,
+            "superpixels_per_second": counted[0] / seconds,
+            "stages": stages, "peak_memory_mib": peak,
+            "note": "stages are separated by device synchronisations (they do not overlap); the network's "
+                    "weights are random (throughput only)",
             "machine": machine_info(),
         })  # fmt: skip

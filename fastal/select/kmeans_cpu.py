@@ -1,11 +1,7 @@
-"""CPU KMeans kernels in numba: k-means++ seeding and the pruned nearest-centre search.
+"""CPU KMeans kernels in numba: the full and the pruned nearest-centre search in low dimension.
 
-k-means++ is k sequential steps; in torch each step is a dozen small tensor operations, which
-on 2 shared cores costs milliseconds per step (k = 2,500 seeds: minutes). Here a step is a
-cumulative sum, ``n_local_trials`` fused passes for the candidates' potentials and one update
-pass, all serial: a parallel region per step waits for a descheduled thread on a loaded
-machine (measured 12x slower than serial at load 5 on 2 cores). The assignment is one parallel
-region per Lloyd iteration. Both are deterministic.
+For the 2-D UMAP embedding a scalar loop over a point's candidate centres beats tensor code
+(gathers of (N, m, 2) blocks). One parallel region per Lloyd iteration; deterministic.
 """
 
 from __future__ import annotations
@@ -15,49 +11,9 @@ import numpy as np
 import torch
 
 
-@numba.njit(inline="always")
-def _sq(x, i, j):  # pragma: no cover - compiled
-    s = 0.0
-    for d in range(x.shape[1]):
-        t = x[i, d] - x[j, d]
-        s += t * t
-    return s
-
-
-@numba.njit(cache=True)
-def _kmeans_plusplus(x, k, first, uniforms):  # pragma: no cover - compiled
-    n = x.shape[0]
-    trials = uniforms.shape[1]
-    seeds = np.empty(k, np.int64)
-    seeds[0] = first
-    closest = np.empty(n, np.float64)
-    labels = np.zeros(n, np.int64)
-    cum = np.empty(n, np.float64)
-    for i in range(n):
-        closest[i] = _sq(x, i, first)
-    for c in range(1, k):
-        total = 0.0
-        for i in range(n):
-            total += closest[i]
-            cum[i] = total
-        best = min(np.searchsorted(cum, uniforms[c, 0] * total), n - 1)
-        if trials > 1:  # greedy: the candidate that lowers the potential most (scikit-learn's rule)
-            best_pot = np.inf
-            for t in range(trials):
-                cand = min(np.searchsorted(cum, uniforms[c, t] * total), n - 1)
-                pot = 0.0
-                for i in range(n):
-                    pot += min(closest[i], _sq(x, i, cand))
-                if pot < best_pot:
-                    best_pot = pot
-                    best = cand
-        seeds[c] = best
-        for i in range(n):
-            d = _sq(x, i, best)
-            if d < closest[i]:
-                closest[i] = d
-                labels[i] = c
-    return seeds, labels, closest
+# Points per work item of the parallel loops: numba's default splits a loop into one static
+# block per thread, so on a busy machine a descheduled thread holds everyone up at the end.
+CHUNK = 4096
 
 
 @numba.njit(inline="always")
@@ -109,7 +65,8 @@ def assign_full_cpu(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tenso
     """Nearest centre of every row by a full scan (lowest index on ties): (labels int64, squared distance)."""
     out_labels = np.empty(x.shape[0], np.int64)
     out_d2 = np.empty(x.shape[0], np.float64)
-    _assign_full(x.contiguous().numpy(), centers.contiguous().numpy(), out_labels, out_d2)
+    with numba.parallel_chunksize(CHUNK):
+        _assign_full(x.contiguous().numpy(), centers.contiguous().numpy(), out_labels, out_d2)
     return torch.from_numpy(out_labels), torch.from_numpy(out_d2).to(x.dtype)
 
 
@@ -119,17 +76,42 @@ def assign_pruned_cpu(
     """Exact nearest centre per row, searching ``near[labels[i]]`` first (see TorchKMeans._assign)."""
     out_labels = np.empty(x.shape[0], np.int64)
     out_d2 = np.empty(x.shape[0], np.float64)
-    _assign_pruned(x.contiguous().numpy(), centers.contiguous().numpy(), labels.numpy(), near.contiguous().numpy(),
-                   bound.double().numpy(), out_labels, out_d2)  # fmt: skip
+    with numba.parallel_chunksize(CHUNK):
+        _assign_pruned(x.contiguous().numpy(), centers.contiguous().numpy(), labels.numpy(),
+                       near.contiguous().numpy(), bound.double().numpy(), out_labels, out_d2)  # fmt: skip
     return torch.from_numpy(out_labels), torch.from_numpy(out_d2).to(x.dtype)
 
 
-def kmeans_plusplus_cpu(
-    x: torch.Tensor, k: int, generator: torch.Generator, n_local_trials: int = 1
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Same contract as :func:`fastal.select.kmeans_torch.kmeans_plusplus` for CPU tensors."""
-    first = int(torch.randint(x.shape[0], (1,), generator=generator))
-    uniforms = torch.rand(k, n_local_trials, generator=generator, dtype=torch.float64).numpy()
-    seeds, labels, closest = _kmeans_plusplus(x.contiguous().numpy(), k, first, uniforms)
-    seeds = torch.from_numpy(seeds)
-    return x[seeds].clone(), torch.from_numpy(labels), torch.from_numpy(closest).to(x.dtype)
+@numba.njit(parallel=True, cache=True)
+def _seed_gains(x, d2, cand, out):  # pragma: no cover - compiled
+    for c in numba.prange(cand.shape[0]):
+        g = 0.0
+        for i in range(x.shape[0]):
+            d = _sq_to(x, i, cand, c)
+            if d < d2[i]:
+                g += d2[i] - d
+        out[c] = g
+
+
+@numba.njit(parallel=True, cache=True)
+def _seed_update(x, d2, new):  # pragma: no cover - compiled
+    for i in numba.prange(x.shape[0]):
+        best = d2[i]
+        for c in range(new.shape[0]):
+            d = _sq_to(x, i, new, c)
+            if d < best:
+                best = d
+        d2[i] = best
+
+
+def seed_gains_cpu(x: torch.Tensor, d2: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """How much each candidate alone lowers the potential: sum_i max(0, d2_i - |x_i - c|^2), float64."""
+    out = np.empty(cand.shape[0], np.float64)
+    _seed_gains(x.contiguous().numpy(), d2.numpy(), cand.contiguous().numpy(), out)
+    return torch.from_numpy(out)
+
+
+def seed_update_cpu(x: torch.Tensor, d2: torch.Tensor, new: torch.Tensor) -> None:
+    """``d2`` (float64, in place) = min(d2, squared distance to the nearest row of ``new``)."""
+    with numba.parallel_chunksize(CHUNK):
+        _seed_update(x.contiguous().numpy(), d2.numpy(), new.contiguous().numpy())

@@ -1,30 +1,46 @@
-"""KMeans in torch for k in the thousands: k-means++ seeding and exact, pruned Lloyd iterations.
+"""KMeans in torch for k in the tens of thousands: D^2 seeding in rounds, pruned Lloyd iterations.
 
-Lloyd's assignment step is the cost: N x k distances per iteration (250k x 2,500 = 6 x 10^8).
-Centres move little between iterations, so each point is first compared with the ``n_candidates``
-centres nearest to its current centre c. That answer is exact whenever the nearest centre outside
-the list is at least 2 d(x, c) from c (triangle inequality: then no outside centre can beat c);
-the few points that fail the test get a full chunked matmul scan. Runs on CPU and CUDA; on CPU
-tensors of low dimension (the UMAP embedding) the seeding and the assignment run as numba loops
-(:mod:`fastal.select.kmeans_cpu`). In high dimension the pruning rarely holds and the scalar
-loops lose to BLAS: on one core, 40k points x 800 centres, a full numba scan took 5.8 s at
-D = 128 against 0.24 s by matmul, k-means++ 5.7 s against 0.7 s (at D = 2 they tie), so there
-the assignment is a plain chunked matmul scan and the seeding the tensor version.
-Deterministic on CPU for a seed (CUDA's index_add uses atomics). faiss-cpu was not tried (not
-installed); at 250k points and k = 2,500 this takes ~4-10 s on 2 shared cores, scikit-learn's
-KMeans see benchmarks/results/selection_cpu.json.
+Seeding: k-means++ picks k seeds one after the other, each a pass over the data: k = 60,000
+sequential steps cost 33 s on an H200 (benchmarks/results/selection_cuda_sweep_6000k.json) and
+minutes on 2 CPU cores. Here seeds are drawn by D^2 weighting in a few dozen rounds (as in
+k-means||, Bahmani et al. 2012, which cuML's scalable k-means++ implements), on a random sample
+of the points: the first rounds draw 1, 2, 4, ... seeds, later ones ``k / rounds`` each, without
+replacement (Gumbel top-k), the best half of twice as many candidates (greedy, as scikit-learn's
+k-means++ keeps the best of 2 + ln k per seed; rounds of one seed do exactly that), and the
+distances are updated once per round. Lloyd's
+iterations then run on every point. Measured against scikit-learn's greedy k-means++ at k = 1 %
+of n: inertia within 1-2 % (tests/test_select_kmeans.py holds 3 %).
+
+Lloyd's assignment never holds the N x k distances. Centres move little between iterations, so
+each point is first compared with the ``n_candidates`` centres nearest to its current centre c;
+that answer is exact whenever the nearest centre outside the list is at least 2 d(x, c) from c
+(triangle inequality). Points failing the test get a chunked full scan. On CPU tensors of low
+dimension (the UMAP embedding) the assignment and the seeding's distance passes are numba loops
+(:mod:`fastal.select.kmeans_cpu`: at D = 2 a matmul form spends its time writing (n, b) blocks);
+in high dimension the pruning rarely holds and the scalar loop loses to BLAS (one core, 40k
+points x 800 centres: a full numba scan 5.8 s at D = 128 against 0.24 s by matmul), so there it
+is a plain chunked matmul scan. The choice is made once per fit (:func:`assignment_ops`).
+
+On CUDA nothing waits for the host: the points failing the pruning test are compacted by top-k
+into at most ``unsure_cap`` rows per iteration (beyond that they keep the best of their
+candidates), and convergence is read from a one-byte flag copied asynchronously into pinned
+memory, which the host polls without blocking: the loop stops a few iterations after the
+device converged, never before. Deterministic on CPU for a seed (CUDA's index_add uses atomics).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
 from fastal.errors import FastalError
 
-
 NUMBA_MAX_DIM = 4  # CPU tensors of more columns use the matmul paths (measured: module docstring)
+
+Assign = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _sq_dists(x: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> torch.Tensor:
@@ -47,52 +63,166 @@ def full_assign(x: torch.Tensor, centers: torch.Tensor, chunk_size: int = 4096) 
     return labels, d2
 
 
-def kmeans_plusplus(
-    x: torch.Tensor, k: int, generator: torch.Generator, n_local_trials: int = 1, use_numba: bool = True
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """k-means++ seeding (greedy with ``n_local_trials`` candidates per step, as scikit-learn).
+def _round_sizes(k: int, rounds: int) -> list[int]:
+    """Seeds per round after the first: 1, 2, 4, ... up to ceil(k / rounds), summing to k - 1."""
+    cap = max(1, -(-k // rounds))
+    sizes, left, b = [], k - 1, 1
+    while left > 0:
+        sizes.append(min(b, cap, left))
+        left -= sizes[-1]
+        b *= 2
+    return sizes
 
-    Returns (centres (k, D), labels of the nearest seed (N,), squared distance to it (N,)), so that
-    the first Lloyd step needs no full scan. CPU tensors go to the numba loop of
-    :mod:`fastal.select.kmeans_cpu`; elsewhere each step is a few tensor operations.
+
+@dataclass(frozen=True)
+class AssignmentOps:
+    """How a fit measures distances: nearest centres (``full(x, centers)``, ``pruned(x, centers,
+    labels, near, bound)``) and the seeding's ``seed_gains(x, d2, cand)`` / ``seed_update(x, d2, new)``."""
+
+    full: Assign
+    pruned: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None  # None: always scan in full
+    seed_gains: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    seed_update: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+    seed_dtype: torch.dtype = torch.float32  # of the seeding's squared distances
+
+
+def seed_in_rounds(x: torch.Tensor, k: int, generator: torch.Generator, ops: AssignmentOps, rounds: int = 32) -> torch.Tensor:
+    """k seeds (k, D) drawn by D^2 weighting in ``rounds``-ish rounds (module docstring).
+
+    Each round draws candidates without replacement with probability proportional to the squared
+    distance to the seeds so far and keeps those that alone lower the potential most: a round of
+    one seed is scikit-learn's greedy k-means++ (the best of 2 + ln k candidates), so that for
+    k <= ``rounds`` this is scikit-learn's seeding; larger rounds keep the best half of 2 b.
     """
-    if use_numba and x.device.type == "cpu":
-        from fastal.select.kmeans_cpu import kmeans_plusplus_cpu
+    n, dev = x.shape[0], x.device
+    trials = 2 + int(math.log(k))
+    centers = torch.empty(k, x.shape[1], dtype=x.dtype, device=dev)
+    centers[:1] = x.index_select(0, torch.randint(n, (1,), generator=generator, device=dev))
+    d2 = torch.full((n,), float("inf"), dtype=ops.seed_dtype, device=dev)
+    ops.seed_update(x, d2, centers[:1])
+    filled = 1
+    for b in _round_sizes(k, rounds):
+        # Top of D^2 / Exp(1) (the Gumbel top-k trick): draws without replacement, proportional
+        # to D^2, with no host sync; ``per_seed`` candidates per seed to choose from.
+        per_seed = trials if b == 1 else 2
+        keys = d2 / torch.empty_like(d2).exponential_(generator=generator)
+        cand = x.index_select(0, torch.topk(keys, min(n, b * per_seed)).indices)
+        new = cand.index_select(0, torch.topk(ops.seed_gains(x, d2, cand), b).indices)  # b = 1: scikit-learn's rule
+        centers[filled : filled + b] = new
+        filled += b
+        ops.seed_update(x, d2, new)
+    return centers
 
-        return kmeans_plusplus_cpu(x, k, generator, n_local_trials)
-    n = x.shape[0]
-    first = int(torch.randint(n, (1,), generator=generator, device=x.device))
-    centers = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
-    centers[0] = x[first]
-    x_sq = (x * x).sum(1)
-    closest = (x_sq - 2.0 * (x @ x[first]) + x_sq[first]).clamp_min_(0.0)
-    labels = torch.zeros(n, dtype=torch.int64, device=x.device)
-    for c in range(1, k):
-        # Sample candidates with probability proportional to the squared distance (D^2 weighting);
-        # a float32 cumsum is precise enough to sample from and twice as fast as float64.
-        cum = torch.cumsum(closest, 0)
-        r = torch.rand(n_local_trials, generator=generator, device=x.device) * cum[-1]
-        cand = torch.searchsorted(cum, r).clamp_(max=n - 1)
-        d = torch.addmm(x_sq[cand][:, None], x[cand], x.T, alpha=-2.0).add_(x_sq).clamp_min_(0.0)  # (trials, N)
-        best = 0 if n_local_trials == 1 else int(torch.minimum(closest[None], d).sum(1).argmin())
-        dbest = d[best]
-        labels.masked_fill_(dbest < closest, c)
-        closest = torch.minimum(closest, dbest)
-        centers[c] = x[cand[best]]
-    return centers, labels, closest
+
+def _seed_gains(x: torch.Tensor, d2: torch.Tensor, cand: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """How much each candidate alone lowers the potential (chunked matmul)."""
+    c_sq = (cand * cand).sum(1)
+    gain = torch.zeros(cand.shape[0], dtype=x.dtype, device=x.device)
+    for s in range(0, x.shape[0], chunk_size):
+        gain += (d2[s : s + chunk_size, None] - _sq_dists(x[s : s + chunk_size], cand, c_sq)).clamp_min_(0.0).sum(0)
+    return gain
+
+
+def _seed_update(x: torch.Tensor, d2: torch.Tensor, new: torch.Tensor, chunk_size: int) -> None:
+    """``d2`` = min(d2, squared distance to the nearest row of ``new``), in place (chunked matmul)."""
+    n_sq = (new * new).sum(1)
+    for s in range(0, x.shape[0], chunk_size):
+        d2[s : s + chunk_size] = torch.minimum(d2[s : s + chunk_size], _sq_dists(x[s : s + chunk_size], new, n_sq).amin(1))
+
+
+
+
+def assignment_ops(x: torch.Tensor, use_numba: bool, chunk_size: int, unsure_cap: int) -> AssignmentOps:
+    """The one device/dimension choice of a fit: numba loops for low-dimensional CPU tensors,
+    a BLAS scan for high-dimensional CPU tensors, tensor code elsewhere (module docstring)."""
+    def full(xs, c):
+        return full_assign(xs, c, chunk_size)
+
+    def gains(xs, d2, cand):
+        return _seed_gains(xs, d2, cand, chunk_size)
+
+    def update(xs, d2, new):
+        _seed_update(xs, d2, new, chunk_size)
+
+    if use_numba and x.device.type == "cpu":
+        if x.shape[1] > NUMBA_MAX_DIM:
+            return AssignmentOps(full, None, gains, update)
+        from fastal.select.kmeans_cpu import assign_full_cpu, assign_pruned_cpu, seed_gains_cpu, seed_update_cpu
+
+        return AssignmentOps(assign_full_cpu, assign_pruned_cpu, seed_gains_cpu, seed_update_cpu, torch.float64)
+
+    def pruned(xs, c, labels, near, bound):
+        return pruned_assign(xs, c, labels, near, bound, chunk_size, unsure_cap)
+
+    return AssignmentOps(full, pruned, gains, update)
+
+
+def pruned_assign(
+    x: torch.Tensor,
+    centers: torch.Tensor,
+    labels: torch.Tensor,
+    near: torch.Tensor,
+    bound: torch.Tensor,
+    chunk_size: int = 4096,
+    unsure_cap: int = 65536,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centre per row among ``near[labels]`` (N, m), then a full scan for the rows whose
+    answer the bound cannot prove (at most ``unsure_cap`` of them, the most doubtful first)."""
+    m = near.shape[1]
+    new_labels = torch.empty_like(labels)
+    new_d2 = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    margin = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
+    rows = max(1, chunk_size * 64 // m)
+    for s in range(0, x.shape[0], rows):
+        xs, ls = x[s : s + rows], labels[s : s + rows]
+        cand = near[ls]  # (n, m)
+        d2 = ((centers[cand] - xs[:, None, :]) ** 2).sum(2)  # (n, m)
+        best, arg = d2.min(1)
+        new_labels[s : s + rows] = cand.gather(1, arg[:, None])[:, 0]
+        new_d2[s : s + rows] = best
+        # exact iff d(c, c_out) >= 2 d(x, c)  <=>  bound >= 4 d2(x, c); d2[:, 0] is d2(x, c)
+        margin[s : s + rows] = 4.0 * d2[:, 0] - bound[ls]
+    # Fixed-size compaction (no host-side count): rows with margin <= 0 are proven already and
+    # come back from the scan unchanged.
+    top = torch.topk(margin, min(unsure_cap, x.shape[0])).indices
+    fl, fd = full_assign(x.index_select(0, top), centers, chunk_size)
+    new_labels[top] = fl
+    new_d2[top] = fd
+    return new_labels, new_d2
+
+
+class _ConvergenceFlag:
+    """Reads a device boolean without waiting: CPU reads it at once; CUDA copies it into pinned
+    memory asynchronously and reports it once the copy has landed (a few iterations late)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.pending: list[tuple[torch.Tensor, torch.cuda.Event]] = []
+
+    def set_and_poll(self, flag: torch.Tensor) -> bool:
+        if not self.cuda:
+            return bool(flag)
+        host = torch.empty((), dtype=torch.bool, pin_memory=True)
+        host.copy_(flag, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append((host, event))
+        while self.pending and self.pending[0][1].query():  # landed copies, oldest first
+            host, _ = self.pending.pop(0)
+            if bool(host):
+                return True
+        return False
 
 
 class TorchKMeans:
-    """Lloyd's KMeans with scikit-learn's shape (``fit``, ``predict``, ``fit_predict``).
+    """Lloyd's KMeans with scikit-learn's shape (``fit`` -> self, ``predict``, ``fit_predict``).
 
-    Fitted attributes: ``cluster_centers_`` (k, D), ``labels_`` (N,) int64, ``inertia_``, ``n_iter_``.
-    Seeding is greedy k-means++ with ``n_local_trials`` candidates per seed (None: scikit-learn's
-    2 + ln k; fewer is faster but, with k near the number of true clusters, can end 40% worse
-    when a seed lands badly), on a random sample of max(``seed_sample``, 20 k) points (None: all;
-    Lloyd then runs on every point; at 250k points and k = 2,500 this halves the time for +0.2%
-    inertia). Converges like scikit-learn: labels unchanged, or the squared centre shift below
-    ``tol`` x mean feature variance (then labels are refreshed once more so that every label is
-    the nearest centre). An empty cluster is moved onto the point farthest from its centre.
+    Fitted attributes: ``cluster_centers_`` (k, D), ``labels_`` (N,) int64, ``inertia_`` (float;
+    kept on the device until read), ``n_iter_``.
+    Seeds: D^2 sampling in about ``seed_rounds`` rounds on a random sample of
+    max(``seed_sample``, 4 k) points (None: all). Converges like scikit-learn: labels unchanged,
+    or the squared centre shift below ``tol`` x mean feature variance. An empty cluster is moved
+    onto one of the points farthest from their centres.
 
     Example::
 
@@ -106,106 +236,97 @@ class TorchKMeans:
         *,
         max_iter: int = 100,
         tol: float = 1e-4,
-        n_local_trials: int | None = None,
         n_candidates: int = 32,
-        seed_sample: int | None = 50_000,
+        seed_sample: int | None = 16_384,
+        seed_rounds: int = 32,
         random_state: int = 0,
         chunk_size: int = 4096,
+        unsure_cap: int | None = None,
         use_numba: bool = True,
     ) -> None:
         self.n_clusters = n_clusters
         self.max_iter = max_iter
         self.tol = tol
-        self.n_local_trials = n_local_trials
         self.n_candidates = n_candidates
         self.seed_sample = seed_sample
+        self.seed_rounds = seed_rounds
         self.random_state = random_state
         self.chunk_size = chunk_size
+        self.unsure_cap = unsure_cap  # tensor path: most full-scanned points per iteration (None: N / 32)
         self.use_numba = use_numba  # low-dimensional CPU tensors: numba kernels; False: the tensor code
 
-    def _numba(self, x: torch.Tensor) -> bool:
-        return self.use_numba and x.device.type == "cpu" and x.shape[1] <= NUMBA_MAX_DIM
-
-    def _assign(self, x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _assign(
+        self, ops: AssignmentOps, x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact nearest centre, searching the neighbours of each point's current centre first."""
         k = centers.shape[0]
         m = min(self.n_candidates, k)
-        high_dim_cpu = self.use_numba and x.device.type == "cpu" and x.shape[1] > NUMBA_MAX_DIM
-        if m == k or high_dim_cpu:  # high dimension: the pruning rarely holds, a BLAS scan wins
-            return full_assign(x, centers, self.chunk_size)
+        if m == k or ops.pruned is None:
+            return ops.full(x, centers)
         c_sq = (centers * centers).sum(1)
-        cc = _sq_dists(centers, centers, c_sq)  # (k, k)
-        near_d, near = torch.topk(cc, m + 1, dim=1, largest=False)  # the centre itself comes first
-        bound = near_d[:, m]  # squared distance to the nearest centre outside the list
-        near = near[:, :m]
-        if self._numba(x):
-            from fastal.select.kmeans_cpu import assign_pruned_cpu
-
-            return assign_pruned_cpu(x, centers, labels, near, bound)
-        new_labels = torch.empty_like(labels)
-        new_d2 = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
-        rows = max(1, self.chunk_size * 64 // m)
-        for s in range(0, x.shape[0], rows):
-            xs, ls = x[s : s + rows], labels[s : s + rows]
-            cand = near[ls]  # (n, m)
-            d2 = ((centers[cand] - xs[:, None, :]) ** 2).sum(2)  # (n, m)
-            best, arg = d2.min(1)
-            new_labels[s : s + rows] = cand.gather(1, arg[:, None])[:, 0]
-            new_d2[s : s + rows] = best
-            # exact iff d(c, c_out) >= 2 d(x, c)  <=>  bound >= 4 d2(x, c); d2[:, 0] is d2(x, c)
-            unsure = (bound[ls] < 4.0 * d2[:, 0]).nonzero()[:, 0]
-            if unsure.numel():
-                fl, fd = full_assign(xs[unsure], centers, self.chunk_size)
-                new_labels[s + unsure] = fl
-                new_d2[s + unsure] = fd
-        return new_labels, new_d2
+        near = torch.empty(k, m, dtype=torch.int64, device=x.device)
+        bound = torch.empty(k, dtype=x.dtype, device=x.device)
+        for s in range(0, k, self.chunk_size):  # (chunk, k) at a time: k x k would not fit for k ~ 10^5
+            cs = centers[s : s + self.chunk_size]
+            near_d, idx = torch.topk(_sq_dists(cs, centers, c_sq), m + 1, dim=1, largest=False)
+            near[s : s + self.chunk_size] = idx[:, :m]  # the centre itself comes first
+            bound[s : s + self.chunk_size] = near_d[:, m]  # nearest centre outside the list
+        return ops.pruned(x, centers, labels, near, bound)
 
     def fit(self, x: torch.Tensor) -> TorchKMeans:
-        """Cluster ``x`` (N, D) float; N must be at least ``n_clusters``."""
+        """Cluster ``x`` (N, D) float; N must be at least ``n_clusters``. Returns self."""
         k = self.n_clusters
         if x.ndim != 2 or x.shape[0] < k or k < 1:
             raise FastalError(f"KMeans: need (N, D) with N >= n_clusters = {k} >= 1, got {tuple(x.shape)}")
         x = x.float().contiguous()
-        gen = torch.Generator(device=x.device).manual_seed(self.random_state)
-        trials = self.n_local_trials or 2 + int(math.log(k))
-        n = x.shape[0]
-        n_seed = n if self.seed_sample is None else min(n, max(self.seed_sample, 20 * k))
-        if n_seed < n:
-            sample = torch.randperm(n, generator=gen, device=x.device)[:n_seed]
-            centers = kmeans_plusplus(x[sample], k, gen, trials, self._numba(x))[0]
-            if self._numba(x):
-                from fastal.select.kmeans_cpu import assign_full_cpu
-
-                labels, d2 = assign_full_cpu(x, centers)
-            else:
-                labels, d2 = full_assign(x, centers, self.chunk_size)
-        else:
-            centers, labels, d2 = kmeans_plusplus(x, k, gen, trials, self._numba(x))
-        tol = self.tol * float(x.var(0).mean())
+        n, dev = x.shape[0], x.device
+        cap = max(1024, n // 32) if self.unsure_cap is None else self.unsure_cap
+        ops = assignment_ops(x, self.use_numba, self.chunk_size, cap)
+        gen = torch.Generator(device=dev).manual_seed(self.random_state)
+        n_seed = n if self.seed_sample is None else min(n, max(self.seed_sample, 4 * k))
+        sample = x if n_seed == n else x.index_select(0, torch.randperm(n, generator=gen, device=dev)[:n_seed])
+        centers = seed_in_rounds(sample, k, gen, ops, self.seed_rounds)
+        labels, d2 = ops.full(x, centers)
+        tol = self.tol * x.var(0).mean()  # 0-d tensor: compared on the device
+        n_far = min(k, n, 1024)  # empty clusters refilled per iteration (more stay where they were)
+        flag = _ConvergenceFlag(dev)
+        ones = torch.ones(n, dtype=x.dtype, device=dev)
         n_iter = 0
         for n_iter in range(1, self.max_iter + 1):
-            counts = torch.bincount(labels, minlength=k)
+            # index_add_, not bincount: CUDA's bincount reads the largest label on the host.
+            counts = torch.zeros(k, dtype=x.dtype, device=dev).index_add_(0, labels, ones)
             sums = torch.zeros_like(centers).index_add_(0, labels, x)
-            empty = (counts == 0).nonzero()[:, 0]
-            new_centers = sums / counts.clamp_min(1)[:, None].to(x.dtype)
-            if empty.numel():  # relocate onto the points farthest from their centres
-                far = torch.topk(d2, empty.numel()).indices
-                new_centers[empty] = x[far]
-            shift = float(((new_centers - centers) ** 2).sum())
+            new_centers = sums / counts.clamp_min(1)[:, None]
+            # Empty clusters move onto the points farthest from their centres (the i-th empty
+            # cluster onto the i-th farthest point), without a host-side count.
+            empty = counts == 0
+            rank = torch.cumsum(empty, 0) - 1
+            far = x.index_select(0, torch.topk(d2, n_far).indices)
+            refill = empty & (rank < n_far)
+            new_centers = torch.where(refill[:, None], far[rank.clamp(0, n_far - 1)], new_centers)
+            new_centers = torch.where((empty & ~refill)[:, None], centers, new_centers)
+            shift = ((new_centers - centers) ** 2).sum()
             centers = new_centers
-            new_labels, d2 = self._assign(x, centers, labels)
-            changed = bool((new_labels != labels).any())  # host sync per iteration
+            new_labels, d2 = self._assign(ops, x, centers, labels)
+            done = (new_labels == labels).all() | (shift <= tol)
             labels = new_labels
-            if not changed or shift <= tol:
+            if flag.set_and_poll(done):
                 break
         self.cluster_centers_ = centers
         self.labels_ = labels
-        self.inertia_ = float(d2.double().sum())
+        self._inertia = d2.double().sum()  # stays on the device until inertia_ is read
         self.n_iter_ = n_iter
         return self
 
+    @property
+    def inertia_(self) -> float:
+        """Sum of squared distances to the nearest centre (reading it syncs with the device)."""
+        return float(self._inertia)
+
     def fit_predict(self, x: torch.Tensor) -> torch.Tensor:
+        """``fit(x).labels_``."""
         return self.fit(x).labels_
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Nearest fitted centre of each row of ``x`` (N, D): int64 (N,)."""
         return full_assign(x.float(), self.cluster_centers_, self.chunk_size)[0]

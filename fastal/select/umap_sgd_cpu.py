@@ -1,8 +1,13 @@
-"""CPU version of the transform's SGD: one numba loop per new point, points in parallel.
+"""CPU versions of UMAP's SGD (transform and fit): numba loops, points in parallel.
 
-Measured on 2 cores: torch's eager version spends ~200 ns per edge or negative-sample update
-(a dozen tensor passes per epoch), this loop ~30 ns, and it keeps umap-learn's exact update
-order (per point: edges nearest first, each followed by its negative samples). Each point
+Measured on 2 cores: torch's eager version (:mod:`fastal.select.umap_sgd_torch`) spends
+~200 ns per edge or negative-sample update (a dozen tensor passes per epoch), these loops
+~30 ns. The transform keeps umap-learn's exact update order (per point: edges nearest first,
+each followed by its negative samples) against the fixed bank embedding. The fit moves each
+point through its own edges in umap-learn's order, reading the other points where they stood
+at the start of the epoch (a per-epoch snapshot: threads never read a row another thread
+writes); umap-learn's move of the edge's other end is the reverse edge's step (the graph is
+symmetric, both directions share one schedule), so each sampled edge steps twice. Each point
 draws negatives from its own xorshift stream seeded by (seed, point), so the result does not
 depend on how points are spread over threads: deterministic for a seed.
 """
@@ -12,6 +17,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
+
+
+# Points per work item of the parallel loops: numba's default splits a loop into one static
+# block per thread, so on a busy machine a descheduled thread holds everyone up at the end.
+CHUNK = 256
 
 
 @numba.njit(inline="always")
@@ -55,9 +65,7 @@ def _sgd(head, tail, idx, eps, n_epochs, a, b, gamma, initial_alpha, negative_sa
                 next_sample[j] += eps[i, j]
                 n_neg = int((ep - next_neg[j]) / eps_neg[j])
                 for _ in range(n_neg):
-                    state ^= state << np.uint64(13)
-                    state ^= state >> np.uint64(7)
-                    state ^= state << np.uint64(17)
+                    state = _xorshift(state)
                     other = tail[np.int64(state % np.uint64(m))]
                     d2 = zero
                     for d in range(dim):
@@ -68,6 +76,98 @@ def _sgd(head, tail, idx, eps, n_epochs, a, b, gamma, initial_alpha, negative_sa
                         for d in range(dim):
                             cur[d] += _clip(coeff * (cur[d] - other[d])) * alpha
                 next_neg[j] += n_neg * eps_neg[j]  # also when negative, as umap-learn does
+
+
+@numba.njit(inline="always")
+def _xorshift(state):  # pragma: no cover - compiled
+    state ^= state << np.uint64(13)
+    state ^= state >> np.uint64(7)
+    state ^= state << np.uint64(17)
+    return state
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _sgd_fit(emb, indptr, dst, eps, n_epochs, a, b, gamma, initial_alpha, negative_sample_rate, seed):  # pragma: no cover
+    n, dim = emb.shape
+    attract = np.float32(-2.0) * a * b
+    repel = np.float32(2.0) * gamma * b
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    four = np.float32(4.0)
+    eps_small = np.float32(0.001)
+    next_sample = eps.copy()
+    eps_neg = eps / negative_sample_rate
+    next_neg = eps_neg.copy()
+    states = np.empty(n, np.uint64)
+    for i in range(n):
+        states[i] = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(i + 1) * np.uint64(0xBF58476D1CE4E5B9)
+    snap = emb.copy()
+    for ep in range(n_epochs):
+        alpha = np.float32(initial_alpha if ep == 0 else initial_alpha * (1.0 - (ep - 1) / n_epochs))
+        snap[:] = emb
+        for i in numba.prange(n):
+            cur = emb[i]
+            state = states[i]
+            for e in range(indptr[i], indptr[i + 1]):
+                if eps[e] <= 0.0 or next_sample[e] > ep:
+                    continue
+                other = snap[dst[e]]
+                for _ in range(2):  # this edge's step and the reverse edge's move of its other end
+                    d2 = zero
+                    for d in range(dim):
+                        diff = cur[d] - other[d]
+                        d2 += diff * diff
+                    if d2 > zero:
+                        pb = d2**b
+                        coeff = attract * (pb / d2) / (a * pb + one)
+                        for d in range(dim):
+                            cur[d] += _clip(coeff * (cur[d] - other[d])) * alpha
+                next_sample[e] += eps[e]
+                n_neg = int((ep - next_neg[e]) / eps_neg[e])
+                for _ in range(n_neg):
+                    state = _xorshift(state)
+                    j = np.int64(state % np.uint64(n))
+                    if j == i:
+                        continue
+                    other_n = snap[j]
+                    d2 = zero
+                    for d in range(dim):
+                        diff = cur[d] - other_n[d]
+                        d2 += diff * diff
+                    if d2 > zero:
+                        coeff = repel / ((eps_small + d2) * (a * d2**b + one))
+                        for d in range(dim):
+                            cur[d] += _clip(coeff * (cur[d] - other_n[d])) * alpha
+                    else:
+                        for d in range(dim):
+                            cur[d] += four * alpha
+                next_neg[e] += n_neg * eps_neg[e]
+            states[i] = state
+
+
+def optimize_fit_cpu(
+    emb: torch.Tensor,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    eps: torch.Tensor,
+    n_epochs: int,
+    a: float,
+    b: float,
+    *,
+    gamma: float = 1.0,
+    initial_alpha: float = 1.0,
+    negative_sample_rate: float = 5.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Same contract as :func:`fastal.select.umap_sgd_torch.sgd_epochs` with ``tail=None``, for
+    CPU tensors whose edges are sorted by ``src``. Returns ``emb`` (updated in place)."""
+    indptr = torch.zeros(emb.shape[0] + 1, dtype=torch.int64)
+    indptr[1:] = torch.cumsum(torch.bincount(src, minlength=emb.shape[0]), 0)
+    f32 = np.float32
+    with numba.parallel_chunksize(CHUNK):
+        _sgd_fit(emb.numpy(), indptr.numpy(), dst.contiguous().numpy(), eps.contiguous().numpy(), int(n_epochs), f32(a),
+                 f32(b), f32(gamma), float(initial_alpha), float(negative_sample_rate), int(seed))  # fmt: skip
+    return emb
 
 
 def optimize_transform_cpu(
@@ -84,12 +184,13 @@ def optimize_transform_cpu(
     negative_sample_rate: float = 5.0,
     seed: int = 42,
 ) -> torch.Tensor:
-    """Same contract as :func:`fastal.select.umap_torch.optimize_transform` for CPU tensors."""
+    """Same contract as :func:`fastal.select.umap_sgd_torch.optimize_transform` for CPU tensors."""
     h = head.numpy()  # shares memory: updated in place
-    wmax = float(w.max())
-    n_samples = n_epochs * (w / wmax)  # float32 ratio, float64 schedule (as umap-learn)
-    eps = torch.where(w > 0, float(n_epochs) / n_samples.double(), torch.full_like(w, -1.0, dtype=torch.float64))
+    from fastal.select.umap_sgd_torch import epochs_per_sample
+
+    eps = epochs_per_sample(w, n_epochs)
     f32 = np.float32
-    _sgd(h, tail.float().contiguous().numpy(), idx.contiguous().numpy(), eps.numpy(), int(n_epochs), f32(a), f32(b),
-         f32(gamma), float(initial_alpha), float(negative_sample_rate), int(seed))  # fmt: skip
+    with numba.parallel_chunksize(CHUNK):
+        _sgd(h, tail.float().contiguous().numpy(), idx.contiguous().numpy(), eps.numpy(), int(n_epochs), f32(a), f32(b),
+             f32(gamma), float(initial_alpha), float(negative_sample_rate), int(seed))  # fmt: skip
     return head
