@@ -4,8 +4,6 @@ pool, and the teacher's pass plus pooling over a pool of images, timed per stage
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -110,15 +108,17 @@ def selection(
         n_warm = min(superpixels, 5000)
         run(n_warm, max(1, round(budget_fraction * n_warm)))
         warmup_seconds = time.perf_counter() - t0
-    peaks: dict[str, float] | None = None
     if profile is None:
         sel = run(superpixels, budget)
     else:
-        peaks = {}
-        with _profiled_stages(dev, peaks) as prof:
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with torch_profile(activities=activities) as prof:  # each stage is a named range (Candidates.stage)
             sel = run(superpixels, budget)
         profile.mkdir(parents=True, exist_ok=True)
         prof.export_chrome_trace(str(profile / "trace.json"))
+    peaks = sel.peak_memory_mib if profile is not None else None
     stages = {k: v for k, v in sel.timings.items() if k != "total"}
     seconds = sel.timings["total"]
 
@@ -142,30 +142,6 @@ def selection(
             "profiled": profile is not None, "peak_memory_mib": peaks,
             "machine": machine_info(),
         })  # fmt: skip
-
-
-@contextmanager
-def _profiled_stages(device: Any, peaks: dict[str, float]) -> Iterator[Any]:
-    """torch.profiler over the block, each strategy stage (``Candidates.stage``, named as in the
-    JSON) wrapped in :func:`fastal.select.profiling.stage_range`."""
-    from unittest import mock
-
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    from fastal.select.profiling import stage_range
-    from fastal.select.strategies import Candidates
-
-    timed = Candidates.stage
-
-    @contextmanager
-    def stage(self: Any, name: str) -> Iterator[None]:
-        with timed(self, name), stage_range(name, device, peaks):
-            yield
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with mock.patch.object(Candidates, "stage", stage), torch_profile(activities=activities) as prof:
-        yield prof
 
 
 def grid_regions(height: int, width: int, regions: int) -> Any:

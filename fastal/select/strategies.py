@@ -23,6 +23,7 @@ import torch
 from fastal.errors import FastalError
 from fastal.select.cluster_budget import clusters_for, fit_clusters, representatives
 from fastal.select.engines import make_kmeans, make_umap, resolve_engine
+from fastal.select.profiling import stage_range
 from fastal.select.scoring import PoolScores
 from fastal.select.umap_params import UMAPParams
 
@@ -44,6 +45,7 @@ class Selection:
     kmeans_fits: int = 0
     rows: torch.Tensor | None = None  # (Nc,) int64 rows of the PoolScores that were candidates
     fitted: dict[str, torch.Tensor] = field(default_factory=dict)
+    peak_memory_mib: dict[str, float] = field(default_factory=dict)  # per stage (Candidates.stage)
 
     def clusters_kept(self, kept: int | None = None) -> float | None:
         """The share of the ``k`` clusters represented among the first ``kept`` ids (all by default)."""
@@ -78,16 +80,21 @@ class Candidates:
     kmeans_fits: int = 0
     fitted: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    peak_memory_mib: dict[str, float] = field(default_factory=dict)
+
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time a stage (synchronising CUDA so that queued kernels are counted where they belong)."""
-        sync = self.features.device.type == "cuda"
+        """Time a stage (synchronising CUDA so that queued kernels are counted where they belong),
+        as a named profiler range (NVTX on CUDA) with its peak memory (:mod:`fastal.select.profiling`)."""
+        device = self.features.device
+        sync = device.type == "cuda"
         if sync:
-            torch.cuda.synchronize(self.features.device)
+            torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        yield
-        if sync:
-            torch.cuda.synchronize(self.features.device)
+        with stage_range(name, device, self.peak_memory_mib):
+            yield
+            if sync:
+                torch.cuda.synchronize(device)
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
 
@@ -309,4 +316,4 @@ def select(
     labels = cand.fitted.get("cluster")
     clusters_of = None if labels is None else labels[pos].cpu().numpy()  # device -> host: the chosen rows' clusters
     return Selection(ids=ids, timings=timings, k=cand.k, clusters=clusters_of, kmeans_fits=cand.kmeans_fits,
-                     rows=free_rows, fitted=cand.fitted)
+                     rows=free_rows, fitted=cand.fitted, peak_memory_mib=cand.peak_memory_mib)
