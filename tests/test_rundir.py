@@ -18,7 +18,7 @@ from fastal.rundir import RunDir
 
 def setup_for(offsets: list[int], sizes: list[int]) -> SimpleNamespace:
     cache = SimpleNamespace(offsets=np.array(offsets), sizes=np.array(sizes), num_superpixels=len(sizes), path="cache")
-    train = SimpleNamespace(image_id=lambda i: f"img{i}")
+    train = SimpleNamespace(image_id=lambda i: f"img{i}", classes=("sky", "road"))  # what RunDir reads
     return SimpleNamespace(cfg=RunConfig(), cache=cache, train=train, cycle_ks=[1])
 
 
