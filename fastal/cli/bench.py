@@ -198,8 +198,7 @@ def scoring(
     from fastal.kernels import superpixel_entropy_sum, superpixel_mean_features
     from fastal.machine import machine_info
     from fastal.model.network import build_model
-    from fastal.select.scoring import _autocast_dtype
-    from fastal.train import to_tensor_batch
+    from fastal.model.precision import autocast, resolve_amp, to_tensor_batch
 
     if images < 1 or batch_size < 1 or regions < 1 or distinct < 1:
         raise FastalError("--images, --batch-size, --regions and --distinct must be positive")
@@ -211,7 +210,7 @@ def scoring(
     hw = parse_size(size)
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
-    amp_dtype = _autocast_dtype(amp, cuda)
+    amp_dtype = resolve_amp(amp, dev)
     if dataset == "synthetic":
         ds = load_dataset("synthetic", size=hw, num_images=min(distinct, images))
     else:
@@ -251,7 +250,7 @@ def scoring(
         n_sp = int(shift[-1])
         sync()
         t1 = time.perf_counter()
-        with torch.inference_mode(), torch.autocast(dev.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        with torch.inference_mode(), autocast(dev, amp_dtype):
             logits, emb = model(x)
         sync()
         t2 = time.perf_counter()
