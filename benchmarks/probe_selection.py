@@ -277,7 +277,8 @@ def print_tables(r: dict[str, Any]) -> None:
     for name, row in r["representations"].items():
         t.add_row(name, str(row["dims"]), f(row["purity"]), f(row["purity_shuffled"]), f(row["nmi"]),
                   f(row["nmi_shuffled"]), f(row["knn_bank"]), f(row["knn_labelled"]))  # fmt: skip
-    t.caption = f"majority-class accuracy {f(r['majority'])}; {r['scored_regions']} unlabelled regions scored"
+    t.caption = (f"majority-class accuracy {f(r['majority'])}; {r['scored_regions']} unlabelled regions scored; "
+                 f"regions picked {ov['regions']}; run's picks reproduced: {ov['matches_run']}")  # fmt: skip
     console.print(t)
     t = Table(title=f"cycle {r['cycle']}: per class (bank after {r['bank_pushes']} pushes)")
     cols = ("class", "bank", "age mean", "age max", "anchors/batch", "labelled", "unlabelled",
@@ -337,14 +338,16 @@ def main(argv: list[str] | None = None) -> int:
     from fastal.machine import machine_info
     from fastal.run_setup import prepare
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", nargs="?", type=Path, help="run directory (its config, pool and checkpoints)")
     p.add_argument("--cycles", default="latest", help="latest | all | comma-separated cycles (run directory)")
     p.add_argument("--checkpoint", type=Path, help="trainer checkpoint, without a run directory")
     p.add_argument("--dataset", help="dataset of --checkpoint")
     p.add_argument("--data-root")
     p.add_argument("--superpixels", type=int)
-    p.add_argument("--budget-pct", type=float, help="pixels to select, %% of the pool (default: the schedule's next step)")
+    p.add_argument("--budget-pct", type=float,
+                   help="pixels to select, %% of the pool (default: the schedule's next step)")
     p.add_argument("--anchor-batches", type=int, default=8, help="training steps replayed to count anchors")
     p.add_argument("--name", help="JSON name: benchmarks/results/probe_<name>.json (default: the run's name)")
     p.add_argument("--json", type=Path, help="JSON path (overrides --name)")
