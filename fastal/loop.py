@@ -54,7 +54,7 @@ from fastal.run_setup import PHASE_EVAL, PHASE_SELECT, PHASE_TRAIN, Setup, check
 from fastal.rundir import CLUSTERS, CURVE, FULL, RESULTS, RunDir, crash_point, create_run_dir, open_run
 
 if TYPE_CHECKING:
-    from fastal.select import Selection
+    from fastal.select import Selection, UMAPParams
 
 
 def seed_everything(seed: int, cycle: int, phase: int) -> int:
@@ -92,6 +92,13 @@ class Ranking:
         return selection_table(self.scores, self.calls, self.kept, cache.offsets, cache.sizes, classes, keep)
 
 
+def umap_params(cfg: RunConfig) -> UMAPParams:
+    """The UMAP settings of run ``cfg``'s contrastive selection."""
+    from fastal.select import UMAPParams
+
+    return UMAPParams(n_neighbors=cfg.umap_neighbors, n_components=cfg.umap_components, min_dist=cfg.umap_min_dist)
+
+
 def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, seed: int,
                     budget: int | None = None, pixels: float | None = None) -> Ranking:
     """Score the unlabelled pool with the teacher of ``checkpoint`` and choose from it with the
@@ -108,7 +115,7 @@ def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, 
     ids represent) with what the selection table needs to explain it.
     """
     from fastal.pool import take_until
-    from fastal.select import CLUSTER_STRATEGIES, UMAPParams, score_pool, select
+    from fastal.select import CLUSTER_STRATEGIES, score_pool, select
     from fastal.train import Trainer
 
     cfg = setup.cfg
@@ -117,7 +124,7 @@ def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, 
     scores = score_pool(trainer.teacher, setup.train, setup.cache, images, setup.device, amp=cfg.amp,
                         region_entropy=cfg.region_entropy)
     bank = trainer.bank.features()
-    umap = UMAPParams(n_neighbors=cfg.umap_neighbors, n_components=cfg.umap_components, min_dist=cfg.umap_min_dist)
+    umap = umap_params(cfg)
     calls: list[Selection] = []
 
     def choose(k: int, taken: np.ndarray, seed: int, **pixel_budget: Any) -> Selection:

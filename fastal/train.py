@@ -169,7 +169,8 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float] | None:
         """One optimiser step on a batch of uint8 images (B, H, W, 3) and labels (B, H, W);
-        returns the losses, or None when the batch has no labelled pixel (no step taken)."""
+        returns the losses, labelled pixels and InfoNCE anchors drawn (in all, and per class),
+        or None when the batch has no labelled pixel (no step taken)."""
         cfg, C = self.cfg, self.num_classes
         x = to_tensor_batch(images, self.device, self.channels_last)  # (B, 3, H, W)
         y = torch.as_tensor(labels).to(self.device, non_blocking=True).long()  # (B, H, W)
@@ -194,9 +195,12 @@ class Trainer:
             )  # fmt: skip
             nce = contrastive_loss(emb, sample, self.bank.class_means(), bank_features, cfg.tau)
             loss = ce + cfg.lam * nce
-        else:  # the ablation: a CE-only step (InfoNCE not computed, reported as 0)
+            # Anchors drawn per class: a probe of how much the InfoNCE term sees (one sync with the losses).
+            anchors = torch.bincount(sample.classes, minlength=C).to(loss.dtype)
+        else:  # the ablation: a CE-only step (InfoNCE not computed, reported as 0; no anchors drawn)
             nce, loss = torch.zeros((), device=ce.device), ce
-        values = torch.stack([loss, ce, nce]).tolist()  # host sync: NaN check and progress
+            anchors = torch.zeros(C, dtype=loss.dtype, device=ce.device)
+        values = torch.cat([torch.stack([loss, ce, nce]).detach(), anchors]).tolist()  # host sync: NaN check and progress
         if not math.isfinite(values[0]):
             raise NonFiniteLoss(f"loss is {values[0]} at step {self.step + 1} (epoch {self.epoch + 1})", self.step + 1)
 
@@ -213,7 +217,8 @@ class Trainer:
                 bank_logits, bank_emb = self.teacher(x)
         self.bank.push(bank_emb, bank_logits, y_feat)
         self.step += 1
-        return {"loss": values[0], "ce": values[1], "nce": values[2], "labelled": labelled}
+        return {"loss": values[0], "ce": values[1], "nce": values[2], "labelled": labelled,
+                "anchors": int(sum(values[3:])), "anchors_per_class": [int(a) for a in values[3:]]}
 
     def loader(self, samples: Dataset, shuffle: bool = True) -> DataLoader:
         """Batches of ``samples``; the shuffle order depends only on (seed, epoch), so a
@@ -326,9 +331,9 @@ class Trainer:
 def train_one_epoch(
     trainer: Trainer, loader: DataLoader, on_batch: Callable[[float], None] | None = None
 ) -> dict[str, float]:
-    """One pass over ``loader``; mean loss, CE and InfoNCE over the steps taken, and throughput.
+    """One pass over ``loader``; mean loss, CE, InfoNCE and anchors over the steps taken, and throughput.
     ``on_batch(loss)`` follows every batch (NaN for a batch without labels, skipped)."""
-    sums = {"loss": 0.0, "ce": 0.0, "nce": 0.0}
+    sums = {"loss": 0.0, "ce": 0.0, "nce": 0.0, "anchors": 0.0}
     steps = images = skipped = 0
     start = time.perf_counter()
     for batch_images, batch_labels in loader:

@@ -342,3 +342,35 @@ def test_sampler_skips_out_of_range_class():
     labels[0, 1, 1] = 7
     s = sample_contrastive(emb, labels, pred, bank.features(), bank.labels(), 4, 6, 10, g)
     assert not np.isin(7, s.classes.numpy())
+
+
+def test_bank_ages_follow_the_fifo_through_wrap_around():
+    # Channel 0 of every pushed feature is the push number, so each stored row says when it entered.
+    C, D, P, T = 3, 2, 2, 5
+    bank = MemoryBank(C, dim=D, per_image=P, size=T)
+    g = torch.Generator().manual_seed(1)
+    for t in range(1, 7):
+        emb = torch.randn(2, D, 3, 4, generator=g)
+        emb[:, 0] = t
+        bank.push(emb, torch.randn(2, C, 3, 4, generator=g) * 2, torch.randint(0, C, (2, 3, 4), generator=g))
+    assert bank.pushes == 6 and max(bank.count.tolist()) == T  # queues wrapped: old entries evicted
+    assert torch.equal(bank.ages(), 6 - bank.features()[:, 0].long())
+    assert bank.ages().min() == 0  # the last push's entries
+
+
+def test_bank_ages_round_trip_and_old_state_without_them_loads():
+    bank = MemoryBank(2, dim=2, per_image=1, size=3)
+    emb, logits = torch.ones(1, 2, 1, 2), torch.tensor([5.0, 0.0, 5.0, 0.0]).view(1, 2, 1, 2)
+    for _ in range(3):
+        bank.push(emb, logits, torch.tensor([[[0, 0]]]))
+    assert bank.ages().tolist() == [2, 1, 0]  # one entry per push (per_image = 1, one image)
+    other = MemoryBank(2, dim=2, per_image=1, size=3)
+    other.load_state_dict(bank.state_dict())
+    assert other.pushes == 3 and torch.equal(other.ages(), bank.ages())
+    old = {k: v for k, v in bank.state_dict().items() if k not in ("inserted", "pushes")}  # before age tracking
+    legacy = MemoryBank(2, dim=2, per_image=1, size=3)
+    legacy.load_state_dict(old)
+    assert torch.equal(legacy.features(), bank.features())
+    assert legacy.ages().tolist() == [-1, -1, -1]  # unknown
+    legacy.push(emb, logits, torch.tensor([[[0, 0]]]))  # evicts the oldest; the new one is known
+    assert sorted(legacy.ages().tolist()) == [-1, -1, 0]

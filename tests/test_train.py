@@ -331,3 +331,21 @@ def test_bank_clear_leaves_a_new_bank():
     assert trainer.bank.features().shape == (0, 128)
     for k, v in fresh.state_dict().items():
         assert torch.equal(torch.as_tensor(trainer.bank.state_dict()[k]), torch.as_tensor(v)), k
+def test_train_step_counts_the_anchors_it_draws():
+    from fastal.model import downsample_labels
+
+    cfg = TrainConfig(**TINY)
+    trainer = Trainer(cfg, num_classes=4, device="cpu")
+    images, labels = collate([Samples(classes=3)[i] for i in range(2)])  # class 3 never labelled
+    first = trainer.train_step(images, labels)
+    assert first["anchors_per_class"] == [0, 0, 0, 0]  # empty bank: no class has a queue yet
+    has_queue = (trainer.bank.count > 0).tolist()
+    assert any(has_queue)
+    second = trainer.train_step(images, labels)
+    # Each class with a queue gets min(anchors_per_class, its labelled feature cells); a flip
+    # does not change how many cells a class has.
+    h, w = trainer.student(torch.zeros(1, 3, 16, 24))[0].shape[-2:]
+    y = downsample_labels(labels.long(), (h, w)).flatten()
+    cells = torch.bincount(y[y != 255], minlength=4).tolist()
+    expected = [min(cfg.anchors_per_class, cells[c]) if has_queue[c] else 0 for c in range(4)]
+    assert second["anchors_per_class"] == expected and second["anchors"] == sum(expected) > 0

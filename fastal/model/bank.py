@@ -24,6 +24,8 @@ class MemoryBank:
     Each :meth:`push` enqueues, per image and class, the ``per_image`` (P_i) pixels that
     are correctly classified and have the highest base-2 entropy (ties: lower pixel index).
     Within one push, items enter class by class in (image, entropy descending) order.
+    Each slot remembers the push that filled it (``inserted``; ``pushes`` counts the pushes,
+    one per training step), so :meth:`ages` tells how stale the entries are.
 
     >>> bank = MemoryBank(11, device="cpu")
     >>> bank.push(emb, logits, labels)       # (B,128,h,w), (B,11,h,w), (B,h,w) 255 = ignore
@@ -46,6 +48,9 @@ class MemoryBank:
         self.data = torch.zeros(num_classes, size, dim, device=self.device)  # (C, T, D)
         self.ptr = torch.zeros(num_classes, dtype=torch.int64, device=self.device)  # next slot
         self.count = torch.zeros(num_classes, dtype=torch.int64, device=self.device)  # filled slots
+        # (C, T) value of ``pushes`` when the slot was written; -1: unknown (a bank saved without it)
+        self.inserted = torch.zeros(num_classes, size, dtype=torch.int64, device=self.device)
+        self.pushes = 0
 
     @torch.no_grad()
     def push(self, emb: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -75,7 +80,10 @@ class MemoryBank:
         # Item j of class c goes to slot (ptr + j) % T; with more than T items only the last T survive.
         last = pos >= (n - T)[cls]
         rows = emb.permute(0, 2, 3, 1).reshape(-1, D)[idx[last]].float()
-        self.data[cls[last], (self.ptr[cls[last]] + pos[last]) % T] = rows
+        slots = (self.ptr[cls[last]] + pos[last]) % T
+        self.data[cls[last], slots] = rows
+        self.pushes += 1
+        self.inserted[cls[last], slots] = self.pushes
         self.ptr = (self.ptr + n) % T
         self.count = torch.clamp(self.count + n, max=T)
 
@@ -92,6 +100,12 @@ class MemoryBank:
         classes = torch.arange(self.num_classes, device=self.device)[:, None].expand(-1, self.size)
         return classes[self._filled()]
 
+    def ages(self) -> torch.Tensor:
+        """(C*T',) int64 pushes since each row of :meth:`features` was written (0: by the last
+        push); -1 where unknown (a bank loaded from a checkpoint that predates age tracking)."""
+        inserted = self.inserted[self._filled()]
+        return torch.where(inserted >= 0, self.pushes - inserted, -1)
+
     def queue(self, c: int) -> torch.Tensor:
         """(count_c, D) the queue of class ``c``, oldest first."""
         n = int(self.count[c])
@@ -104,10 +118,11 @@ class MemoryBank:
         return torch.nn.functional.normalize(total, dim=1)
 
     def clear(self) -> None:
-        """Empty every queue, as a new bank is."""
+        """Empty every queue, as a new bank is (the push count goes on: ages stay comparable)."""
         self.data.zero_()
         self.ptr.zero_()
         self.count.zero_()
+        self.inserted.zero_()
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -115,6 +130,8 @@ class MemoryBank:
             "ptr": self.ptr,
             "count": self.count,
             "per_image": self.per_image,
+            "inserted": self.inserted,
+            "pushes": self.pushes,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -127,8 +144,15 @@ class MemoryBank:
         self.ptr = state["ptr"].to(self.device)
         self.count = state["count"].to(self.device)
         self.per_image = int(state["per_image"])
+        # Checkpoints written before age tracking lack these: their entries' ages are unknown.
+        self.pushes = int(state.get("pushes", 0))
+        inserted = state.get("inserted")
+        self.inserted = (torch.full_like(self.inserted, -1) if inserted is None
+                         else inserted.to(self.device, torch.int64))  # fmt: skip
 
     def to(self, device: torch.device | str) -> MemoryBank:
         self.device = torch.device(device)
-        self.data, self.ptr, self.count = (t.to(self.device) for t in (self.data, self.ptr, self.count))
+        self.data, self.ptr, self.count, self.inserted = (
+            t.to(self.device) for t in (self.data, self.ptr, self.count, self.inserted)
+        )
         return self
