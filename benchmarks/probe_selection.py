@@ -41,7 +41,6 @@ import argparse
 import copy
 import dataclasses
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
