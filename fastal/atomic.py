@@ -74,6 +74,15 @@ def check_writable(path: str | os.PathLike, directory: bool = False) -> None:
             return
 
 
+def check_file(path: str | os.PathLike, what: str) -> None:
+    """FastalError unless a file is at ``path`` (``what`` names it: an option, a role)."""
+    path = Path(path)
+    if path.is_dir():
+        raise FastalError(f"{what} {path}: a directory, not a file")
+    if not path.is_file():
+        raise FastalError(f"{what} {path}: file not found")
+
+
 def read_json(path: str | os.PathLike, hint: str = "") -> Any:
     """Parse a JSON file; a missing or broken one is a FastalError naming it (``hint`` says why it
     was expected)."""
@@ -84,6 +93,19 @@ def read_json(path: str | os.PathLike, hint: str = "") -> Any:
         raise FastalError(f"{path}: not found{f' ({hint})' if hint else ''}") from None
     except json.JSONDecodeError as e:
         raise FastalError(f"{path}: not valid JSON ({e})") from None
+
+
+@contextlib.contextmanager
+def appending(path: str | os.PathLike) -> Iterator[Any]:
+    """Open text file ``path`` for appending; fsync it when the block ends. An OSError (a full
+    disk) is one FastalError naming ``path``; lines written before it stay, so an append-only
+    log must be one its reader can cut back (the query log is: the pool says how long it is)."""
+    with naming_os_errors(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        with os.fdopen(fd, "a") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -163,8 +163,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(cfg.full_epochs is None or cfg.full_epochs >= 1, f"full_epochs = {cfg.full_epochs}: must be >= 1")
     for name in ("train_images", "val_images"):
         need(getattr(cfg, name) >= 0, f"{name} = {getattr(cfg, name)}: must be >= 0 (0 = all)")
-    need(cfg.lr > 0, f"lr = {cfg.lr}: must be > 0")
-    need(cfg.clusters >= 1, f"clusters = {cfg.clusters}: must be >= 1 (KMeans clusters per queried region)")
+    for name in ("seed", "data_seed"):  # numpy seeds are non-negative (SeedSequence, default_rng)
+        need(0 <= getattr(cfg, name) < 2**63, f"{name} = {getattr(cfg, name)}: must be in 0..2**63-1")
+    need(math.isfinite(cfg.lr) and cfg.lr > 0, f"lr = {cfg.lr}: must be > 0")
+    need(math.isfinite(cfg.clusters) and cfg.clusters >= 1, f"clusters = {cfg.clusters}: must be >= 1 (KMeans clusters per queried region)")
     need(cfg.scale is None or 0 < cfg.scale <= 8, f"scale = {cfg.scale}: a factor in (0, 8]")
     need(
         len(cfg.image_size) == 2 and min(cfg.image_size) >= 16,
@@ -200,6 +202,13 @@ def read_toml(path: str | Path) -> dict[str, Any]:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise FastalError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise FastalError(f"{path}: a directory, not a config file") from None
+    except UnicodeDecodeError as e:
+        raise FastalError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                          f"TOML files are UTF-8") from None
+    except OSError as e:
+        raise FastalError(f"{path}: cannot read ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         raise FastalError(f"{path}: not valid TOML ({e})") from None
     nested = [k for k, v in data.items() if isinstance(v, dict)]
