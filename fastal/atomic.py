@@ -4,6 +4,7 @@ and the checked read of what they wrote."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -123,23 +124,33 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     """Build a directory in a temp sibling; rename it to ``path`` only when the block succeeds.
 
-    An existing ``path`` is replaced. On any error (or a kill) nothing appears at ``path``;
-    a leftover ``.path.*.tmp`` sibling from a kill is harmless and removed on the next call.
-    An OSError in the block or in the commit (a full disk) is one FastalError naming ``path``.
+    An existing ``path`` is replaced; ``replace=False``: FastalError if a directory with files
+    appeared at ``path`` meanwhile (another process made it), and leftover temp siblings are left
+    alone (they may be another process's work). On any error (or a kill) nothing appears at
+    ``path``; a leftover ``.path.*.tmp`` sibling from a kill is harmless and removed on the next
+    replacing call. An OSError in the block or in the commit (a full disk) is one FastalError naming ``path``.
     """
     path = Path(path)
     check_writable(path, directory=True)
     with naming_os_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
+        if replace:
+            for stale in path.parent.glob(f".{path.name}.*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
             yield tmp
-            if path.exists():
+            if not replace:
+                try:
+                    os.rename(tmp, path)  # fails on a directory that holds files: no replacing it
+                except OSError as e:
+                    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+                    raise FastalError(f"{path}: already exists (made by another process meanwhile)") from None
+            elif path.exists():
                 old = path.with_name(f".{path.name}.old.tmp")
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(path, old)

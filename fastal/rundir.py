@@ -68,7 +68,7 @@ def create_run_dir(cfg: RunConfig, run_dir: str | Path) -> Path:
     """A new run directory holding ``config.toml`` and ``run.json``, created whole or not at all."""
     run_dir = Path(run_dir)
     check_new_run_dir(run_dir)
-    with atomic_dir(run_dir) as tmp:
+    with atomic_dir(run_dir, replace=False) as tmp:  # two runs racing for one --out: one gets it
         save_config(cfg, tmp / CONFIG)
         atomic_write_json(tmp / RUN, {"run_id": uuid.uuid4().hex, **_fingerprint(cfg)})
         (tmp / "checkpoints").mkdir()
@@ -95,7 +95,10 @@ def run_record(run_dir: str | Path) -> dict[str, Any]:
 def config_changes(run_dir: str | Path, cfg: RunConfig) -> dict[str, list[Any]]:
     """Keys whose value in ``cfg`` (config.toml now) differs from the run's creation: key -> [was, is].
     A key fastal added since the run was made counts as unchanged while it has its default."""
-    was, now, defaults = run_record(run_dir)["config"], to_dict(cfg), to_dict(RunConfig())
+    rec = run_record(run_dir)
+    if rec.get("config_sha256") == _fingerprint(cfg)["config_sha256"]:
+        return {}
+    was, now, defaults = rec["config"], to_dict(cfg), to_dict(RunConfig())
     return {k: [was.get(k, defaults.get(k)), now.get(k)] for k in sorted(set(was) | set(now))
             if was.get(k, defaults.get(k)) != now.get(k)}  # fmt: skip
 

@@ -49,6 +49,10 @@ def prepare(
     from fastal.data import load_dataset
     from fastal.data.superpixels import build_cache
 
+    from fastal.errors import FastalError
+
+    if seed < 0:  # numpy seeds are non-negative
+        raise FastalError(f"--seed {seed}: must be >= 0")
     if json_path is not None:
         check_writable(json_path)  # before the work, not after it
     start = time.perf_counter()

@@ -80,6 +80,8 @@ def train(
 
     if epochs < 1:  # TrainConfig allows 0 (fit nothing); a command that trains must train
         raise FastalError(f"--epochs {epochs}: must be at least 1")
+    if seed < 0:  # numpy seeds are non-negative
+        raise FastalError(f"--seed {seed}: must be >= 0")
     cfg = TrainConfig(backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size, amp=amp, seed=seed)
     dev = resolve_device(device)
     if not full and not 0 < initial <= 100:
