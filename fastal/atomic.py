@@ -4,6 +4,7 @@ and the checked read of what they wrote."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -74,6 +75,15 @@ def check_writable(path: str | os.PathLike, directory: bool = False) -> None:
             return
 
 
+def check_file(path: str | os.PathLike, what: str) -> None:
+    """FastalError unless a file is at ``path`` (``what`` names it: an option, a role)."""
+    path = Path(path)
+    if path.is_dir():
+        raise FastalError(f"{what} {path}: a directory, not a file")
+    if not path.is_file():
+        raise FastalError(f"{what} {path}: file not found")
+
+
 def read_json(path: str | os.PathLike, hint: str = "") -> Any:
     """Parse a JSON file; a missing or broken one is a FastalError naming it (``hint`` says why it
     was expected)."""
@@ -84,6 +94,19 @@ def read_json(path: str | os.PathLike, hint: str = "") -> Any:
         raise FastalError(f"{path}: not found{f' ({hint})' if hint else ''}") from None
     except json.JSONDecodeError as e:
         raise FastalError(f"{path}: not valid JSON ({e})") from None
+
+
+@contextlib.contextmanager
+def appending(path: str | os.PathLike) -> Iterator[Any]:
+    """Open text file ``path`` for appending; fsync it when the block ends. An OSError (a full
+    disk) is one FastalError naming ``path``; lines written before it stay, so an append-only
+    log must be one its reader can cut back (the query log is: the pool says how long it is)."""
+    with naming_os_errors(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        with os.fdopen(fd, "a") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -101,23 +124,33 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
     """Build a directory in a temp sibling; rename it to ``path`` only when the block succeeds.
 
-    An existing ``path`` is replaced. On any error (or a kill) nothing appears at ``path``;
-    a leftover ``.path.*.tmp`` sibling from a kill is harmless and removed on the next call.
-    An OSError in the block or in the commit (a full disk) is one FastalError naming ``path``.
+    An existing ``path`` is replaced; ``replace=False``: FastalError if a directory with files
+    appeared at ``path`` meanwhile (another process made it), and leftover temp siblings are left
+    alone (they may be another process's work). On any error (or a kill) nothing appears at
+    ``path``; a leftover ``.path.*.tmp`` sibling from a kill is harmless and removed on the next
+    replacing call. An OSError in the block or in the commit (a full disk) is one FastalError naming ``path``.
     """
     path = Path(path)
     check_writable(path, directory=True)
     with naming_os_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
+        if replace:
+            for stale in path.parent.glob(f".{path.name}.*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
             yield tmp
-            if path.exists():
+            if not replace:
+                try:
+                    os.rename(tmp, path)  # fails on a directory that holds files: no replacing it
+                except OSError as e:
+                    if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+                    raise FastalError(f"{path}: already exists (made by another process meanwhile)") from None
+            elif path.exists():
                 old = path.with_name(f".{path.name}.old.tmp")
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(path, old)

@@ -178,8 +178,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(cfg.full_epochs is None or cfg.full_epochs >= 1, f"full_epochs = {cfg.full_epochs}: must be >= 1")
     for name in ("train_images", "val_images"):
         need(getattr(cfg, name) >= 0, f"{name} = {getattr(cfg, name)}: must be >= 0 (0 = all)")
-    need(cfg.lr > 0, f"lr = {cfg.lr}: must be > 0")
-    need(cfg.clusters >= 1, f"clusters = {cfg.clusters}: must be >= 1 (KMeans clusters per queried region)")
+    for name in ("seed", "data_seed"):  # numpy seeds are non-negative (SeedSequence, default_rng)
+        need(0 <= getattr(cfg, name) < 2**63, f"{name} = {getattr(cfg, name)}: must be in 0..2**63-1")
+    need(math.isfinite(cfg.lr) and cfg.lr > 0, f"lr = {cfg.lr}: must be > 0")
+    need(math.isfinite(cfg.clusters) and cfg.clusters >= 1, f"clusters = {cfg.clusters}: must be >= 1 (KMeans clusters per queried region)")
     need(cfg.umap_components >= 1, f"umap_components = {cfg.umap_components}: must be >= 1")
     need(cfg.umap_neighbors >= 2, f"umap_neighbors = {cfg.umap_neighbors}: must be >= 2")
     need(0 <= cfg.umap_min_dist <= 1, f"umap_min_dist = {cfg.umap_min_dist}: must lie in [0, 1] (UMAP's spread is 1)")
@@ -224,6 +226,13 @@ def parse_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         raise FastalError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise FastalError(f"{path}: a directory, not a {what}") from None
+    except UnicodeDecodeError as e:
+        raise FastalError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                          f"TOML files are UTF-8") from None
+    except OSError as e:
+        raise FastalError(f"{path}: cannot read ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         raise FastalError(f"{path}: not valid TOML ({e})") from None
 

@@ -51,7 +51,20 @@ from fastal.config import RunConfig
 from fastal.progress import console
 from fastal.reference import check_reference, reference_key, shared_reference
 from fastal.run_setup import PHASE_EVAL, PHASE_SELECT, PHASE_TRAIN, Setup, check_before_training, phase_seed, prepare
-from fastal.rundir import CLUSTERS, CURVE, FULL, RESULTS, RunDir, crash_point, create_run_dir, open_run
+from fastal.rundir import (
+    CLUSTERS,
+    CURVE,
+    FULL,
+    RESULTS,
+    RunDir,
+    accept_config,
+    check_new_run_dir,
+    checked_config,
+    crash_point,
+    create_run_dir,
+    open_run,
+)
+from fastal.runlock import run_lock
 
 if TYPE_CHECKING:
     from fastal.select import Selection, UMAPParams
@@ -337,33 +350,62 @@ def _stop_reason(run: RunDir, cycle: int, miou: float) -> str | None:
 
 
 def run_experiment(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False,
-                   setup: Setup | None = None) -> dict[str, Any]:
+                   setup: Setup | None = None, accept_config_change: bool = False) -> dict[str, Any]:
     """Run (or, with ``resume``, continue) the experiment in ``run_dir``; returns results.json's dict.
 
     A new run validates everything (config, data, budget against the pool) before the
     directory is created; a resumed run takes its configuration from ``run_dir/config.toml``
-    (``cfg`` is then ignored). ``setup`` reuses data already prepared for ``cfg``.
+    (``cfg`` is then ignored), refused when it differs from the run's creation unless
+    ``accept_config_change`` (the change is recorded in results.json). ``setup`` reuses data
+    already prepared for ``cfg``. The process is the run directory's one writer while this runs:
+    another gets :class:`fastal.errors.RunDirLocked` before anything is touched.
     """
+    run_dir = Path(run_dir)
+    if resume:
+        open_run(run_dir)  # a run directory, before its lock file is made in it
+        with run_lock(run_dir):
+            cfg, changes = checked_config(run_dir, accept_config_change)
+            return _run(run_dir, setup or prepare(cfg), changes)
+    check_new_run_dir(run_dir)  # before the data is prepared: that can take minutes
+    setup = setup or prepare(cfg)
+    shared = Path(cfg.full_shared) if cfg.full_reference and cfg.full_shared else None
+    if shared is not None and shared.exists():
+        check_reference(shared, setup)  # refused before the run directory exists
+    elif shared is not None:
+        check_writable(shared)  # it will be written there, and its lock beside it
+    check_before_training(setup)
+    create_run_dir(cfg, run_dir)
+    with run_lock(run_dir):
+        return _run(run_dir, setup, {})
+
+
+def _record_config_change(run: RunDir, changes: dict[str, list[Any]]) -> None:
+    """An accepted change of config.toml: results.json's description of the run follows it (and
+    says from which cycle on), a stop is decided again under it, and run.json holds it from now."""
+    res = run.results
+    fresh = run.empty_results()
+    res.update({k: v for k, v in fresh.items() if k not in ("full_miou", "stopped", "cycles", "num_pixels")})
+    res.setdefault("config_changes", []).append({"from_cycle": len(res["cycles"]) + 1, "changed": changes})
+    if res["cycles"]:
+        last = res["cycles"][-1]
+        res["stopped"] = _stop_reason(run, last["cycle"], last["miou"])
+    atomic_write_json(run.dir / RESULTS, res)
+    accept_config(run.dir, run.cfg)
+    console.print(f"config change accepted and recorded in {run.dir / RESULTS}: {', '.join(changes)}")
+
+
+def _run(run_dir: Path, setup: Setup, changes: dict[str, list[Any]]) -> dict[str, Any]:
+    """The cycles of the run in ``run_dir``, from where its files say it stands (lock held)."""
     import torch
 
     from fastal.report import curve_for_results, cycle_table
 
-    run_dir = Path(run_dir)
-    if resume:
-        cfg = open_run(run_dir)
-    setup = setup or prepare(cfg)
-    if not resume:
-        shared = Path(cfg.full_shared) if cfg.full_reference and cfg.full_shared else None
-        if shared is not None and shared.exists():
-            check_reference(shared, setup)  # refused before the run directory exists
-        elif shared is not None:
-            check_writable(shared)  # it will be written there, and its lock beside it
-        check_before_training(setup)
-        create_run_dir(cfg, run_dir)
     if setup.device.type == "cpu":
         # Deterministic kernels where torch has them; a resumed run must redo a phase bit for bit.
         torch.use_deterministic_algorithms(True, warn_only=True)
     run = RunDir(setup, run_dir)
+    if changes:
+        _record_config_change(run, changes)
     if run.results["cycles"]:
         curve_for_results(run.results, run_dir / CURVE)  # a kill may have come between results and curve
     full_reference(run)

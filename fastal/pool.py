@@ -296,12 +296,22 @@ class RegionPool:
     def add(self, answer: OracleAnswer, cycle: int) -> None:
         """Label the superpixels of an oracle answer in ``cycle`` (>= 1 and >= current cycle).
 
-        All checks run before anything changes: a rejected answer leaves the pool as it was.
+        All checks (:meth:`check_answer`) run before anything changes: a rejected answer leaves
+        the pool as it was.
         """
+        ids = self.check_answer(answer, cycle)
+        self.state[ids] = cycle
+        self.classes[ids] = answer.classes
+        self.clicks[ids] = answer.clicks
+        self.noisy[ids] = answer.noisy
+        self.valid[ids] = answer.valid
+        self.order = np.concatenate([self.order, ids])
+
+    def check_answer(self, answer: OracleAnswer, cycle: int) -> np.ndarray:
+        """FastalError unless :meth:`add` would take ``answer`` in ``cycle``; returns its ids."""
         if answer.mode != self.label_mode:
             raise FastalError(f"oracle answered in {answer.mode!r} mode; this pool is {self.label_mode!r}")
-        cycle = int(cycle)
-        if cycle < 1 or cycle < self.current_cycle:
+        if int(cycle) < 1 or int(cycle) < self.current_cycle:
             raise FastalError(f"cycle {cycle}: must be >= 1 and >= the current cycle {self.current_cycle}")
         if cycle > np.iinfo(np.int32).max:
             raise FastalError(f"cycle {cycle}: too large")
@@ -317,12 +327,7 @@ class RegionPool:
         if not np.array_equal(answer.pixels, self.sizes[ids]):
             wrong = ids[np.asarray(answer.pixels) != self.sizes[ids]]
             raise FastalError(f"oracle answer: pixel counts differ from the pool's sizes for {_show(wrong)}")
-        self.state[ids] = cycle
-        self.classes[ids] = answer.classes
-        self.clicks[ids] = answer.clicks
-        self.noisy[ids] = answer.noisy
-        self.valid[ids] = answer.valid
-        self.order = np.concatenate([self.order, ids])
+        return ids
 
     # ---- training labels ------------------------------------------------------------------
     def label_map(self, i: int, local_sp: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:

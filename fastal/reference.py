@@ -16,7 +16,7 @@ from fastal.atomic import atomic_write_json, read_json
 from fastal.errors import FastalError
 from fastal.progress import console
 from fastal.run_setup import Setup
-from fastal.rundir import file_lock
+from fastal.runlock import file_lock
 
 
 # The loss settings a reference written before they were run options was trained with.

@@ -34,14 +34,44 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
     """``RUN_DIR/results.json``, checked for the keys a report needs."""
     path = Path(run_dir) / "results.json"
     res = read_json(path, f"is {run_dir} a fastal run directory?")
+    if not isinstance(res, dict):
+        raise FastalError(f"{path}: expected a JSON object, found {type(res).__name__}")
     missing = [k for k in RESULT_KEYS if k not in res]
     if missing:
         raise FastalError(f"{path}: missing key {missing[0]!r}")
+    if not isinstance(res["cycles"], list):
+        raise FastalError(f"{path}: 'cycles' is {type(res['cycles']).__name__}, expected a list")
+    for key, ok, want in (("dataset", _is_str, "a string"), ("strategy", _is_str, "a string"),
+                          ("seed", _is_int, "an integer"), ("full_miou", _is_number_or_null, "a number or null")):
+        if not ok(res[key]):
+            raise FastalError(f"{path}: {key} = {res[key]!r}, expected {want}")
     for c in res["cycles"]:
+        if not isinstance(c, dict):
+            raise FastalError(f"{path}: cycle record {c!r} is not an object")
         gone = [k for k in ("cycle", "labelled_pixel_fraction", "miou") if k not in c]
         if gone:
             raise FastalError(f"{path}: a cycle record lacks {gone[0]!r}")
+        for key, ok, want in (("cycle", _is_int, "an integer"), ("labelled_pixel_fraction", _is_number, "a number"),
+                              ("miou", _is_number, "a number")):  # fmt: skip
+            if not ok(c[key]):
+                raise FastalError(f"{path}: cycle {c['cycle']!r}: {key} = {c[key]!r}, expected {want}")
     return res
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_number_or_null(v: Any) -> bool:
+    return v is None or _is_number(v)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

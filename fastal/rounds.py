@@ -29,7 +29,8 @@ from fastal.atomic import atomic_dir, atomic_write_bytes, read_json
 from fastal.errors import FastalError
 from fastal.pool import global_to_local
 from fastal.run_setup import prepare
-from fastal.rundir import LABELS, RunDir, open_run
+from fastal.rundir import LABELS, RunDir, checked_config, open_run, run_record
+from fastal.runlock import run_lock
 
 COLUMNS = ("image", "image_id", "superpixel", "local", "x0", "y0", "x1", "y1", "pixels")
 
@@ -109,11 +110,31 @@ def check_round(q: Any, qpath: Path, num_images: int) -> None:
             raise FastalError(f"{qpath}: query {r!r}: image {r['image']} is not in 0..{num_images - 1}")
 
 
+def check_round_fits(q: dict[str, Any], qpath: Path, run_dir: Path, run_id: str, cache: Any) -> None:
+    """FastalError unless the round ``q`` was selected for this run (``run_id``, when it names
+    one) on these superpixels: every row's superpixel is its image's ``local`` one in ``cache``."""
+    if q.get("run_id") not in (None, run_id):
+        raise FastalError(f"{qpath}: the round was selected for another run ({q.get('run')}, id {q['run_id']}), "
+                          f"not for {run_dir} (id {run_id})")  # fmt: skip
+    if q.get("num_superpixels") not in (None, cache.num_superpixels):
+        raise FastalError(f"{qpath}: the round was selected on {q['num_superpixels']} superpixels, "
+                          f"the run {run_dir} has {cache.num_superpixels}")  # fmt: skip
+    offsets = np.asarray(cache.offsets)
+    for r in q["queries"]:
+        i, lid = r["image"], r["local"]
+        if not 0 <= lid < offsets[i + 1] - offsets[i] or r["superpixel"] != offsets[i] + lid:
+            raise FastalError(f"{qpath}: superpixel {r['superpixel']} is not superpixel {lid} of image {i} in "
+                              f"the {cache.num_superpixels} superpixels of the run {run_dir}; the round was "
+                              f"selected on other superpixels")  # fmt: skip
+
+
 def import_masks(round_dir: str | Path, run_dir: str | Path) -> tuple[int, int]:
     """Label the superpixels of a `fastal select` round from the masks people put in ``round_dir/masks``.
 
     They become the run's next cycle; in full label mode the masks are also kept under
-    ``run_dir/labels`` for training. Returns (cycle, superpixels labelled).
+    ``run_dir/labels`` for training. Everything (the round against the run and its pool, every
+    mask) is checked, under the run's lock, before anything is written. Returns (cycle,
+    superpixels labelled).
     """
     import cv2
 
@@ -123,38 +144,47 @@ def import_masks(round_dir: str | Path, run_dir: str | Path) -> tuple[int, int]:
     round_dir, run_dir = Path(round_dir), Path(run_dir)
     qpath = round_dir / "queries.json"
     q = read_json(qpath, f"is {round_dir} a round written by `fastal select`?")
-    cfg = open_run(run_dir)
-    setup = prepare(cfg)
-    ds, cache = setup.train, setup.cache
-    check_round(q, qpath, len(ds))
-    if q.get("fingerprint") != ds.fingerprint():
-        raise FastalError(f"{qpath}: the round was selected on other data than the run {run_dir} uses")
-    run = RunDir(setup, run_dir)
-    run.trained_checkpoint()  # people's labels go after the cycles the run has trained
-    gids = np.array([r["superpixel"] for r in q["queries"]], dtype=np.int64)
-    images = sorted({r["image"] for r in q["queries"]})
-    masks = {}
-    for i in images:
-        path = round_dir / "masks" / f"{ds.image_id(i)}.png"
-        if not path.exists():
-            raise FastalError(f"{path}: missing (a mask is needed for every image of queries.csv)")
-        m = read_label(path)
-        if m.shape != tuple(ds.image_shape(i)):
-            raise FastalError(f"{path}: mask is {m.shape[0]}x{m.shape[1]}, the image is "
-                              f"{ds.image_shape(i)[0]}x{ds.image_shape(i)[1]}")
-        bad = (m >= ds.num_classes) & (m != 255)
-        if bad.any():
-            raise FastalError(f"{path}: value {int(m[bad][0])} is no class (0..{ds.num_classes - 1}, 255 = none)")
-        masks[i] = m
-    answer = MaskOracle(masks, cache, ds.num_classes, mode=cfg.labels).query(gids)
-    if cfg.labels == "full":
-        # Keep the returned pixels inside the queried superpixels; training reads them from labels/.
+    open_run(run_dir)  # a run directory, before its lock file is made in it
+    with run_lock(run_dir):
+        cfg, _ = checked_config(run_dir)
+        setup = prepare(cfg)
+        ds, cache = setup.train, setup.cache
+        check_round(q, qpath, len(ds))
+        if q.get("fingerprint") != ds.fingerprint():
+            raise FastalError(f"{qpath}: the round was selected on other data than the run {run_dir} uses")
+        check_round_fits(q, qpath, run_dir, run_record(run_dir)["run_id"], cache)
+        run = RunDir(setup, run_dir)
+        run.trained_checkpoint()  # people's labels go after the cycles the run has trained
+        gids = np.array([r["superpixel"] for r in q["queries"]], dtype=np.int64)
+        images = sorted({r["image"] for r in q["queries"]})
+        masks = {}
         for i in images:
-            sp = np.asarray(cache.local(i))
-            mine = [r["local"] for r in q["queries"] if r["image"] == i]
-            merged = np.where(np.isin(sp, mine), masks[i], run.truth(i)).astype(np.uint8)
-            _, png = cv2.imencode(".png", merged)
-            atomic_write_bytes(run_dir / LABELS / f"{ds.image_id(i)}.png", png.tobytes())
-    cycle = run.pool.current_cycle + 1
-    run.commit(answer, cycle)
+            path = round_dir / "masks" / f"{ds.image_id(i)}.png"
+            if not path.exists():
+                raise FastalError(f"{path}: missing (a mask is needed for every image of queries.csv)")
+            m = read_label(path)
+            if m.shape != tuple(ds.image_shape(i)):
+                raise FastalError(f"{path}: mask is {m.shape[0]}x{m.shape[1]}, the image is "
+                                  f"{ds.image_shape(i)[0]}x{ds.image_shape(i)[1]}")
+            bad = (m >= ds.num_classes) & (m != 255)
+            if bad.any():
+                raise FastalError(f"{path}: value {int(m[bad][0])} is no class (0..{ds.num_classes - 1}, 255 = none)")
+            masks[i] = m
+        answer = MaskOracle(masks, cache, ds.num_classes, mode=cfg.labels).query(gids)
+        cycle = run.pool.current_cycle + 1
+        try:
+            run.pool.check_answer(answer, cycle)  # e.g. already labelled: refused before labels/ changes
+        except FastalError as e:
+            raise FastalError(f"{qpath}: {e}") from None
+        if cfg.labels == "full":
+            # Keep the returned pixels inside the queried superpixels; training reads them from labels/.
+            # Written before the pool commit: a kill in between leaves masks of unlabelled superpixels,
+            # which training never reads, and the import can be run again.
+            for i in images:
+                sp = np.asarray(cache.local(i))
+                mine = [r["local"] for r in q["queries"] if r["image"] == i]
+                merged = np.where(np.isin(sp, mine), masks[i], run.truth(i)).astype(np.uint8)
+                _, png = cv2.imencode(".png", merged)
+                atomic_write_bytes(run_dir / LABELS / f"{ds.image_id(i)}.png", png.tobytes())
+        run.commit(answer, cycle)
     return cycle, int(gids.size)

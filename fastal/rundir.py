@@ -4,6 +4,9 @@ cycle's labels, and the lock and fault-injection points around them.
 The layout (see :mod:`fastal.loop` for the order in which a cycle writes it)::
 
     config.toml          the resolved RunConfig (written once, with the directory)
+    run.json             the run's id and the configuration it was created with (its fingerprint):
+                         a resume refuses a config.toml edited since, unless told to accept it
+    run.lock             the one-writer lock (:func:`fastal.runlock.run_lock`): the pid holding it
     pool.npz             RegionPool state: which superpixel was labelled in which cycle
     queries.jsonl        one line per queried superpixel, append-only; rebuilt from pool.npz on resume
     full.json            the fully supervised reference (trained here, or copied from ``full_shared``)
@@ -18,34 +21,26 @@ The layout (see :mod:`fastal.loop` for the order in which a cycle writes it)::
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
+import hashlib
 import json
 import os
 import signal
-from collections.abc import Iterator
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fastal.atomic import (
-    atomic_dir,
-    atomic_write_json,
-    atomic_write_text,
-    check_writable,
-    naming_os_errors,
-    read_json,
-)
-from fastal.config import RunConfig, load_config, save_config
+from fastal.atomic import appending, atomic_dir, atomic_write_json, atomic_write_text, read_json
+from fastal.config import RunConfig, load_config, save_config, to_dict
 from fastal.errors import FastalError
 from fastal.oracle import OracleAnswer
 from fastal.pool import RegionPool
 from fastal.run_setup import PHASE_SELECT, Setup, phase_seed
 
-CONFIG, POOL, QUERIES, FULL, TIMINGS, RESULTS, CURVE, LABELS = (
-    "config.toml", "pool.npz", "queries.jsonl", "full.json", "timings.json", "results.json", "curve.png",
-    "labels",
+CONFIG, RUN, POOL, QUERIES, FULL, TIMINGS, RESULTS, CURVE, LABELS = (
+    "config.toml", "run.json", "pool.npz", "queries.jsonl", "full.json", "timings.json", "results.json",
+    "curve.png", "labels",
 )  # fmt: skip
 CLUSTERS = "clusters.json"
 
@@ -56,35 +51,75 @@ def crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-@contextlib.contextmanager
-def file_lock(path: str | Path, wait: bool = True) -> Iterator[None]:
-    """Hold an exclusive lock on ``path + ".lock"`` (created if need be) for the block; the
-    kernel drops it when the process dies. ``wait=False``: FastalError if another process holds it."""
-    lock = Path(f"{path}.lock")
-    check_writable(lock)
-    with naming_os_errors(lock):
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        f = open(lock, "a")  # noqa: SIM115 - closed by the with below
-    with f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise FastalError(f"{lock}: held by another process (is another one running on {path}?)") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+def check_new_run_dir(run_dir: str | Path) -> None:
+    """FastalError unless a new run directory can be made at ``run_dir`` (nothing is there)."""
+    run_dir = Path(run_dir)
+    if (run_dir / CONFIG).is_file():
+        raise FastalError(f"{run_dir}: already exists (use --resume {run_dir} to continue it)")
+    if run_dir.is_dir():
+        raise FastalError(f"{run_dir}: already exists and is not a fastal run directory; choose another --out")
+    if run_dir.exists() or run_dir.is_symlink():
+        raise FastalError(f"{run_dir}: a file is there, not a run directory; choose another --out")
+    for parent in run_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise FastalError(f"{run_dir}: cannot be made, {parent} is a file, not a directory")
+            break
 
 
 def create_run_dir(cfg: RunConfig, run_dir: str | Path) -> Path:
-    """A new run directory holding ``config.toml``, created whole or not at all."""
+    """A new run directory holding ``config.toml`` and ``run.json``, created whole or not at all."""
     run_dir = Path(run_dir)
-    if run_dir.exists():
-        raise FastalError(f"{run_dir}: already exists (use --resume {run_dir} to continue it)")
-    with atomic_dir(run_dir) as tmp:
+    check_new_run_dir(run_dir)
+    with atomic_dir(run_dir, replace=False) as tmp:  # two runs racing for one --out: one gets it
         save_config(cfg, tmp / CONFIG)
+        atomic_write_json(tmp / RUN, {"run_id": uuid.uuid4().hex, **_fingerprint(cfg)})
         (tmp / "checkpoints").mkdir()
     return run_dir
+
+
+def _fingerprint(cfg: RunConfig) -> dict[str, Any]:
+    d = to_dict(cfg)
+    return {"config_sha256": hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest(), "config": d}
+
+
+def run_record(run_dir: str | Path) -> dict[str, Any]:
+    """``run.json``: the run's id and the configuration it was made with. A run directory made
+    before fastal wrote one gets it now, from its config.toml as it is (nothing older to check)."""
+    path = Path(run_dir) / RUN
+    if not path.exists():
+        atomic_write_json(path, {"run_id": uuid.uuid4().hex, **_fingerprint(open_run(run_dir))})
+    rec = read_json(path)
+    if not (isinstance(rec, dict) and isinstance(rec.get("config"), dict) and isinstance(rec.get("run_id"), str)):
+        raise FastalError(f"{path}: expected the run's record (run_id, config) written by fastal run")
+    return rec
+
+
+def config_changes(run_dir: str | Path, cfg: RunConfig) -> dict[str, list[Any]]:
+    """Keys whose value in ``cfg`` (config.toml now) differs from the run's creation: key -> [was, is].
+    A key fastal added since the run was made counts as unchanged while it has its default."""
+    rec = run_record(run_dir)
+    if rec.get("config_sha256") == _fingerprint(cfg)["config_sha256"]:
+        return {}
+    was, now, defaults = rec["config"], to_dict(cfg), to_dict(RunConfig())
+    return {k: [was.get(k, defaults.get(k)), now.get(k)] for k in sorted(set(was) | set(now))
+            if was.get(k, defaults.get(k)) != now.get(k)}  # fmt: skip
+
+
+def checked_config(run_dir: str | Path, accept_change: bool = False) -> tuple[RunConfig, dict[str, list[Any]]]:
+    """The run's configuration and its changes since the run began (:func:`config_changes`);
+    FastalError naming the changed keys unless ``accept_change``."""
+    cfg = open_run(run_dir)
+    changes = config_changes(run_dir, cfg)
+    if changes and not accept_change:
+        raise FastalError(f"{Path(run_dir) / CONFIG}: changed since the run began ({', '.join(changes)}); undo "
+                          f"it, or `fastal run --resume {run_dir} --accept-config-change` records the change")
+    return cfg, changes
+
+
+def accept_config(run_dir: str | Path, cfg: RunConfig) -> None:
+    """From now on ``cfg`` is the configuration the run is checked against."""
+    atomic_write_json(Path(run_dir) / RUN, {"run_id": run_record(run_dir)["run_id"], **_fingerprint(cfg)})
 
 
 def open_run(run_dir: str | Path) -> RunConfig:
@@ -100,16 +135,21 @@ class RunDir:
     every change goes back to disk at once, by an atomic write."""
 
     def __init__(self, setup: Setup, run_dir: str | Path) -> None:
+        """Open the run (its writer holds :func:`fastal.runlock.run_lock`), check its files against
+        each other (:meth:`_check_state`) and rebuild the query log from the pool."""
         self.s, self.cfg, self.dir = setup, setup.cfg, Path(run_dir)
         cache = setup.cache
         if (self.dir / POOL).exists():
+            # Not rebuilt from queries.jsonl when damaged: the log lacks the pool's RNG state and
+            # valid-pixel counts, and holds uncommitted lines after a kill. A damaged pool.npz is refused.
             self.pool = RegionPool.load(self.dir / POOL, offsets=cache.offsets, sizes=cache.sizes)
         else:
             # Its RNG draws cycle 1's random set, from the seed of that phase.
             self.pool = RegionPool(cache.offsets, cache.sizes, self.cfg.labels,
                                    seed=phase_seed(self.cfg.seed, 1, PHASE_SELECT))
-        self.results = self.read_json(RESULTS) or self._empty_results()
+        self.results = self._read_results() or self.empty_results()
         self.timings = self.read_json(TIMINGS) or {}
+        self._check_state()
         self._reconcile_queries()
 
     def read_json(self, name: str) -> dict[str, Any] | None:
@@ -122,7 +162,62 @@ class RunDir:
             raise FastalError(f"{path}: expected a JSON object, found {type(data).__name__}")
         return data
 
-    def _empty_results(self) -> dict[str, Any]:
+    def _read_results(self) -> dict[str, Any] | None:
+        """results.json; None when it is missing or emptied (no bytes, or ``{}``): what that
+        allows is for :meth:`_check_state` to say."""
+        path = self.dir / RESULTS
+        if path.exists() and path.stat().st_size == 0:
+            return None
+        res = self.read_json(RESULTS)
+        if not res:
+            return None
+        cycles = res.get("cycles")
+        if not isinstance(cycles, list) or not all(isinstance(c, dict) for c in cycles):
+            raise FastalError(f"{path}: expected a list of cycle records under 'cycles'")
+        return res
+
+    def _check_state(self) -> None:
+        """Refuse (one line) a run directory whose pool.npz, results.json and checkpoints disagree.
+
+        What a kill can leave is accepted: the pool one cycle ahead of results.json (a selection or
+        an import not trained yet, or trained and not evaluated), no results.json before cycle 1 is
+        evaluated. queries.jsonl is rebuilt from the pool (:meth:`_reconcile_queries`), a
+        missing checkpoint of the cycle being trained is retrained, and results.json missing before
+        its first cycle is rebuilt by evaluating that cycle: the state determines all of these. The
+        mIoU of an evaluated cycle is not: its model is gone (only the latest checkpoint is kept),
+        so a results.json that lost cycles the pool went past is refused, never recomputed.
+        """
+        pool, cycles = self.pool, self.results["cycles"]
+        res, done, labelled = self.dir / RESULTS, len(cycles), pool.current_cycle
+        if pool.num_labelled and pool.label_mode != self.cfg.labels:
+            raise FastalError(f"{self.dir / POOL}: labelled in {pool.label_mode!r} mode, "
+                              f"{self.dir / CONFIG} says labels = {self.cfg.labels!r}")  # fmt: skip
+        for k, c in enumerate(cycles, start=1):
+            if c.get("cycle") != k:
+                raise FastalError(f"{res}: cycle record {k} says cycle {c.get('cycle')!r}")
+            want = int(((pool.state > 0) & (pool.state <= k)).sum())
+            if c.get("labelled_superpixels") != want:
+                raise FastalError(f"{res}: cycle {k} counts {c.get('labelled_superpixels')!r} labelled "
+                                  f"superpixels, {self.dir / POOL} {want}; restore the pair written together")
+        if labelled < done:
+            raise FastalError(f"{self.dir / POOL}: labels cycles 1..{labelled}, but {res} evaluated cycles "
+                              f"1..{done}; restore the pool.npz written with it")  # fmt: skip
+        if labelled > done + 1:
+            what = "is missing or empty" if not done else f"evaluated only cycles 1..{done}"
+            raise FastalError(f"{res}: {what}, but {self.dir / POOL} labels cycles 1..{labelled}; the mIoU of "
+                              f"cycles {done + 1}..{labelled - 1} cannot be rebuilt without their models: restore "
+                              f"{RESULTS} or start a new run")  # fmt: skip
+        trained = sorted(int(p.stem.removeprefix("cycle-")) for p in (self.dir / "checkpoints").glob("cycle-*.pt")
+                         if p.stem.removeprefix("cycle-").isdigit())  # fmt: skip
+        if trained and trained[-1] > labelled:
+            raise FastalError(f"{self.ckpt(trained[-1])}: a model of cycle {trained[-1]}, but {self.dir / POOL} "
+                              f"labels only cycles 1..{labelled}; restore the pool.npz written with it")
+        needed = done and not (self.results.get("stopped") and labelled == done)
+        if needed and done not in trained and done + 1 not in trained:
+            raise FastalError(f"{self.ckpt(done)}: missing; cycle {done + 1} needs the model of cycle {done}, "
+                              f"which cannot be rebuilt without retraining cycles 1..{done}")
+
+    def empty_results(self) -> dict[str, Any]:
         cfg = self.cfg
         return {
             "dataset": cfg.dataset,
@@ -184,13 +279,11 @@ class RunDir:
         """Label ``answer`` in ``cycle``: queries.jsonl lines first, then pool.npz (the commit)."""
         self.pool.add(answer, cycle)
         lines = self._query_lines(answer.ids)
-        with open(self.dir / QUERIES, "a") as f:
+        with appending(self.dir / QUERIES) as f:  # a full disk: one line; the pool is not committed
             for j, line in enumerate(lines):
                 f.write(line + "\n")
                 if j == len(lines) // 2:
                     f.flush()
                     crash_point(f"queries:{cycle}")
-            f.flush()
-            os.fsync(f.fileno())
         self.pool.save(self.dir / POOL)
         crash_point(f"pool:{cycle}")

@@ -96,3 +96,30 @@ def disk_with_room(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
         monkeypatch.setattr("fastal.atomic.os.fdopen", fdopen)
 
     return set_room
+
+
+# The tiny synthetic run of the loop tests: 8 train images 32x48, 4 val, 8 superpixels each, one
+# step per epoch; initial set + 1 cycle. (The memory bank needs > 15 features for contrastive
+# selection: hence 3 epochs.)
+TINY = {
+    "train_images": 8, "val_images": 4, "image_size": [32, 48], "superpixels": 12,
+    "initial": 25.0, "budget_per_cycle": 5.0, "cycles": 1, "epochs": 3, "batch_size": 8,
+    "full_reference": False, "device": "cpu", "strategy": "contrastive", "seed": 3, "labels": "dominant",
+    "selection_plot": True,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return {**TINY, "cache_dir": str(tmp_path_factory.mktemp("spcache"))}
+
+
+@pytest.fixture(scope="session")
+def reference(tiny: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted tiny run, in this process (shared: copy it before changing it)."""
+    from fastal.config import make_config
+    from fastal.loop import run_experiment
+
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    run_experiment(make_config(tiny), run_dir)
+    return run_dir

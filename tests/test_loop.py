@@ -32,28 +32,7 @@ from fastal.report import CYCLE_KEYS, RESULT_KEYS
 from fastal.select.table import SCHEMA, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
-# 8 train images 32x48, 4 val, 8 superpixels each, one step per epoch; initial set + 1 cycle.
-# (The memory bank needs > 15 features for contrastive selection: hence 3 epochs.)
-TINY = {
-    "train_images": 8, "val_images": 4, "image_size": [32, 48], "superpixels": 12,
-    "initial": 25.0, "budget_per_cycle": 5.0, "cycles": 1, "epochs": 3, "batch_size": 8,
-    "full_reference": False, "device": "cpu", "strategy": "contrastive", "seed": 3, "labels": "dominant",
-    "selection_plot": True,
-}  # fmt: skip
 TIMINGS = ("train_seconds", "select_seconds")
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return {**TINY, "cache_dir": str(tmp_path_factory.mktemp("spcache"))}
-
-
-@pytest.fixture(scope="module")
-def reference(tiny: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted run, in this process."""
-    run_dir = tmp_path_factory.mktemp("ref") / "run"
-    run_experiment(make_config(tiny), run_dir)
-    return run_dir
 
 
 def strip_timings(results: dict) -> dict:

@@ -82,7 +82,7 @@ def selection(
     from rich.console import Console
     from rich.table import Table
 
-    from fastal.atomic import atomic_write_json
+    from fastal.atomic import atomic_write_json, check_writable
     from fastal.device import resolve_device
     from fastal.machine import machine_info
     from fastal.select import STRATEGIES, resolve_engine, select
@@ -93,6 +93,8 @@ def selection(
         raise FastalError(f"--budget-fraction {budget_fraction}: must be in (0, 1]")
     if strategy not in STRATEGIES:
         raise FastalError(f"--strategy {strategy!r}: unknown; choose one of {', '.join(STRATEGIES)}")
+    if json_path is not None:
+        check_writable(json_path)  # before the work, not after it
     dev = resolve_device(device)
     engine_name = resolve_engine(engine, dev)
     budget = max(1, round(budget_fraction * superpixels))

@@ -45,10 +45,16 @@ def prepare(
     from rich.console import Console
     from rich.table import Table
 
-    from fastal.atomic import atomic_write_json
+    from fastal.atomic import atomic_write_json, check_writable
     from fastal.data import load_dataset
     from fastal.data.superpixels import build_cache
 
+    from fastal.errors import FastalError
+
+    if seed < 0:  # numpy seeds are non-negative
+        raise FastalError(f"--seed {seed}: must be >= 0")
+    if json_path is not None:
+        check_writable(json_path)  # before the work, not after it
     start = time.perf_counter()
     ds = load_dataset(
         dataset,

@@ -3,6 +3,7 @@ the masks back (the round directory's layout: :mod:`fastal.rounds`)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -30,46 +31,55 @@ def select_cmd(
     seed: int | None = typer.Option(None),
 ) -> None:
     """One round for people: which superpixels to label next, as JSON/CSV and outlined PNGs."""
+    from fastal.atomic import check_file
     from fastal.config import load_config
     from fastal.errors import FastalError
     from fastal.loop import rank_unlabelled
     from fastal.progress import console
     from fastal.rounds import query_rows, write_round
     from fastal.run_setup import prepare
-    from fastal.rundir import RunDir, open_run
+    from fastal.rundir import RunDir, open_run, run_record
+    from fastal.runlock import run_lock
 
     overrides = {"dataset": dataset, "data_root": data_root, "scale": scale, "superpixels": superpixels,
                  "strategy": strategy, "engine": engine, "device": device, "seed": seed}  # fmt: skip
     # Checked before the superpixel cache is built: that can take minutes.
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise FastalError(f"--checkpoint {checkpoint}: file not found")
+    if checkpoint is not None:
+        check_file(checkpoint, "--checkpoint")
     if out.exists():
         raise FastalError(f"--out {out}: already exists")
+    if run is None and checkpoint is None:
+        raise FastalError("select: give --run RUN_DIR, or --checkpoint PATH with --dataset")
     if run is not None:
-        open_run(run)  # checks it is a run directory
-        cfg = load_config(run / "config.toml", overrides)
-        setup = prepare(cfg)
-        r = RunDir(setup, run)
-        latest = r.trained_checkpoint()  # also refuses a run whose latest cycle is not trained yet
-        checkpoint = checkpoint or latest
-        labelled = r.pool.labelled_mask
-    else:
-        if checkpoint is None:
-            raise FastalError("select: give --run RUN_DIR, or --checkpoint PATH with --dataset")
-        cfg = load_config(None, overrides)
-        setup = prepare(cfg)
-        labelled = np.zeros(setup.cache.num_superpixels, dtype=bool)
-    if not Path(checkpoint).is_file():
-        raise FastalError(f"--checkpoint {checkpoint}: file not found")
-    free = int((~labelled).sum())
-    if not 1 <= budget <= free:
-        raise FastalError(f"--budget {budget}: must lie in 1..{free} (unlabelled superpixels in the pool)")
-    ranking = rank_unlabelled(setup, checkpoint, labelled, cfg.seed, budget=budget)
+        open_run(run)  # checks it is a run directory, before its lock file is made in it
+    # The run's writer lock: its pool and checkpoints must not change while they are read.
+    with run_lock(run) if run is not None else contextlib.nullcontext():
+        if run is not None:
+            cfg = load_config(run / "config.toml", overrides)
+            setup = prepare(cfg)
+            r = RunDir(setup, run)
+            latest = r.trained_checkpoint()  # also refuses a run whose latest cycle is not trained yet
+            checkpoint = checkpoint or latest
+            labelled = r.pool.labelled_mask
+            run_id = run_record(run)["run_id"]
+        else:
+            cfg = load_config(None, overrides)
+            setup = prepare(cfg)
+            labelled = np.zeros(setup.cache.num_superpixels, dtype=bool)
+            run_id = None
+        check_file(checkpoint, "--checkpoint")
+        free = int((~labelled).sum())
+        if free == 0:
+            raise FastalError(f"{run}: every superpixel of the pool is labelled; there is nothing left to select")
+        if not 1 <= budget <= free:
+            raise FastalError(f"--budget {budget}: must lie in 1..{free} (unlabelled superpixels in the pool)")
+        ranking = rank_unlabelled(setup, checkpoint, labelled, cfg.seed, budget=budget)
     rows = query_rows(setup.cache, setup.train, ranking.ids)
     table = ranking.table(setup.cache, keep=cfg.selection_table)  # None for "none"
     meta = {"dataset": cfg.dataset, "fingerprint": setup.train.fingerprint(), "classes": list(setup.train.classes),
-            "superpixels": cfg.superpixels, "strategy": cfg.strategy, "checkpoint": str(checkpoint),
-            "run": None if run is None else str(run), "budget": budget}  # fmt: skip
+            "superpixels": cfg.superpixels, "num_superpixels": setup.cache.num_superpixels,
+            "strategy": cfg.strategy, "checkpoint": str(checkpoint), "run": None if run is None else str(run),
+            "run_id": run_id, "budget": budget}  # fmt: skip
     write_round(out, meta, rows, setup.train, setup.cache, table)
     console.print(f"{len(rows)} superpixels in {len({r['image'] for r in rows})} images -> {out}/queries.csv, "
                   f"{out}/overlays/; put label PNGs in {out}/masks/ and run `fastal label import {out} --run RUN_DIR`")

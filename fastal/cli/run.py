@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -43,6 +46,9 @@ def run(
     ),
     out: Path | None = typer.Option(None, "--out", help="Run directory (default runs/<dataset>-<strategy>-seed<S>-<time>)."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    accept_config_change: bool = typer.Option(
+        False, "--accept-config-change", help="With --resume: continue under an edited config.toml (recorded in results.json)."
+    ),
 ) -> None:
     """Run the active-learning experiment (no arguments: the built-in synthetic dataset, ~3 min on 2 CPU cores)."""
     from fastal.config import load_config
@@ -61,12 +67,40 @@ def run(
         if given or out is not None:
             extra = given[0] if given else "out"
             raise FastalError(f"--resume continues {resume} with its own config.toml; drop --{extra.replace('_', '-')}")
-        run_experiment(None, resume, resume=True)
+        with resumable(resume):
+            run_experiment(None, resume, resume=True, accept_config_change=accept_config_change)
         return
+    if accept_config_change:
+        raise FastalError("--accept-config-change goes with --resume RUN_DIR (a new run has nothing to change)")
     cfg = load_config(config, overrides)
     if out is None:
         out = Path("runs") / f"{cfg.dataset}-{cfg.strategy}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_experiment(cfg, out)
+    with resumable(out):
+        run_experiment(cfg, out)
+
+
+@contextlib.contextmanager
+def resumable(run_dir: Path) -> Iterator[None]:
+    """Ctrl-C (SIGINT) or SIGTERM in the block: say how to continue, exit 128 + the signal's number.
+    SIGTERM is raised as KeyboardInterrupt, so atomic writes under way remove their temp files."""
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        from fastal.progress import console
+        from fastal.rundir import CONFIG
+
+        sig = signal.SIGTERM if e.args == ("SIGTERM",) else signal.SIGINT
+        then = (f"continue with `fastal run --resume {run_dir}`" if (run_dir / CONFIG).is_file()
+                else "the run directory was not made yet")  # fmt: skip
+        console.print(f"stopped by {sig.name}: {then}", highlight=False, soft_wrap=True)
+        raise typer.Exit(128 + sig) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def parse_budgets(text: str | None) -> list[float] | None:

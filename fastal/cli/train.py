@@ -80,6 +80,8 @@ def train(
 
     if epochs < 1:  # TrainConfig allows 0 (fit nothing); a command that trains must train
         raise FastalError(f"--epochs {epochs}: must be at least 1")
+    if seed < 0:  # numpy seeds are non-negative
+        raise FastalError(f"--seed {seed}: must be >= 0")
     cfg = TrainConfig(backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size, amp=amp, seed=seed)
     dev = resolve_device(device)
     if not full and not 0 < initial <= 100:
@@ -150,7 +152,7 @@ def evaluate_command(
     """mIoU and per-class IoU of a checkpoint's model on a dataset split."""
     from rich.console import Console
 
-    from fastal.atomic import atomic_write_json
+    from fastal.atomic import atomic_write_json, check_file, check_writable
     from fastal.data import load_dataset
     from fastal.device import resolve_device
     from fastal.errors import FastalError
@@ -158,9 +160,12 @@ def evaluate_command(
 
     if model not in ("teacher", "student"):
         raise FastalError(f"--model {model!r}: use teacher or student")
+    if batch_size < 1:
+        raise FastalError(f"--batch-size {batch_size}: must be at least 1")
     dev = resolve_device(device)
-    if not checkpoint.is_file():
-        raise FastalError(f"checkpoint {checkpoint} does not exist")
+    check_file(checkpoint, "--checkpoint")
+    if json_path is not None:
+        check_writable(json_path)  # before the work, not after it
     ds = load_dataset(dataset, root=data_root, split=split, scale=scale, size=size)
     trainer = Trainer.load(checkpoint, dev, num_classes=ds.num_classes)
     net = trainer.teacher if model == "teacher" else trainer.student
