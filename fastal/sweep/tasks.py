@@ -114,7 +114,8 @@ def reference_task(name: str, cfg: RunConfig, directory: str, threads: int) -> s
 
     from fastal.loop import full_reference
     from fastal.run_setup import check_before_training, prepare
-    from fastal.rundir import CONFIG, RunDir, create_run_dir, file_lock
+    from fastal.rundir import CONFIG, RunDir, create_run_dir
+    from fastal.runlock import file_lock
 
     shared, path = Path(str(cfg.full_shared)), Path(directory)
     if shared.is_file():
@@ -142,7 +143,8 @@ def run_task(name: str, cfg: RunConfig, run_dir: str, threads: int, reference: s
     from fastal.atomic import atomic_write_json
     from fastal.loop import run_experiment
     from fastal.run_setup import prepare
-    from fastal.rundir import CONFIG, file_lock, open_run
+    from fastal.rundir import CONFIG, open_run
+    from fastal.runlock import file_lock
 
     path = Path(run_dir)
     use_threads(threads)
