@@ -178,7 +178,7 @@ def probe_checkpoint(setup: Any, checkpoint: Path, cycle: int, pool: Any, budget
     for s in STRATEGIES:
         seed = seed_everything(cfg.seed, cycle + 1, PHASE_SELECT)
         st_setup = dataclasses.replace(setup, cfg=dataclasses.replace(cfg, strategy=s))
-        chosen[s] = rank_unlabelled(st_setup, checkpoint, labelled, seed, pixels=budget_pixels)
+        chosen[s] = rank_unlabelled(st_setup, checkpoint, labelled, seed, pixels=budget_pixels).ids
     overlap = {
         "regions": {s: int(ids.size) for s, ids in chosen.items()},
         "pixels": {s: int(sizes[ids].sum()) for s, ids in chosen.items()},

@@ -37,7 +37,7 @@ def test_train_full_then_evaluate_json(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["evaluate", "--checkpoint", "missing.pt"], "checkpoint missing.pt does not exist"),
+        (["evaluate", "--checkpoint", "missing.pt"], "--checkpoint missing.pt: file not found"),
         (["train", "--backbone", "vgg16"], "unknown backbone 'vgg16'"),
         (["train", "--amp", "fp8"], "amp 'fp8'"),
         (["train", "--epochs", "0"], "--epochs 0: must be at least 1"),
@@ -71,4 +71,4 @@ def test_evaluate_batch_size_zero_is_one_line(tmp_path, capsys):
     Trainer(TrainConfig(), num_classes=11).save(ck)
     assert _run(["evaluate", "--checkpoint", str(ck), "--size", "16x24", "--batch-size", "0"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "evaluation batch size 0: must be a positive integer" in err and "\n" not in err
+    assert "--batch-size 0: must be at least 1" in err and "\n" not in err

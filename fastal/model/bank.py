@@ -118,11 +118,12 @@ class MemoryBank:
         return torch.nn.functional.normalize(total, dim=1)
 
     def clear(self) -> None:
-        """Empty every queue, as a new bank is (the push count goes on: ages stay comparable)."""
+        """Empty every queue and forget the pushes: the bank is as a new one is."""
         self.data.zero_()
         self.ptr.zero_()
         self.count.zero_()
         self.inserted.zero_()
+        self.pushes = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {
