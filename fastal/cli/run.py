@@ -50,7 +50,7 @@ def run(
         False, "--accept-config-change", help="With --resume: continue under an edited config.toml (recorded in results.json)."
     ),
 ) -> None:
-    """Run the active-learning experiment (no arguments: the built-in synthetic dataset, ~3 min on 2 CPU cores)."""
+    """Run the active-learning experiment (no arguments: the built-in synthetic dataset; minutes on 2 CPU cores)."""
     from fastal.config import load_config
     from fastal.errors import FastalError
     from fastal.loop import run_experiment
