@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fastal.analysis import miou_cell
 from fastal.atomic import read_json
 from fastal.errors import FastalError
 from fastal.progress import console
@@ -41,9 +42,7 @@ def readme_table(data: dict[str, Any]) -> str:
             if r is None:
                 cells.append("")
                 continue
-            cell = f"{r['miou_mean']:.3f} ± {r['miou_std']:.3f}"
-            cell += "" if r["ratio_mean"] is None else f" ({100 * r['ratio_mean']:.0f} %)"
-            cells.append(cell + ("" if r["n"] == seeds else f" [n={r['n']}]"))
+            cells.append(miou_cell(r["miou_mean"], r["miou_std"], r["ratio_mean"], r["n"], seeds))
         lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
     first = data["strategies"][0]
     if any(data["paired"].values()):

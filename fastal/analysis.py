@@ -106,6 +106,13 @@ def _label(row: Any, settings: list[str]) -> str:
     return ", ".join([*(f"{k}={row[k]}" for k in settings), row["strategy"]])
 
 
+def miou_cell(mean: float, std: float, ratio: float | None, n: int, seeds: int) -> str:
+    """One budget's cell of a results table: "mIoU ± std (mIoU / full %)", "[n=k]" where fewer than
+    ``seeds`` seeds reached the budget."""
+    cell = f"{mean:.3f} ± {std:.3f}" + ("" if ratio is None else f" ({100 * ratio:.0f} %)")
+    return cell + ("" if n == seeds else f" [n={n}]")
+
+
 def tables(df: Any, settings: list[str], baseline: str) -> list[Table]:
     """The report's tables as (title, header, rows) of strings: mIoU per budget, paired differences."""
     summ, pair, full = summary(df, settings), paired(df, settings, baseline), fully_supervised(df, settings)
@@ -121,9 +128,8 @@ def tables(df: Any, settings: list[str], baseline: str) -> list[Table]:
             if r is None:
                 row.append("")
                 continue
-            cell = f"{r['miou_mean']:.3f} ± {r['miou_std']:.3f}"
-            cell += "" if math.isnan(r["ratio_mean"]) else f" ({100 * r['ratio_mean']:.0f} %)"
-            row.append(cell + ("" if r["n"] == seeds else f" [n={r['n']}]"))
+            ratio = None if math.isnan(r["ratio_mean"]) else r["ratio_mean"]
+            row.append(miou_cell(r["miou_mean"], r["miou_std"], ratio, r["n"], seeds))
         rows.append(row)
     for _, r in full.iterrows():
         name = ", ".join([*(f"{k}={r[k]}" for k in settings), "fully supervised"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 from fastal.errors import FastalError
@@ -20,3 +22,12 @@ def resolve_device(name: str | None = None) -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise FastalError(f"--device {name}: only cpu and cuda are supported")
     return device
+
+
+def importable(module: str) -> bool:
+    """True when ``module`` imports (cuML and cuDF need a CUDA runtime: any import failure counts as absent)."""
+    try:
+        importlib.import_module(module)
+    except Exception:
+        return False
+    return True

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 
+from fastal.device import importable
 from fastal.errors import FastalError
 from fastal.select.umap_params import UMAPParams
 
@@ -39,25 +40,16 @@ class Clusterer(Protocol):
     def fit_predict(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
-def cuml_available() -> bool:
-    """True when cuML imports (it needs a CUDA runtime; any import failure counts as absent)."""
-    try:
-        import cuml  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
 def resolve_engine(engine: str, device: torch.device) -> str:
     """``"auto"`` -> ``"cuml"`` when importable and ``device`` is CUDA, else ``"torch"``; checks forced choices."""
     if engine not in ENGINES:
         raise FastalError(f"--engine {engine!r}: unknown; choose one of {', '.join(ENGINES)}")
     if engine == "auto":
-        return "cuml" if device.type == "cuda" and cuml_available() else "torch"
+        return "cuml" if device.type == "cuda" and importable("cuml") else "torch"
     if engine == "cuml":
         if device.type != "cuda":
             raise FastalError(f"--engine cuml needs a CUDA device, the pool is on {device}")
-        if not cuml_available():
+        if not importable("cuml"):
             raise FastalError("--engine cuml: cuML is not installed (pip install 'fastal[gpu]')")
     return engine
 

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from fastal.atomic import atomic_write_bytes
+from fastal.device import importable
 from fastal.errors import FastalError
 from fastal.select.scoring import PoolScores
 from fastal.select.strategies import Selection
@@ -59,22 +60,13 @@ def cycle_table_path(run_dir: str | Path, cycle: int) -> Path:
     return Path(run_dir) / TABLE_DIR / f"cycle-{cycle}.parquet"
 
 
-def cudf_available() -> bool:
-    """True when cuDF imports (it needs a CUDA runtime; any import failure counts as absent)."""
-    try:
-        import cudf  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
 def resolve_backend(backend: str, device: torch.device) -> str:
     """``"auto"`` -> ``"cudf"`` on CUDA when cuDF imports, else ``"pandas"``; checks forced choices."""
     if backend not in BACKENDS:
         raise FastalError(f"selection table backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "cudf" if device.type == "cuda" and cudf_available() else "pandas"
-    if backend == "cudf" and (device.type != "cuda" or not cudf_available()):
+        return "cudf" if device.type == "cuda" and importable("cudf") else "pandas"
+    if backend == "cudf" and (device.type != "cuda" or not importable("cudf")):
         raise FastalError(f"selection table backend cudf needs cuDF and a CUDA device (the pool is on {device})")
     return backend
 
