@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastal.errors import FastalError
 from fastal.select import STRATEGIES, PoolScores, select
@@ -169,6 +173,40 @@ def test_pick_per_cluster_with_more_clusters_keeps_the_most_uncertain_representa
     entropy = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3, 0.8, 0.2])
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3])  # representatives 1 (0.9), 3 (0.7), 5 (0.8), 6 (0.2)
     assert pick_per_cluster(entropy, labels, 2, num_clusters=4).tolist() == [1, 5]
+
+
+def _naive_pick_per_cluster(entropy: list[float], labels: list[int], k: int) -> list[int]:
+    """pick_per_cluster in plain Python floats: each cluster's first maximum; those by entropy
+    (equal: the lower cluster first), cut to k; then the others by entropy (equal: the lower position)."""
+    best: dict[int, int] = {}
+    for i, (e, c) in enumerate(zip(entropy, labels)):
+        if c not in best or e > entropy[best[c]]:
+            best[c] = i
+    reps = [best[c] for c in sorted(best, key=lambda c: (-entropy[best[c]], c))][:k]
+    rest = sorted(set(range(len(entropy))) - set(reps), key=lambda i: (-entropy[i], i))
+    return reps + rest[: k - len(reps)]
+
+
+@settings(max_examples=300)
+@given(data=st.data())
+def test_pick_per_cluster_matches_a_naive_reference(data) -> None:
+    # Few distinct values (and +-inf) make ties; ids >= used leave clusters empty; k runs below,
+    # at and above the non-empty clusters (filled up) and above num_clusters (padded).
+    n = data.draw(st.integers(1, 40))
+    num_clusters = data.draw(st.integers(1, n + 5))
+    used = data.draw(st.integers(1, num_clusters))
+    value = st.sampled_from([-math.inf, 0.0, 0.5, 1.0, math.inf]) | st.floats(0, 4, width=32)
+    entropy = data.draw(st.lists(value, min_size=n, max_size=n))  # float32-exact
+    labels = data.draw(st.lists(st.integers(0, used - 1), min_size=n, max_size=n))
+    k = data.draw(st.integers(0, n))
+    got = pick_per_cluster(torch.tensor(entropy, dtype=torch.float32), torch.tensor(labels), k, num_clusters)
+    assert got.dtype == torch.int64 and got.tolist() == _naive_pick_per_cluster(entropy, labels, k)
+
+
+def test_pick_per_cluster_needs_enough_candidates() -> None:
+    with pytest.raises(FastalError, match="cannot pick 4 of 3"):
+        pick_per_cluster(torch.rand(3), torch.zeros(3, dtype=torch.int64), 4)
+
 
 
 def test_clusters_factor_moves_contrastive_towards_entropy() -> None:

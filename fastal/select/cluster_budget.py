@@ -36,13 +36,40 @@ class ClusterFit:
     fits: int  # KMeans fits the search ran
 
 
+def stable_partition(keep: torch.Tensor) -> torch.Tensor:
+    """The permutation that puts the positions where ``keep`` is True first, then the others,
+    each group in its order. A sort of one byte per position: no host sync on CUDA."""
+    return torch.sort((~keep).to(torch.uint8), stable=True).indices
+
+
+def representatives_padded(
+    entropy: torch.Tensor, labels: torch.Tensor, k: int, order: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(k,) int64: the highest-entropy member of each non-empty cluster of ``labels`` (0..k-1),
+    most uncertain first (equal entropies: the lower cluster first), then -1 per empty cluster.
+
+    Sync-free: fixed-size tensor ops only (no boolean indexing, no size read from the data), so
+    on CUDA nothing waits for the host. A cluster's member is its first in ``order``, the stable
+    descending argsort of ``entropy`` (computed unless given): equal entropies go to the lower
+    position, NaN counts as the largest, as in :func:`fastal.kernels.segment_argmax` (not used:
+    on CUDA it reads the ids' range and torch's bincount reads the largest id on the host).
+    """
+    n = entropy.shape[0]
+    if order is None:
+        order = torch.sort(entropy, descending=True, stable=True).indices
+    rank = torch.arange(n, device=entropy.device)
+    first = torch.full((k,), n, dtype=torch.int64, device=entropy.device)
+    first.scatter_reduce_(0, labels.long()[order], rank, reduce="amin")  # each cluster's first rank; n: empty
+    best = torch.cat([order, order.new_full((1,), -1)])[first]
+    # entropy[-1] for an empty cluster is any value: stable_partition moves it last anyway.
+    ranked = best[torch.sort(entropy[best], descending=True, stable=True).indices] if n else best
+    return ranked[stable_partition(ranked >= 0)]
+
+
 def representatives(entropy: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """The highest-entropy member of each non-empty cluster of ``labels`` (0..k-1), most uncertain first."""
-    from fastal.kernels import segment_argmax
-
-    best = segment_argmax(entropy, labels, k)  # position per cluster, -1 for empty
-    best = best[best >= 0]
-    return best[torch.sort(entropy[best], descending=True, stable=True).indices]
+    best = representatives_padded(entropy, labels, k)
+    return best[best >= 0]  # host sync: the pixel search decides on the host anyway
 
 
 def clusters_for(picks: int, per_pick: float, n: int) -> int:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from fastal.errors import FastalError
-from fastal.select.cluster_budget import clusters_for, fit_clusters, representatives
+from fastal.select.cluster_budget import clusters_for, fit_clusters, representatives_padded, stable_partition
 from fastal.select.engines import make_kmeans, make_umap, resolve_engine
 from fastal.select.profiling import stage_range
 from fastal.select.scoring import PoolScores
@@ -121,16 +121,25 @@ def pick_per_cluster(entropy: torch.Tensor, labels: torch.Tensor, k: int, num_cl
     clusters, most uncertain first, cut to ``k`` or filled up to ``k`` by entropy.
 
     KMeans can leave clusters empty (or cuML can return fewer distinct labels); the remaining
-    picks are the highest-entropy candidates not yet chosen, so exactly ``k`` positions return.
+    picks are the highest-entropy candidates not yet chosen (equal entropies: the lower position
+    first), so exactly ``k`` positions return (``k`` <= the candidates).
+
+    Sync-free: every tensor has a size known on the host (no boolean indexing, no count read
+    back), so on CUDA the pick only queues kernels and the caller's copy of the ids is the first wait.
     """
-    chosen = representatives(entropy, labels, num_clusters or k)[:k]
-    missing = k - chosen.numel()
-    if missing > 0:
-        rest = torch.ones(entropy.shape[0], dtype=torch.bool, device=entropy.device)
-        rest[chosen] = False
-        rest_pos = rest.nonzero()[:, 0]
-        chosen = torch.cat([chosen, rest_pos[top_by_score(entropy[rest_pos], missing)]])
-    return chosen
+    n = entropy.shape[0]
+    if k > n:
+        raise FastalError(f"cannot pick {k} of {n} candidates")
+    order = top_by_score(entropy, n)
+    slots = torch.full((k,), -1, dtype=torch.int64, device=entropy.device)
+    reps = representatives_padded(entropy, labels, num_clusters or k, order)[:k]
+    slots[: reps.shape[0]] = reps  # -1: an empty cluster's slot, or k > num_clusters
+    missing = slots < 0
+    # Position n absorbs the -1 slots, so that marking the chosen ones needs no compaction.
+    chosen = torch.zeros(n + 1, dtype=torch.bool, device=entropy.device).scatter_(0, torch.where(missing, n, slots), True)
+    rest = order[stable_partition(~chosen[order])]  # the others first, most uncertain first
+    nth = (torch.cumsum(missing, 0) - 1).clamp_(min=0)  # the r-th missing slot takes rest[r]
+    return torch.where(missing, rest[nth], slots)
 
 
 @register("random")
