@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ from hypothesis import strategies as st
 
 from fastal.errors import FastalError
 from fastal.select import STRATEGIES, PoolScores, select
-from fastal.select.strategies import k_center_greedy, pick_per_cluster
+from fastal.select.strategies import Candidates, k_center_greedy, pick_per_cluster
+from fastal.select.umap_params import UMAPParams
 
 OFFSET = 1000  # scored rows hold global ids OFFSET.., so rows and ids differ
 
@@ -207,6 +209,17 @@ def test_pick_per_cluster_needs_enough_candidates() -> None:
     with pytest.raises(FastalError, match="cannot pick 4 of 3"):
         pick_per_cluster(torch.rand(3), torch.zeros(3, dtype=torch.int64), 4)
 
+
+def test_stage_times_each_stage_on_the_cpu() -> None:
+    c = Candidates(features=torch.zeros(3, 2), entropy=torch.zeros(3), margin=torch.zeros(3),
+                   labelled_features=torch.zeros(0, 2), bank_features=None, budget=1, seed=0,
+                   engine="torch", umap=UMAPParams(), timings={})  # fmt: skip
+    for _ in range(2):
+        with c.stage("pick"):
+            time.sleep(0.01)
+    assert c.timings["pick"] >= 0.02 and c.peak_memory_mib["pick"] > 0
+    c.finish_timings()  # nothing left to read on the CPU
+    assert list(c.timings) == ["pick"] and c.timings["pick"] < 1.0
 
 
 def test_clusters_factor_moves_contrastive_towards_entropy() -> None:

@@ -53,14 +53,14 @@ def test_engines_on_cuda_never_sync_with_the_host() -> None:
 
 @pytest.mark.gpu
 def test_contrastive_strategy_on_cuda_never_syncs_before_the_ids() -> None:
-    # The whole strategy (UMAP fit, transform, KMeans, per-cluster pick) under "error" mode; it
-    # returns candidate positions on the device, and only select() copies the final ids.
+    # The whole strategy (UMAP fit, transform, KMeans, per-cluster pick, stage timings) under
+    # "error" mode; it returns candidate positions on the device, and only select() copies the final ids.
     from fastal.select.strategies import STRATEGIES, Candidates
 
-    scores, bank, bank_labels = _cuda_inputs()
+    scores, bank, _ = _cuda_inputs()
     cand = Candidates(
         features=scores.features, entropy=scores.entropy, margin=scores.margin,
-        labelled_features=scores.features[:0], bank_features=bank, bank_labels=bank_labels,
+        labelled_features=scores.features[:0], bank_features=bank,
         budget=200, seed=0, engine="torch", umap=UMAPParams(), timings={},
     )  # fmt: skip
     torch.cuda.set_sync_debug_mode("error")
@@ -70,3 +70,6 @@ def test_contrastive_strategy_on_cuda_never_syncs_before_the_ids() -> None:
         torch.cuda.set_sync_debug_mode(0)
     assert pos.device.type == "cuda" and pos.shape == (200,)
     assert torch.unique(pos).numel() == 200
+    cand.finish_timings()  # the stages' CUDA events, read once the result is waited for
+    assert set(cand.timings) == {"umap_fit", "umap_transform", "kmeans", "pick"}
+    assert min(cand.timings.values()) > 0

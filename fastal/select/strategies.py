@@ -81,21 +81,40 @@ class Candidates:
     fitted: dict[str, torch.Tensor] = field(default_factory=dict)
 
     peak_memory_mib: dict[str, float] = field(default_factory=dict)
+    # CUDA stages whose seconds are read by finish_timings: (name, start event, end event).
+    gpu_stages: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = field(default_factory=list, init=False, repr=False)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time a stage (synchronising CUDA so that queued kernels are counted where they belong),
-        as a named profiler range (NVTX on CUDA) with its peak memory (:mod:`fastal.select.profiling`)."""
+        """Time a stage, as a named profiler range (NVTX on CUDA) with its peak memory (:mod:`fastal.select.profiling`).
+
+        On the CPU: wall seconds, in ``timings`` at once. On CUDA nothing waits: two timing events
+        on the current stream bracket the stage's kernels (cuML's per-thread default stream is
+        ordered with torch's default one), and :meth:`finish_timings` adds the GPU seconds between
+        them once the caller holds the result on the host.
+        """
         device = self.features.device
-        sync = device.type == "cuda"
-        if sync:
-            torch.cuda.synchronize(device)
+        if device.type == "cuda":
+            stream = torch.cuda.current_stream(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            with stage_range(name, device, self.peak_memory_mib):
+                start.record(stream)
+                yield
+                end.record(stream)
+            self.gpu_stages.append((name, start, end))
+            return
         t0 = time.perf_counter()
         with stage_range(name, device, self.peak_memory_mib):
             yield
-            if sync:
-                torch.cuda.synchronize(device)
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+    def finish_timings(self) -> None:
+        """Add the CUDA stages' seconds to ``timings`` (waits for their end events: call it after
+        the ids reached the host, when they are done anyway). Nothing to do on the CPU."""
+        for name, start, end in self.gpu_stages:
+            end.synchronize()
+            self.timings[name] = self.timings.get(name, 0.0) + start.elapsed_time(end) / 1000  # ms
+        self.gpu_stages.clear()
 
 
 Strategy = Callable[[Candidates], torch.Tensor]
@@ -317,6 +336,7 @@ def select(
     )
     pos = STRATEGIES[strategy](cand)
     rows = free_rows[pos].cpu().numpy()  # device -> host: the chosen rows only
+    cand.finish_timings()
     ids = gids[rows]
     want = budget if pixels is None else len(ids)
     if np.unique(ids).size != want:  # a strategy bug must not reach the oracle
