@@ -217,3 +217,32 @@ def test_cuml_engine_returns_torch_on_cuda() -> None:
     labels = CumlKMeans(5, random_state=0).fit_predict(emb)
     assert labels.dtype == torch.int64 and labels.device.type == "cuda"
     assert adjusted_rand_score(y[1000:], labels.cpu().numpy()) > 0.9
+
+
+def test_cpu_transform_sgd_moves_each_point_on_its_own(fitted, data) -> None:
+    # The numba SGD advances points side by side in groups (umap_sgd_cpu.LANES); a point's path
+    # must still depend only on its own row and index: a prefix of the rows (ending inside a
+    # group) gives the same rows bitwise, and so does a second run on another thread count.
+    import numba
+
+    from fastal.select.umap_sgd_cpu import LANES, optimize_transform_cpu
+
+    new = torch.from_numpy(data[2][: 4 * LANES + 5])
+    dists, idx = knn_search(new, fitted.fit_data_, 15, "euclidean")
+    sigma, rho = smooth_knn_dist(dists, 15.0, local_connectivity=0.0)
+    w = membership_weights(dists, sigma, rho)
+    head = init_from_neighbours(w, idx, fitted.embedding_)
+
+    def run(rows: int) -> torch.Tensor:
+        return optimize_transform_cpu(head[:rows].clone(), fitted.embedding_, idx[:rows], w[:rows], 30,
+                                      fitted.a_, fitted.b_)  # fmt: skip
+
+    full = run(len(new))
+    assert not torch.equal(full, head)  # the SGD moved the points
+    assert torch.equal(run(2 * LANES + 3), full[: 2 * LANES + 3])
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        assert torch.equal(run(len(new)), full)
+    finally:
+        numba.set_num_threads(threads)

@@ -1,7 +1,10 @@
-"""CPU KMeans kernels in numba: the full and the pruned nearest-centre search in low dimension.
+"""CPU KMeans in low dimension: nearest-centre searches and the seeding's distance passes.
 
-For the 2-D UMAP embedding a scalar loop over a point's candidate centres beats tensor code
-(gathers of (N, m, 2) blocks). One parallel region per Lloyd iteration; deterministic.
+For the 2-D UMAP embedding a scalar numba loop over a point's candidate centres beats tensor
+code (gathers of (N, m, 2) blocks). The full search and each centre's neighbour list use
+scipy's k-d tree instead: a full numba scan of 1M points x 10,000 centres took 7.4 s on 2 cores,
+the tree 0.3 s; the neighbour lists by matmul and top-k 0.68 s per Lloyd iteration, the tree
+0.02 s. Deterministic.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 
 
 # Points per work item of the parallel loops: numba's default splits a loop into one static
@@ -48,26 +52,21 @@ def _assign_pruned(x, centers, labels, near, bound, out_labels, out_d2):  # prag
         out_d2[i] = best
 
 
-@numba.njit(parallel=True, cache=True)
-def _assign_full(x, centers, out_labels, out_d2):  # pragma: no cover - compiled
-    for i in numba.prange(x.shape[0]):
-        best = np.inf
-        arg = -1
-        for c in range(centers.shape[0]):
-            d = _sq_to(x, i, centers, c)
-            if d < best:
-                best, arg = d, c
-        out_labels[i] = arg
-        out_d2[i] = best
+def _tree(centers: torch.Tensor) -> cKDTree:
+    return cKDTree(centers.double().numpy())
 
 
 def assign_full_cpu(x: torch.Tensor, centers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centre of every row by a full scan (lowest index on ties): (labels int64, squared distance)."""
-    out_labels = np.empty(x.shape[0], np.int64)
-    out_d2 = np.empty(x.shape[0], np.float64)
-    with numba.parallel_chunksize(CHUNK):
-        _assign_full(x.contiguous().numpy(), centers.contiguous().numpy(), out_labels, out_d2)
-    return torch.from_numpy(out_labels), torch.from_numpy(out_d2).to(x.dtype)
+    """Nearest centre of every row (exact, by scipy's k-d tree): (labels int64, squared distance)."""
+    d, labels = _tree(centers).query(x.double().numpy(), k=1, workers=torch.get_num_threads())
+    return torch.from_numpy(labels.astype(np.int64)), torch.from_numpy(d * d).to(x.dtype)
+
+
+def near_centres_cpu(centers: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``m`` centres nearest each centre (itself included) and the squared distance to the
+    next one, the pruned search's bound: (near (k, m) int64, bound (k,)), by a k-d tree."""
+    d, idx = _tree(centers).query(centers.double().numpy(), k=m + 1, workers=torch.get_num_threads())
+    return torch.from_numpy(idx[:, :m].astype(np.int64)), torch.from_numpy(d[:, m] ** 2).to(centers.dtype)
 
 
 def assign_pruned_cpu(

@@ -15,7 +15,8 @@ Lloyd's assignment never holds the N x k distances. Centres move little between 
 each point is first compared with the ``n_candidates`` centres nearest to its current centre c;
 that answer is exact whenever the nearest centre outside the list is at least 2 d(x, c) from c
 (triangle inequality). Points failing the test get a chunked full scan. On CPU tensors of low
-dimension (the UMAP embedding) the assignment and the seeding's distance passes are numba loops
+dimension (the UMAP embedding) the pruned assignment and the seeding's distance passes are numba
+loops, the full assignment and the centres' neighbour lists scipy k-d tree queries
 (:mod:`fastal.select.kmeans_cpu`: at D = 2 a matmul form spends its time writing (n, b) blocks);
 in high dimension the pruning rarely holds and the scalar loop loses to BLAS (one core, 40k
 points x 800 centres: a full numba scan 5.8 s at D = 128 against 0.24 s by matmul), so there it
@@ -77,10 +78,11 @@ def _round_sizes(k: int, rounds: int) -> list[int]:
 @dataclass(frozen=True)
 class AssignmentOps:
     """How a fit measures distances: nearest centres (``full(x, centers)``, ``pruned(x, centers,
-    labels, near, bound)``) and the seeding's ``seed_gains(x, d2, cand)`` / ``seed_update(x, d2, new)``."""
+    labels, near, bound)``, each centre's ``near(centers, m)`` list) and the seeding's ``seed_gains(x, d2, cand)`` / ``seed_update(x, d2, new)``."""
 
     full: Assign
     pruned: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None  # None: always scan in full
+    near: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]  # (centres, m) -> (near, bound)
     seed_gains: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     seed_update: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
     seed_dtype: torch.dtype = torch.float32  # of the seeding's squared distances
@@ -132,6 +134,20 @@ def _seed_update(x: torch.Tensor, d2: torch.Tensor, new: torch.Tensor, chunk_siz
 
 
 
+def near_centres(centers: torch.Tensor, m: int, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``m`` centres nearest each centre (itself first) and the squared distance to the next
+    one: (near (k, m) int64, bound (k,)); (chunk, k) blocks at a time, k x k would not fit for k ~ 10^5."""
+    k = centers.shape[0]
+    c_sq = (centers * centers).sum(1)
+    near = torch.empty(k, m, dtype=torch.int64, device=centers.device)
+    bound = torch.empty(k, dtype=centers.dtype, device=centers.device)
+    for s in range(0, k, chunk_size):
+        near_d, idx = torch.topk(_sq_dists(centers[s : s + chunk_size], centers, c_sq), m + 1, dim=1, largest=False)
+        near[s : s + chunk_size] = idx[:, :m]
+        bound[s : s + chunk_size] = near_d[:, m]  # nearest centre outside the list
+    return near, bound
+
+
 def assignment_ops(x: torch.Tensor, use_numba: bool, chunk_size: int, unsure_cap: int) -> AssignmentOps:
     """The one device/dimension choice of a fit: numba loops for low-dimensional CPU tensors,
     a BLAS scan for high-dimensional CPU tensors, tensor code elsewhere (module docstring)."""
@@ -144,17 +160,21 @@ def assignment_ops(x: torch.Tensor, use_numba: bool, chunk_size: int, unsure_cap
     def update(xs, d2, new):
         _seed_update(xs, d2, new, chunk_size)
 
+    def near(c, m):
+        return near_centres(c, m, chunk_size)
+
     if use_numba and x.device.type == "cpu":
         if x.shape[1] > NUMBA_MAX_DIM:
-            return AssignmentOps(full, None, gains, update)
-        from fastal.select.kmeans_cpu import assign_full_cpu, assign_pruned_cpu, seed_gains_cpu, seed_update_cpu
+            return AssignmentOps(full, None, near, gains, update)
+        from fastal.select import kmeans_cpu as cpu
 
-        return AssignmentOps(assign_full_cpu, assign_pruned_cpu, seed_gains_cpu, seed_update_cpu, torch.float64)
+        return AssignmentOps(cpu.assign_full_cpu, cpu.assign_pruned_cpu, cpu.near_centres_cpu, cpu.seed_gains_cpu,
+                             cpu.seed_update_cpu, torch.float64)  # fmt: skip
 
     def pruned(xs, c, labels, near, bound):
         return pruned_assign(xs, c, labels, near, bound, chunk_size, unsure_cap)
 
-    return AssignmentOps(full, pruned, gains, update)
+    return AssignmentOps(full, pruned, near, gains, update)
 
 
 def pruned_assign(
@@ -263,15 +283,7 @@ class TorchKMeans:
         m = min(self.n_candidates, k)
         if m == k or ops.pruned is None:
             return ops.full(x, centers)
-        c_sq = (centers * centers).sum(1)
-        near = torch.empty(k, m, dtype=torch.int64, device=x.device)
-        bound = torch.empty(k, dtype=x.dtype, device=x.device)
-        for s in range(0, k, self.chunk_size):  # (chunk, k) at a time: k x k would not fit for k ~ 10^5
-            cs = centers[s : s + self.chunk_size]
-            near_d, idx = torch.topk(_sq_dists(cs, centers, c_sq), m + 1, dim=1, largest=False)
-            near[s : s + self.chunk_size] = idx[:, :m]  # the centre itself comes first
-            bound[s : s + self.chunk_size] = near_d[:, m]  # nearest centre outside the list
-        return ops.pruned(x, centers, labels, near, bound)
+        return ops.pruned(x, centers, labels, *ops.near(centers, m))
 
     def fit(self, x: torch.Tensor) -> TorchKMeans:
         """Cluster ``x`` (N, D) float; N must be at least ``n_clusters``. Returns self."""

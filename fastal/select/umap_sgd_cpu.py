@@ -22,6 +22,7 @@ import torch
 # Points per work item of the parallel loops: numba's default splits a loop into one static
 # block per thread, so on a busy machine a descheduled thread holds everyone up at the end.
 CHUNK = 256
+LANES = 8  # points of a transform advanced side by side by one thread (see _sgd)
 
 
 @numba.njit(inline="always")
@@ -31,7 +32,10 @@ def _clip(v):  # pragma: no cover - compiled
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _sgd(head, tail, idx, eps, n_epochs, a, b, gamma, initial_alpha, negative_sample_rate, seed):  # pragma: no cover
-    # float32 arithmetic like umap-learn's kernel (its pow on float32 distances is the hot spot)
+    # float32 arithmetic like umap-learn's kernel. One point's updates form a chain (each reads
+    # the position the last one wrote), so a lone point waits on its own latency; LANES points
+    # advance side by side instead (edge j of every lane, then their negatives round by round),
+    # each still in umap-learn's order, so the CPU overlaps independent chains.
     n, k = idx.shape
     dim = head.shape[1]
     m = tail.shape[0]
@@ -40,42 +44,57 @@ def _sgd(head, tail, idx, eps, n_epochs, a, b, gamma, initial_alpha, negative_sa
     attract = np.float32(-2.0) * a * b
     repel = np.float32(2.0) * gamma * b
     eps_small = np.float32(0.001)
-    for i in numba.prange(n):
-        next_sample = eps[i].copy()
-        eps_neg = eps[i] / negative_sample_rate
+    for g in numba.prange((n + LANES - 1) // LANES):
+        lo = g * LANES
+        lanes = min(n, lo + LANES) - lo
+        next_sample = eps[lo : lo + lanes].copy()
+        eps_neg = eps[lo : lo + lanes] / negative_sample_rate
         next_neg = eps_neg.copy()
-        state = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(i + 1) * np.uint64(0xBF58476D1CE4E5B9)
-        cur = head[i]
+        states = np.empty(lanes, np.uint64)
+        for p in range(lanes):
+            states[p] = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(lo + p + 1) * np.uint64(0xBF58476D1CE4E5B9)
+        n_neg = np.zeros(lanes, np.int64)
         for ep in range(n_epochs):
             # umap-learn lowers alpha after each epoch: epochs 0 and 1 both run at the initial rate.
             alpha = np.float32(initial_alpha if ep == 0 else initial_alpha * (1.0 - (ep - 1) / n_epochs))
             for j in range(k):
-                if eps[i, j] <= 0.0 or next_sample[j] > ep:
-                    continue
-                other = tail[idx[i, j]]
-                d2 = zero
-                for d in range(dim):
-                    diff = cur[d] - other[d]
-                    d2 += diff * diff
-                if d2 > zero:
-                    pb = d2**b
-                    coeff = attract * (pb / d2) / (a * pb + one)  # d2^(b-1) = d2^b / d2
-                    for d in range(dim):
-                        cur[d] += _clip(coeff * (cur[d] - other[d])) * alpha
-                next_sample[j] += eps[i, j]
-                n_neg = int((ep - next_neg[j]) / eps_neg[j])
-                for _ in range(n_neg):
-                    state = _xorshift(state)
-                    other = tail[np.int64(state % np.uint64(m))]
+                rounds = 0
+                for p in range(lanes):
+                    i = lo + p
+                    n_neg[p] = 0
+                    if eps[i, j] <= 0.0 or next_sample[p, j] > ep:
+                        continue
+                    cur = head[i]
+                    other = tail[idx[i, j]]
                     d2 = zero
                     for d in range(dim):
                         diff = cur[d] - other[d]
                         d2 += diff * diff
                     if d2 > zero:
-                        coeff = repel / ((eps_small + d2) * (a * d2**b + one))
+                        pb = d2**b
+                        coeff = attract * (pb / d2) / (a * pb + one)  # d2^(b-1) = d2^b / d2
                         for d in range(dim):
                             cur[d] += _clip(coeff * (cur[d] - other[d])) * alpha
-                next_neg[j] += n_neg * eps_neg[j]  # also when negative, as umap-learn does
+                    next_sample[p, j] += eps[i, j]
+                    c = int((ep - next_neg[p, j]) / eps_neg[p, j])
+                    n_neg[p] = c
+                    rounds = max(rounds, c)
+                    next_neg[p, j] += c * eps_neg[p, j]  # also when negative, as umap-learn does
+                for r in range(rounds):
+                    for p in range(lanes):
+                        if r >= n_neg[p]:
+                            continue
+                        cur = head[lo + p]
+                        states[p] = _xorshift(states[p])
+                        other = tail[np.int64(states[p] % np.uint64(m))]
+                        d2 = zero
+                        for d in range(dim):
+                            diff = cur[d] - other[d]
+                            d2 += diff * diff
+                        if d2 > zero:
+                            coeff = repel / ((eps_small + d2) * (a * d2**b + one))
+                            for d in range(dim):
+                                cur[d] += _clip(coeff * (cur[d] - other[d])) * alpha
 
 
 @numba.njit(inline="always")
@@ -190,7 +209,7 @@ def optimize_transform_cpu(
 
     eps = epochs_per_sample(w, n_epochs)
     f32 = np.float32
-    with numba.parallel_chunksize(CHUNK):
+    with numba.parallel_chunksize(CHUNK // LANES):  # CHUNK points per work item
         _sgd(h, tail.float().contiguous().numpy(), idx.contiguous().numpy(), eps.numpy(), int(n_epochs), f32(a), f32(b),
              f32(gamma), float(initial_alpha), float(negative_sample_rate), int(seed))  # fmt: skip
     return head
