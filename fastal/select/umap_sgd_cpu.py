@@ -86,7 +86,7 @@ def _sgd(head, tail, idx, eps, n_epochs, a, b, gamma, initial_alpha, negative_sa
                             continue
                         cur = head[lo + p]
                         states[p] = _xorshift(states[p])
-                        other = tail[np.int64(states[p] % np.uint64(m))]
+                        other = tail[_below(states[p], m)]
                         d2 = zero
                         for d in range(dim):
                             diff = cur[d] - other[d]
@@ -95,6 +95,13 @@ def _sgd(head, tail, idx, eps, n_epochs, a, b, gamma, initial_alpha, negative_sa
                             coeff = repel / ((eps_small + d2) * (a * d2**b + one))
                             for d in range(dim):
                                 cur[d] += _clip(coeff * (cur[d] - other[d])) * alpha
+
+
+@numba.njit(inline="always")
+def _below(state, m):  # pragma: no cover - compiled
+    # An index in [0, m) from the state's high 32 bits by a multiply and a shift: a 64-bit
+    # modulo costs about as much as the rest of a negative sample's update.
+    return np.int64(((state >> np.uint64(32)) * np.uint64(m)) >> np.uint64(32))
 
 
 @numba.njit(inline="always")
@@ -145,7 +152,7 @@ def _sgd_fit(emb, indptr, dst, eps, n_epochs, a, b, gamma, initial_alpha, negati
                 n_neg = int((ep - next_neg[e]) / eps_neg[e])
                 for _ in range(n_neg):
                     state = _xorshift(state)
-                    j = np.int64(state % np.uint64(n))
+                    j = _below(state, n)
                     if j == i:
                         continue
                     other_n = snap[j]
