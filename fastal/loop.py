@@ -217,14 +217,24 @@ def full_reference(run: RunDir) -> None:
     train = lambda: _train_reference(run)  # noqa: E731
     ref = train() if cfg.full_shared is None else shared_reference(Path(cfg.full_shared), run.s, train)
     atomic_write_json(run.dir / FULL, ref)
+    run.reference_partial().unlink(missing_ok=True)
 
 
 def _train_reference(run: RunDir) -> dict[str, Any]:
+    """Train the reference, saving the trainer after every epoch: a killed reference (a lost
+    sweep worker) goes on from its last finished epoch, to the same model (the trainer's RNG
+    states and the (seed, epoch) batch order are in the checkpoint)."""
+    from fastal.train import Trainer
+
     seed = seed_everything(run.cfg.seed, 0, PHASE_TRAIN)
-    t0 = time.perf_counter()
-    trainer = _new_trainer(run.s, seed)
-    trainer.fit(run.s.train, run.cfg.reference_epochs(), progress=True)
-    seconds = time.perf_counter() - t0
+    partial = run.reference_partial()
+    if partial.exists():
+        trainer = Trainer.load(partial, run.s.device, num_classes=run.s.train.num_classes)
+        console.print(f"reference: going on after epoch {trainer.epoch} ({partial})")
+    else:
+        trainer = _new_trainer(run.s, seed)
+    trainer.fit(run.s.train, run.cfg.reference_epochs() - trainer.epoch, progress=True, checkpoint=partial)
+    seconds = trainer.train_seconds
     seed_everything(run.cfg.seed, 0, PHASE_EVAL)
     m = _evaluate(run.s, trainer)
     console.print(f"fully supervised mIoU {m['miou']:.4f} ({seconds:.1f} s)")

@@ -11,6 +11,7 @@ The layout (see :mod:`fastal.loop` for the order in which a cycle writes it)::
     queries.jsonl        one line per queried superpixel, append-only; rebuilt from pool.npz on resume
     full.json            the fully supervised reference (trained here, or copied from ``full_shared``)
     checkpoints/cycle-K.pt   Trainer state after training cycle K
+    checkpoints/reference-partial.pt   the reference's trainer after its last epoch, while it trains
     timings.json         seconds spent per cycle (the only thing a resumed run may not reproduce)
     clusters.json        per cycle, the clustering strategies' k, clusters_kept and kmeans_fits
     results.json         one record per evaluated cycle
@@ -239,6 +240,10 @@ class RunDir:
 
     def ckpt(self, cycle: int) -> Path:
         return self.dir / "checkpoints" / f"cycle-{cycle}.pt"
+
+    def reference_partial(self) -> Path:
+        """The fully supervised reference's trainer after its last finished epoch (until it is done)."""
+        return self.dir / "checkpoints" / "reference-partial.pt"
 
     def trained_checkpoint(self) -> Path:
         """The checkpoint of the latest labelled cycle; FastalError while that cycle is not trained

@@ -166,6 +166,7 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)  # flips, anchors, negatives
         self.step = 0  # optimiser steps taken
         self.epoch = 0  # epochs completed
+        self.train_seconds = 0.0  # seconds spent in those epochs, across resumes
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float] | None:
         """One optimiser step on a batch of uint8 images (B, H, W, 3) and labels (B, H, W);
@@ -257,6 +258,7 @@ class Trainer:
                     kept = f"the last good checkpoint {checkpoint} is kept" if saved else "no checkpoint was saved"
                     raise NonFiniteLoss(f"{e}; training stopped, {kept}", e.step) from None
                 self.epoch += 1
+                self.train_seconds += stats["seconds"]
                 stats["epoch"] = self.epoch
                 history.append(stats)
                 if checkpoint is not None:
@@ -275,6 +277,7 @@ class Trainer:
             "bank": self.bank.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
+            "train_seconds": self.train_seconds,
             "num_classes": self.num_classes,
             "config": dataclasses.asdict(self.cfg),
             "rng": rng,
@@ -317,6 +320,7 @@ class Trainer:
         trainer.scaler.load_state_dict(state["scaler"])
         trainer.bank.load_state_dict(state["bank"])
         trainer.step, trainer.epoch = state["step"], state["epoch"]
+        trainer.train_seconds = state.get("train_seconds", 0.0)  # absent from older checkpoints
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["device"] == trainer.device.type:

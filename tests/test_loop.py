@@ -411,3 +411,43 @@ def test_prefix_budget_and_bank_per_cycle_and_their_resume(tiny: dict, tmp_path:
     assert p.returncode == -signal.SIGKILL, p.stderr
     run_experiment(None, run_dir, resume=True)
     assert_same_run(uninterrupted, run_dir)
+
+
+def test_reference_killed_between_epochs_goes_on_to_the_same_model(tiny: dict, tmp_path: Path, monkeypatch) -> None:
+    # A lost sweep worker kills a reference mid-training: the next attempt trains only the epochs
+    # left, from the last epoch's checkpoint, and ends with the uninterrupted reference's mIoU.
+    import fastal.train
+    from fastal.train import Trainer
+
+    trained = []  # epochs trained, reference and cycles
+    real_epoch = fastal.train.train_one_epoch
+    monkeypatch.setattr(fastal.train, "train_one_epoch", lambda *a, **k: trained.append(1) or real_epoch(*a, **k))
+    cfg = {**tiny, "full_reference": True, "strategy": "random", "cycles": 0}
+    whole = run_experiment(make_config(cfg), tmp_path / "whole")
+    assert json.loads((tmp_path / "whole" / "full.json").read_text())["trained_with"]["epochs"] >= 2
+    epochs_whole = len(trained)
+
+    class Killed(Exception):
+        pass
+
+    real_save = Trainer.save
+
+    def save_then_die(self: Trainer, path) -> None:
+        real_save(self, path)
+        if self.epoch == 1:
+            raise Killed
+
+    monkeypatch.setattr(Trainer, "save", save_then_die)
+    with pytest.raises(Killed):
+        run_experiment(make_config(cfg), tmp_path / "killed")
+    partial = tmp_path / "killed" / "checkpoints" / "reference-partial.pt"
+    assert torch.load(partial, map_location="cpu", weights_only=True)["epoch"] == 1
+    assert not (tmp_path / "killed" / "full.json").exists()
+    monkeypatch.setattr(Trainer, "save", real_save)
+    trained.clear()
+    resumed = run_experiment(None, tmp_path / "killed", resume=True)
+    assert len(trained) == epochs_whole - 1  # the reference's first epoch is not trained again
+    assert resumed["full_miou"] == whole["full_miou"]
+    a, b = (json.loads((tmp_path / d / "full.json").read_text()) for d in ("whole", "killed"))
+    assert a["per_class_iou"] == b["per_class_iou"] and a["train_seconds"] > 0 and b["train_seconds"] > 0
+    assert not partial.exists()
