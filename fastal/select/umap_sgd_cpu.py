@@ -30,6 +30,38 @@ def _clip(v):  # pragma: no cover - compiled
     return min(max(v, np.float32(-4.0)), np.float32(4.0))
 
 
+@numba.njit(inline="always", fastmath=True)
+def _sq_dist(cur, other):  # pragma: no cover - compiled
+    d2 = np.float32(0.0)
+    for d in range(cur.shape[0]):
+        diff = cur[d] - other[d]
+        d2 += diff * diff
+    return d2
+
+
+@numba.njit(inline="always", fastmath=True)
+def _attract(cur, other, a, b, attract, alpha):  # pragma: no cover - compiled
+    """An edge's attractive step of ``cur`` towards ``other`` (umap-learn's, float32)."""
+    d2 = _sq_dist(cur, other)
+    if d2 > np.float32(0.0):
+        pb = d2**b
+        coeff = attract * (pb / d2) / (a * pb + np.float32(1.0))  # d2^(b-1) = d2^b / d2
+        for d in range(cur.shape[0]):
+            cur[d] += _clip(coeff * (cur[d] - other[d])) * alpha
+
+
+@numba.njit(inline="always", fastmath=True)
+def _repel(cur, other, a, b, repel, alpha):  # pragma: no cover - compiled
+    """A negative sample's repulsive step of ``cur`` away from ``other``; False (no step) where they coincide."""
+    d2 = _sq_dist(cur, other)
+    if d2 <= np.float32(0.0):
+        return False
+    coeff = repel / ((np.float32(0.001) + d2) * (a * d2**b + np.float32(1.0)))
+    for d in range(cur.shape[0]):
+        cur[d] += _clip(coeff * (cur[d] - other[d])) * alpha
+    return True
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _sgd(head, tail, idx, eps, n_epochs, a, b, gamma, initial_alpha, negative_sample_rate, seed):  # pragma: no cover
     # float32 arithmetic like umap-learn's kernel. One point's updates form a chain (each reads
@@ -37,13 +69,9 @@ def _sgd(head, tail, idx, eps, n_epochs, a, b, gamma, initial_alpha, negative_sa
     # advance side by side instead (edge j of every lane, then their negatives round by round),
     # each still in umap-learn's order, so the CPU overlaps independent chains.
     n, k = idx.shape
-    dim = head.shape[1]
     m = tail.shape[0]
-    zero = np.float32(0.0)
-    one = np.float32(1.0)
     attract = np.float32(-2.0) * a * b
     repel = np.float32(2.0) * gamma * b
-    eps_small = np.float32(0.001)
     for g in numba.prange((n + LANES - 1) // LANES):
         lo = g * LANES
         lanes = min(n, lo + LANES) - lo
@@ -64,17 +92,7 @@ def _sgd(head, tail, idx, eps, n_epochs, a, b, gamma, initial_alpha, negative_sa
                     n_neg[p] = 0
                     if eps[i, j] <= 0.0 or next_sample[p, j] > ep:
                         continue
-                    cur = head[i]
-                    other = tail[idx[i, j]]
-                    d2 = zero
-                    for d in range(dim):
-                        diff = cur[d] - other[d]
-                        d2 += diff * diff
-                    if d2 > zero:
-                        pb = d2**b
-                        coeff = attract * (pb / d2) / (a * pb + one)  # d2^(b-1) = d2^b / d2
-                        for d in range(dim):
-                            cur[d] += _clip(coeff * (cur[d] - other[d])) * alpha
+                    _attract(head[i], tail[idx[i, j]], a, b, attract, alpha)
                     next_sample[p, j] += eps[i, j]
                     c = int((ep - next_neg[p, j]) / eps_neg[p, j])
                     n_neg[p] = c
@@ -84,17 +102,8 @@ def _sgd(head, tail, idx, eps, n_epochs, a, b, gamma, initial_alpha, negative_sa
                     for p in range(lanes):
                         if r >= n_neg[p]:
                             continue
-                        cur = head[lo + p]
                         states[p] = _xorshift(states[p])
-                        other = tail[_below(states[p], m)]
-                        d2 = zero
-                        for d in range(dim):
-                            diff = cur[d] - other[d]
-                            d2 += diff * diff
-                        if d2 > zero:
-                            coeff = repel / ((eps_small + d2) * (a * d2**b + one))
-                            for d in range(dim):
-                                cur[d] += _clip(coeff * (cur[d] - other[d])) * alpha
+                        _repel(head[lo + p], tail[_below(states[p], m)], a, b, repel, alpha)
 
 
 @numba.njit(inline="always")
@@ -117,10 +126,7 @@ def _sgd_fit(emb, indptr, dst, eps, n_epochs, a, b, gamma, initial_alpha, negati
     n, dim = emb.shape
     attract = np.float32(-2.0) * a * b
     repel = np.float32(2.0) * gamma * b
-    zero = np.float32(0.0)
-    one = np.float32(1.0)
     four = np.float32(4.0)
-    eps_small = np.float32(0.001)
     next_sample = eps.copy()
     eps_neg = eps / negative_sample_rate
     next_neg = eps_neg.copy()
@@ -139,15 +145,7 @@ def _sgd_fit(emb, indptr, dst, eps, n_epochs, a, b, gamma, initial_alpha, negati
                     continue
                 other = snap[dst[e]]
                 for _ in range(2):  # this edge's step and the reverse edge's move of its other end
-                    d2 = zero
-                    for d in range(dim):
-                        diff = cur[d] - other[d]
-                        d2 += diff * diff
-                    if d2 > zero:
-                        pb = d2**b
-                        coeff = attract * (pb / d2) / (a * pb + one)
-                        for d in range(dim):
-                            cur[d] += _clip(coeff * (cur[d] - other[d])) * alpha
+                    _attract(cur, other, a, b, attract, alpha)
                 next_sample[e] += eps[e]
                 n_neg = int((ep - next_neg[e]) / eps_neg[e])
                 for _ in range(n_neg):
@@ -155,16 +153,7 @@ def _sgd_fit(emb, indptr, dst, eps, n_epochs, a, b, gamma, initial_alpha, negati
                     j = _below(state, n)
                     if j == i:
                         continue
-                    other_n = snap[j]
-                    d2 = zero
-                    for d in range(dim):
-                        diff = cur[d] - other_n[d]
-                        d2 += diff * diff
-                    if d2 > zero:
-                        coeff = repel / ((eps_small + d2) * (a * d2**b + one))
-                        for d in range(dim):
-                            cur[d] += _clip(coeff * (cur[d] - other_n[d])) * alpha
-                    else:
+                    if not _repel(cur, snap[j], a, b, repel, alpha):  # on top of each other
                         for d in range(dim):
                             cur[d] += four * alpha
                 next_neg[e] += n_neg * eps_neg[e]
