@@ -69,7 +69,7 @@ class Candidates:
     engine: str
     umap: UMAPParams
     timings: dict[str, float]
-    clusters: float = 1.0  # KMeans clusters per pick (clustering strategies)
+    clusters_per_pick: float = 1.0  # KMeans clusters per pick (clustering strategies; select()'s ``clusters``)
     # A budget in pixels (clustering strategies; ``budget`` is then the search's first guess).
     sizes: torch.Tensor | None = None  # (Nc,) pixels of each candidate
     pixels: float | None = None
@@ -230,13 +230,13 @@ def cluster_and_pick(c: Candidates, x: torch.Tensor) -> torch.Tensor:
             return make_kmeans(c.engine, k, c.seed).fit_predict(x)
 
     if c.pixels is None:
-        k = clusters_for(c.budget, c.clusters, c.entropy.shape[0])
+        k = clusters_for(c.budget, c.clusters_per_pick, c.entropy.shape[0])
         labels = cluster(k)
         with c.stage("pick"):
             picks = pick_per_cluster(c.entropy, labels, c.budget, k)
         fits = 1
     else:
-        fit = fit_clusters(cluster, c.entropy, c.sizes, c.pixels, first=c.budget, per_pick=c.clusters)
+        fit = fit_clusters(cluster, c.entropy, c.sizes, c.pixels, first=c.budget, per_pick=c.clusters_per_pick)
         picks, k, labels, fits = fit.picks, fit.k, fit.labels, fit.fits
     c.k, c.kmeans_fits = k, fits
     c.fitted["cluster"] = labels
@@ -330,7 +330,7 @@ def select(
         engine=engine_name,
         umap=umap_params,
         timings=timings,
-        clusters=float(clusters),
+        clusters_per_pick=float(clusters),
         pixels=None if pixels is None else float(pixels),
         sizes=None if pixels is None else torch.as_tensor(np.asarray(sizes)[gids[~is_labelled]], device=device),
     )
