@@ -5,7 +5,8 @@
 #   2. configs/sweep_camvid_signal_lambda0.toml  contrastive with lambda = 0 x seeds 0-4 (own references)
 #   3. configs/sweep_camvid_engine.toml          contrastive, prefix budget, seeds 0-2 (the new engine
 #                                                against benchmarks/results/camvid_cpu.json)
-# From the repository root, in the background:  nohup benchmarks/camvid_signal.sh > camvid_signal.log 2>&1 &
+# From the repository root, in the background:
+#   mkdir -p sweeps && nohup benchmarks/camvid_signal.sh > sweeps/camvid_signal.log 2>&1 &
 # Then: fastal report sweeps/sweep_camvid_signal --baseline entropy --markdown
 # Keep the code fixed while the sweeps run (e.g. a git worktree at one commit): a run resumed by
 # other code would mix two versions of the selection.
