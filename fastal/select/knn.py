@@ -9,8 +9,8 @@ far: a point in cell c is at least d(q, centroid_c) - radius_c from q, and a cel
 exceeds the query's current k-th distance (found first in its own cell) cannot hold a neighbour.
 The answer is exact up to float rounding; on clustered features (the bank's classes) it reads
 the query's own class and a few cells near it (250k x 11k x 128 on 2 idle cores: ~3 s instead of
-~10 s). On
-features without cluster structure it degrades to the full scan plus the cell bookkeeping.
+~10 s). On features without cluster structure it degrades to the full scan plus the cell
+bookkeeping.
 Tried and dropped (measured on 2 cores): an inverted file probing a fixed number of cells (on
 isotropic class blobs it needed half the cells for 94% recall) and a bf16 screen with float32
 re-ranking (the matmul is 1.7x faster, but the extra passes over the N x M scores ate the gain).
