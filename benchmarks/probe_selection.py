@@ -3,6 +3,7 @@ fitted on the bank) carry class information that entropy sampling lacks? Issue 1
 
     python benchmarks/probe_selection.py RUN_DIR [--cycles latest|all|1,3] [--name NAME]
     python benchmarks/probe_selection.py --checkpoint CKPT --dataset synthetic [--budget-pct 2]
+    python benchmarks/probe_selection.py --checkpoint CKPT --config configs/al_camvid_cpu.toml --data-root DIR
 
 For each checkpoint (cycle K of a run: its teacher, its bank, the labelled set of cycles 1..K;
 or a bare checkpoint on a dataset, nothing labelled), on the unlabelled pool:
@@ -341,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cycles", default="latest", help="latest | all | comma-separated cycles (run directory)")
     p.add_argument("--checkpoint", type=Path, help="trainer checkpoint, without a run directory")
     p.add_argument("--dataset", help="dataset of --checkpoint")
+    p.add_argument("--config", type=Path, help="run configuration for --checkpoint (scale, superpixels, ...)")
     p.add_argument("--data-root")
     p.add_argument("--superpixels", type=int)
     p.add_argument("--budget-pct", type=float,
@@ -355,10 +357,10 @@ def main(argv: list[str] | None = None) -> int:
             probes = probe_run(args.run, args.cycles, args.anchor_batches, args.budget_pct)
             name = args.name or args.run.name
         else:
-            if args.checkpoint is None or args.dataset is None:
-                raise FastalError("give RUN_DIR, or --checkpoint CKPT with --dataset")
+            if args.checkpoint is None or (args.dataset is None and args.config is None):
+                raise FastalError("give RUN_DIR, or --checkpoint CKPT with --dataset or --config")
             overrides = {"dataset": args.dataset, "data_root": args.data_root, "superpixels": args.superpixels}
-            setup = prepare(load_config(None, {k: v for k, v in overrides.items() if v is not None}))
+            setup = prepare(load_config(args.config, {k: v for k, v in overrides.items() if v is not None}))
             pct = 2.0 if args.budget_pct is None else args.budget_pct
             pixels = pct / 100 * float(np.asarray(setup.cache.sizes).sum())
             probes = [probe_checkpoint(setup, args.checkpoint, 0, None, pixels, None, 0, None)]
