@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from fastal.atomic import appending, atomic_dir, atomic_write_json, atomic_write_text, read_json
-from fastal.config import RunConfig, load_config, save_config, to_dict
+from fastal.config import RunConfig, merge_config, read_toml, save_config, to_dict
 from fastal.errors import FastalError
 from fastal.oracle import OracleAnswer
 from fastal.pool import RegionPool
@@ -124,11 +124,18 @@ def accept_config(run_dir: str | Path, cfg: RunConfig) -> None:
 
 
 def open_run(run_dir: str | Path) -> RunConfig:
-    """The configuration of an existing run directory."""
+    """The configuration of an existing run directory.
+
+    A key its config.toml lacks takes the value that matches how the run was made: a run written
+    before ``cluster_budget`` existed cut its picks to the pixels, which is ``"prefix"`` (the
+    default, ``"fit"``, would change the selection rule in the middle of the run).
+    """
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise FastalError(f"{run_dir}: not a fastal run directory (no {CONFIG})")
-    return load_config(run_dir / CONFIG)
+    values = read_toml(run_dir / CONFIG)
+    values.setdefault("cluster_budget", "prefix")
+    return merge_config(values, None, str(run_dir / CONFIG))
 
 
 class RunDir:

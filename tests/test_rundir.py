@@ -50,3 +50,19 @@ def test_a_cycle_not_trained_yet_refuses_the_next_round(tmp_path: Path) -> None:
         run.trained_checkpoint()
     run.results["cycles"].append({"cycle": 1})
     assert run.trained_checkpoint() == tmp_path / "checkpoints" / "cycle-1.pt"
+
+
+def test_a_run_written_before_cluster_budget_keeps_the_prefix_rule(tmp_path: Path) -> None:
+    # Older config.toml files have no cluster_budget: those runs cut their picks to the pixels,
+    # and resuming them with the new default would change the rule in the middle of the run.
+    from fastal.config import save_config
+    from fastal.rundir import CONFIG, open_run
+
+    save_config(RunConfig(seed=4), tmp_path / CONFIG)
+    assert open_run(tmp_path).cluster_budget == "fit"  # written now: kept as written
+    text = (tmp_path / CONFIG).read_text()
+    old = "\n".join(line for line in text.splitlines() if not line.startswith("cluster_budget"))
+    assert old != text
+    (tmp_path / CONFIG).write_text(old + "\n")
+    cfg = open_run(tmp_path)
+    assert (cfg.cluster_budget, cfg.seed) == ("prefix", 4)
