@@ -106,3 +106,18 @@ def test_seeding_on_a_sample_keeps_quality(use_numba: bool) -> None:
     assert ours.inertia_ <= ref.inertia_ * 1.03
     lab, _ = _nearest_f64(x, ours.cluster_centers_.numpy())
     assert (lab == ours.labels_.numpy()).mean() > 0.999
+
+
+def test_kd_tree_neighbour_lists_match_the_tensor_ones() -> None:
+    # The CPU path's k-d tree lists (kmeans_cpu.near_centres_cpu) against the matmul + top-k ones
+    # (the CUDA path): the same m nearest centres, the centre itself included, and the same bound.
+    from fastal.select.kmeans_cpu import near_centres_cpu
+    from fastal.select.kmeans_torch import near_centres
+
+    centres = torch.from_numpy(make_blobs(400, 2, centers=25, random_state=3)[0].astype(np.float32))
+    tree_near, tree_bound = near_centres_cpu(centres, 9)
+    mm_near, mm_bound = near_centres(centres, 9, chunk_size=128)
+    assert tree_near.shape == mm_near.shape == (400, 9)
+    torch.testing.assert_close(tree_bound, mm_bound, rtol=1e-4, atol=1e-5)
+    assert all(set(a) == set(b) for a, b in zip(tree_near.tolist(), mm_near.tolist()))
+    assert (tree_near == torch.arange(400)[:, None]).any(1).all()
