@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from fastal.config import make_config
 from fastal.loop import run_experiment
