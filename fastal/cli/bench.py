@@ -27,6 +27,20 @@ def _command_line(ctx: typer.Context) -> str:
     return " ".join(parts)
 
 
+def print_stages(title: str, stages: dict[str, float], total: float, count: int, rate: str, digits: int) -> None:
+    """A table of seconds per stage and the total, with ``count`` items per second (``rate``)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    table.add_column(rate, justify="right")
+    for name, sec in [*stages.items(), ("total", total)]:
+        table.add_row(name, f"{sec:.3f}", f"{count / sec:,.{digits}f}" if sec > 0 else "-")
+    Console().print(table)
+
+
 def synthetic_selection_inputs(
     superpixels: int, dim: int, bank: int, classes: int, seed: int, device: Any
 ) -> tuple[Any, Any, Any]:
@@ -79,8 +93,6 @@ def selection(
     import time
 
     import numpy as np
-    from rich.console import Console
-    from rich.table import Table
 
     from fastal.atomic import atomic_write_json, check_writable
     from fastal.device import resolve_device
@@ -124,13 +136,8 @@ def selection(
     stages = {k: v for k, v in sel.timings.items() if k != "total"}
     seconds = sel.timings["total"]
 
-    table = Table(title=f"selection: {strategy}, {superpixels:,} superpixels, budget {budget:,}, {engine_name} on {dev}")
-    table.add_column("stage")
-    table.add_column("seconds", justify="right")
-    table.add_column("superpixels/s", justify="right")
-    for name, s in [*stages.items(), ("total", seconds)]:
-        table.add_row(name, f"{s:.3f}", f"{superpixels / s:,.0f}" if s > 0 else "-")
-    Console().print(table)
+    print_stages(f"selection: {strategy}, {superpixels:,} superpixels, budget {budget:,}, {engine_name} on {dev}",
+                 stages, seconds, superpixels, "superpixels/s", digits=0)
 
     if json_path is not None:
         atomic_write_json(json_path, {
@@ -189,8 +196,6 @@ def scoring(
 
     import numpy as np
     import torch
-    from rich.console import Console
-    from rich.table import Table
 
     from fastal.atomic import atomic_write_json
     from fastal.data import load_dataset
@@ -278,13 +283,8 @@ def scoring(
     seconds = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None
 
-    table = Table(title=f"scoring: {images:,} images {hw[0]}x{hw[1]}, {backbone}, amp {amp}, {kind} regions, {dev}")
-    table.add_column("stage")
-    table.add_column("seconds", justify="right")
-    table.add_column("images/s", justify="right")
-    for name, sec in [*stages.items(), ("total", seconds)]:
-        table.add_row(name, f"{sec:.3f}", f"{images / sec:,.2f}" if sec > 0 else "-")
-    Console().print(table)
+    print_stages(f"scoring: {images:,} images {hw[0]}x{hw[1]}, {backbone}, amp {amp}, {kind} regions, {dev}",
+                 stages, seconds, images, "images/s", digits=2)
     if json_path is not None:
         atomic_write_json(json_path, {
             "command": _command_line(ctx),
