@@ -12,6 +12,15 @@ writes); umap-learn's move of the edge's other end is the reverse edge's step (t
 symmetric, both directions share one schedule), so each sampled edge steps twice. Each point
 draws negatives from its own xorshift stream seeded by (seed, point), so the result does not
 depend on how points are spread over threads: deterministic for a seed.
+
+The gradient coefficients (umap-learn's ``d2 ** (b - 1) / (a d2^b + 1)`` and ``1 / ((0.001 + d2)
+(a d2^b + 1))``) are read from tables made once per call (:func:`coefficient_tables`): ``powf``
+plus a division cost ~14 of a negative sample's ~35 ns on one core, a table read with linear
+interpolation ~6 (250k points, 2 idle cores: transform SGD 4.5 -> 2.5 s, fit 2.3 -> 1.3 s).
+The tables are indexed by the float32 bits of ``d2`` (exponent and the top mantissa bits), so
+every bucket spans the same relative width and the interpolation error is relative (< 5e-5,
+tested; far below the float32 SGD's own noise); ``d2`` outside the table's range is computed
+as before.
 """
 
 from __future__ import annotations
@@ -19,6 +28,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
 
 # Points per work item of the parallel loops: numba's default splits a loop into one static
@@ -41,31 +53,79 @@ def _sq_dist(cur, other):  # pragma: no cover - compiled
     return d2
 
 
+# Coefficient tables: 2^TABLE_BITS buckets per power of two of d2, over [2^-TABLE_OCTAVES, 2^TABLE_OCTAVES).
+TABLE_BITS = 7
+TABLE_OCTAVES = 40
+_SHIFT = 23 - TABLE_BITS  # float32 mantissa bits below a bucket's index
+_BASE = (127 - TABLE_OCTAVES) << TABLE_BITS  # bucket index of 2^-TABLE_OCTAVES (biased exponent 127 = 2^0)
+_TOP = 2 * TABLE_OCTAVES << TABLE_BITS  # buckets in the table (one more entry closes the last)
+
+
+def coefficient_tables(a: float, b: float, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """(attract, repel) float32 tables of the SGD's gradient coefficients at each bucket start, in float64.
+
+    attract(d2) = -2ab d2^(b-1) / (a d2^b + 1); repel(d2) = 2 gamma b / ((0.001 + d2)(a d2^b + 1)).
+    """
+    i = np.arange(_TOP + 1)
+    d2 = np.exp2(i // (1 << TABLE_BITS) - TABLE_OCTAVES) * (1.0 + (i % (1 << TABLE_BITS)) / (1 << TABLE_BITS))
+    pb = d2**b
+    attract = -2.0 * a * b * (pb / d2) / (a * pb + 1.0)
+    repel = 2.0 * gamma * b / ((0.001 + d2) * (a * pb + 1.0))
+    return attract.astype(np.float32), repel.astype(np.float32)
+
+
+@intrinsic
+def _f32_bits(typingctx, x):  # pragma: no cover - compiled
+    """The bits of a float32 as an int32 (no memory round trip)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
 @numba.njit(inline="always", fastmath=True)
-def _attract(cur, other, a, b, attract, alpha):  # pragma: no cover - compiled
+def _coefficient(table, d2, a, b, scale, repel):  # pragma: no cover - compiled
+    """The table's value at ``d2`` > 0, linearly interpolated; outside its range ``scale`` x umap-learn's factor."""
+    u = _f32_bits(d2)
+    i = (u >> _SHIFT) - _BASE
+    if i < 0 or i >= _TOP:
+        pb = d2**b
+        if repel:
+            return scale / ((np.float32(0.001) + d2) * (a * pb + np.float32(1.0)))
+        return scale * (pb / d2) / (a * pb + np.float32(1.0))  # d2^(b-1) = d2^b / d2
+    frac = np.float32(u & ((1 << _SHIFT) - 1)) * np.float32(1.0 / (1 << _SHIFT))
+    return table[i] + frac * (table[i + 1] - table[i])
+
+
+@numba.njit(inline="always", fastmath=True)
+def _step(cur, other, coeff, alpha):  # pragma: no cover - compiled
+    for d in range(cur.shape[0]):
+        cur[d] += _clip(coeff * (cur[d] - other[d])) * alpha
+
+
+@numba.njit(inline="always", fastmath=True)
+def _attract(cur, other, table, a, b, attract, alpha):  # pragma: no cover - compiled
     """An edge's attractive step of ``cur`` towards ``other`` (umap-learn's, float32)."""
     d2 = _sq_dist(cur, other)
     if d2 > np.float32(0.0):
-        pb = d2**b
-        coeff = attract * (pb / d2) / (a * pb + np.float32(1.0))  # d2^(b-1) = d2^b / d2
-        for d in range(cur.shape[0]):
-            cur[d] += _clip(coeff * (cur[d] - other[d])) * alpha
+        _step(cur, other, _coefficient(table, d2, a, b, attract, False), alpha)
 
 
 @numba.njit(inline="always", fastmath=True)
-def _repel(cur, other, a, b, repel, alpha):  # pragma: no cover - compiled
+def _repel(cur, other, table, a, b, repel, alpha):  # pragma: no cover - compiled
     """A negative sample's repulsive step of ``cur`` away from ``other``; False (no step) where they coincide."""
     d2 = _sq_dist(cur, other)
     if d2 <= np.float32(0.0):
         return False
-    coeff = repel / ((np.float32(0.001) + d2) * (a * d2**b + np.float32(1.0)))
-    for d in range(cur.shape[0]):
-        cur[d] += _clip(coeff * (cur[d] - other[d])) * alpha
+    _step(cur, other, _coefficient(table, d2, a, b, repel, True), alpha)
     return True
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _sgd(head, tail, idx, eps, n_epochs, a, b, gamma, initial_alpha, negative_sample_rate, seed):  # pragma: no cover
+def _sgd(head, tail, idx, eps, n_epochs, a, b, gamma, initial_alpha, negative_sample_rate, seed, t_att, t_rep):  # pragma: no cover
     # float32 arithmetic like umap-learn's kernel. One point's updates form a chain (each reads
     # the position the last one wrote), so a lone point waits on its own latency; LANES points
     # advance side by side instead (edge j of every lane, then their negatives round by round),
@@ -94,7 +154,7 @@ def _sgd(head, tail, idx, eps, n_epochs, a, b, gamma, initial_alpha, negative_sa
                     n_neg[p] = 0
                     if eps[i, j] <= 0.0 or next_sample[p, j] > ep:
                         continue
-                    _attract(head[i], tail[idx[i, j]], a, b, attract, alpha)
+                    _attract(head[i], tail[idx[i, j]], t_att, a, b, attract, alpha)
                     next_sample[p, j] += eps[i, j]
                     c = int((ep - next_neg[p, j]) / eps_neg[p, j])
                     n_neg[p] = c
@@ -105,7 +165,7 @@ def _sgd(head, tail, idx, eps, n_epochs, a, b, gamma, initial_alpha, negative_sa
                         if r >= n_neg[p]:
                             continue
                         states[p] = _xorshift(states[p])
-                        _repel(head[lo + p], tail[_below(states[p], m)], a, b, repel, alpha)
+                        _repel(head[lo + p], tail[_below(states[p], m)], t_rep, a, b, repel, alpha)
 
 
 @numba.njit(inline="always")
@@ -124,7 +184,7 @@ def _xorshift(state):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
-def _sgd_fit(emb, indptr, dst, eps, n_epochs, a, b, gamma, initial_alpha, negative_sample_rate, seed):  # pragma: no cover
+def _sgd_fit(emb, indptr, dst, eps, n_epochs, a, b, gamma, initial_alpha, negative_sample_rate, seed, t_att, t_rep):  # pragma: no cover
     n, dim = emb.shape
     attract = np.float32(-2.0) * a * b
     repel = np.float32(2.0) * gamma * b
@@ -147,7 +207,7 @@ def _sgd_fit(emb, indptr, dst, eps, n_epochs, a, b, gamma, initial_alpha, negati
                     continue
                 other = snap[dst[e]]
                 for _ in range(2):  # this edge's step and the reverse edge's move of its other end
-                    _attract(cur, other, a, b, attract, alpha)
+                    _attract(cur, other, t_att, a, b, attract, alpha)
                 next_sample[e] += eps[e]
                 n_neg = int((ep - next_neg[e]) / eps_neg[e])
                 for _ in range(n_neg):
@@ -155,7 +215,7 @@ def _sgd_fit(emb, indptr, dst, eps, n_epochs, a, b, gamma, initial_alpha, negati
                     j = _below(state, n)
                     if j == i:
                         continue
-                    if not _repel(cur, snap[j], a, b, repel, alpha):  # on top of each other
+                    if not _repel(cur, snap[j], t_rep, a, b, repel, alpha):  # on top of each other
                         for d in range(dim):
                             cur[d] += four * alpha
                 next_neg[e] += n_neg * eps_neg[e]
@@ -183,7 +243,8 @@ def optimize_fit_cpu(
     f32 = np.float32
     with numba.parallel_chunksize(CHUNK):
         _sgd_fit(emb.numpy(), indptr.numpy(), dst.contiguous().numpy(), eps.contiguous().numpy(), int(n_epochs), f32(a),
-                 f32(b), f32(gamma), float(initial_alpha), float(negative_sample_rate), int(seed))  # fmt: skip
+                 f32(b), f32(gamma), float(initial_alpha), float(negative_sample_rate), int(seed),
+                 *coefficient_tables(a, b, gamma))  # fmt: skip
     return emb
 
 
@@ -209,5 +270,6 @@ def optimize_transform_cpu(
     f32 = np.float32
     with numba.parallel_chunksize(CHUNK // LANES):  # CHUNK points per work item
         _sgd(h, tail.float().contiguous().numpy(), idx.contiguous().numpy(), eps.numpy(), int(n_epochs), f32(a), f32(b),
-             f32(gamma), float(initial_alpha), float(negative_sample_rate), int(seed))  # fmt: skip
+             f32(gamma), float(initial_alpha), float(negative_sample_rate), int(seed),
+             *coefficient_tables(a, b, gamma))  # fmt: skip
     return head
