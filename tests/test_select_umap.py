@@ -69,13 +69,14 @@ def test_knn_search_is_exact(metric: str) -> None:
 
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 def test_cell_pruned_knn_recall_against_exact(metric: str) -> None:
-    # Class blobs like the bank's (the benchmark's data), and structureless noise.
+    # Class blobs like the bank's (the benchmark's data), and structureless noise; cells of 8
+    # points are smaller than k, so a query's own cell leaves its k-th distance unknown.
     blobs, _ = make_blobs(7000, 32, centers=11, cluster_std=2.0, random_state=5)
     noise = np.random.default_rng(5).normal(size=(7000, 32))
-    for data in (blobs, noise):
+    for data, per_cell in ((blobs, 64), (noise, 64), (blobs, 8)):
         data = torch.from_numpy(data.astype(np.float32))
         ref, x = data[:5000], data[5000:]
-        d, idx = knn_search_cells(x, build_cell_index(ref, metric), 15)
+        d, idx = knn_search_cells(x, build_cell_index(ref, metric, points_per_cell=per_cell), 15)
         d0, idx0 = knn_search(x, ref, 15, metric)
         recall = (idx[:, :, None] == idx0[:, None, :]).any(2).float().mean().item()
         print(f"{metric}: recall@15 {recall:.4f}")

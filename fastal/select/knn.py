@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
+import numpy as np
 import torch
 
 APPROXIMATE_MIN_FIT = 4096  # umap-learn's transform queries its NNDescent index from this size
@@ -94,48 +96,78 @@ def build_cell_index(ref: torch.Tensor, metric: str, points_per_cell: int = 64, 
     return CellIndex(pts, (pts * pts).sum(1), order, centroids, radius, offsets, metric)
 
 
+@numba.njit(nogil=True, cache=True)
+def _merge(dot, q_sq, cand_sq, cand_rows, best_sq, best_idx):  # pragma: no cover - compiled
+    """Merge candidates into each query's k smallest squared distances so far (ascending, in place).
+
+    ``dot`` (B, M): the queries' dot products with the candidates; a candidate's squared distance
+    is q_sq + cand_sq - 2 dot. A candidate no nearer than the row's k-th costs one comparison, so
+    the scan is a single pass where torch.topk over the (B, M) block cost more than its matmul.
+    """
+    n, m = dot.shape
+    k = best_sq.shape[1]
+    for r in range(n):
+        worst = best_sq[r, k - 1]
+        for j in range(m):
+            v = q_sq[r] + cand_sq[j] - np.float32(2.0) * dot[r, j]
+            if v < worst:
+                p = k - 1
+                while p > 0 and best_sq[r, p - 1] > v:
+                    best_sq[r, p] = best_sq[r, p - 1]
+                    best_idx[r, p] = best_idx[r, p - 1]
+                    p -= 1
+                best_sq[r, p] = v
+                best_idx[r, p] = cand_rows[j]
+                worst = best_sq[r, k - 1]
+
+
 def knn_search_cells(x: torch.Tensor, index: CellIndex, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as :func:`knn_search`, searching only the cells that can hold a neighbour.
 
     CPU tensors. Queries are grouped by their nearest centroid; each group is compared with its
     own cell, then, in batches of ``BATCH`` queries that share their second-nearest centroid,
-    with every other cell whose lower bound beats some query's k-th distance so far, and the
-    candidate lists are merged. The queries are sorted by (nearest, second-nearest) centroid once,
-    so that a group and its batches are slices: torch's advanced indexing on the CPU cost more
-    than the distances (measured: 8 of 12 single-thread seconds at 250k x 11k). Groups run on a
-    pool of Python threads with single-threaded tensor operations: the operations are small, and
-    on a loaded machine two threads meeting at a barrier in each of them cost more than the
-    operation (measured on 2 busy cores: 7x slower than one thread).
+    with every other cell whose lower bound beats some query's k-th distance so far. Each block
+    of dot products (one matmul) is merged into the running k nearest by :func:`_merge`. The
+    queries are sorted by (nearest, second-nearest) centroid once, so that a group and its
+    batches are slices: torch's advanced indexing on the CPU cost more than the distances
+    (measured: 8 of 12 single-thread seconds at 250k x 11k). Groups run on a pool of Python
+    threads with single-threaded tensor operations: the operations are small, and on a loaded
+    machine two threads meeting at a barrier in each of them cost more than the operation
+    (measured on 2 busy cores: 7x slower than one thread).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     q = _prepare(x, index.metric)
     n, off, n_cells = q.shape[0], index.offsets, len(index.offsets) - 1
-    to_cell = torch.cdist(q, index.centroids)  # (N, C) euclidean
+    c_sq = (index.centroids * index.centroids).sum(1)
+    to_cell = torch.addmm(c_sq, q, index.centroids.T, alpha=-2.0)  # squared distance less |q|^2: same order
     nearest = to_cell.topk(min(2, n_cells), dim=1, largest=False).indices
     own = nearest[:, 0]
     order = torch.sort(own * n_cells + nearest[:, -1], stable=True).indices
     qs = q.index_select(0, order)
-    lower = (to_cell - index.radius).index_select(0, order)  # no point of cell c is nearer than lower[:, c]
+    qs_sq = (qs * qs).sum(1)
+    # No point of cell c is nearer than lower[:, c] (euclidean, sorted rows).
+    lower = (to_cell.index_select(0, order) + qs_sq[:, None]).clamp_min_(0.0).sqrt_() - index.radius
     group_off = [0, *torch.cumsum(torch.bincount(own, minlength=n_cells), 0).tolist()]
-    dists = torch.empty(n, k, dtype=torch.float32)  # in the sorted order until the end
-    idx = torch.empty(n, k, dtype=torch.int64)
+    best_sq = torch.full((n, k), float("inf"), dtype=torch.float32)  # in the sorted order until the end
+    best = torch.zeros(n, k, dtype=torch.int64)  # rows of the sorted points
+    rows = torch.arange(index.points.shape[0])
 
-    def cell_rows(cells: list[int]) -> torch.Tensor:
-        return torch.cat([torch.arange(off[j], off[j + 1]) for j in cells])
+    def merge(a: int, b: int, sel: torch.Tensor | slice) -> None:  # sorted queries a:b with points sel
+        if isinstance(sel, slice):  # one cell: views
+            pts, pts_sq, cand = index.points[sel], index.points_sq[sel], rows[sel]
+        else:
+            pts, pts_sq, cand = index.points.index_select(0, sel), index.points_sq.index_select(0, sel), sel
+        _merge(torch.mm(qs[a:b], pts.T).numpy(), qs_sq[a:b].numpy(), pts_sq.numpy(), cand.numpy(),
+               best_sq[a:b].numpy(), best[a:b].numpy())  # fmt: skip
 
     def search(c: int) -> None:  # the queries nearest to cell c: sorted rows a:b
         a, b = group_off[c], group_off[c + 1]
         if a == b:
             return
-        qc = qs[a:b]
-        sq, cols = _topk_sq(qc, index.points[off[c] : off[c + 1]], index.points_sq[off[c] : off[c + 1]], k)
-        cols = cols + off[c]
-        short = k - sq.shape[1]
-        if short:  # own cell smaller than k: no finite bound yet, every cell is searched
-            sq = torch.cat([sq, sq.new_full((b - a, short), float("inf"))], 1)
-            cols = torch.cat([cols, cols.new_zeros((b - a, short))], 1)
-        need = lower[a:b] < sq[:, -1].clamp_min(0.0).sqrt()[:, None]  # (n, C)
+        merge(a, b, slice(off[c], off[c + 1]))
+        # Own cell smaller than k: the k-th distance is still inf and every cell is searched.
+        need = lower[a:b] < best_sq[a:b, -1].clamp_min(0.0).sqrt()[:, None]  # (n, C)
         need[:, c] = False
         # Queries sharing their second-nearest centroid need similar cells: a batch's union stays
         # near what each query needs (1M x 11k: 2,450 points compared per query in batches of
@@ -144,21 +176,15 @@ def knn_search_cells(x: torch.Tensor, index: CellIndex, k: int) -> tuple[torch.T
         # batches of 64 / 128 / 256 / 512.
         for s in range(0, b - a, BATCH):
             cells = need[s : s + BATCH].any(0).nonzero()[:, 0].tolist()
-            if not cells:
-                continue
-            sel = cell_rows(cells)
-            sq2, cols2 = _topk_sq(qc[s : s + BATCH], index.points.index_select(0, sel),
-                                  index.points_sq.index_select(0, sel), k)  # fmt: skip
-            sq[s : s + BATCH], pick = torch.topk(torch.cat([sq[s : s + BATCH], sq2], 1), k, dim=1, largest=False)
-            cols[s : s + BATCH] = torch.cat([cols[s : s + BATCH], sel.take(cols2)], 1).gather(1, pick)
-        dists[a:b] = _finish(sq, index.metric)
-        idx[a:b] = index.order.take(cols)
+            if cells:
+                merge(a + s, min(b, a + s + BATCH), torch.cat([rows[off[j] : off[j + 1]] for j in cells]))
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(search, range(len(off) - 1)))
+            list(pool.map(search, range(n_cells)))
     finally:
         torch.set_num_threads(threads)
+    dists, idx = _finish(best_sq, index.metric), index.order.take(best)
     return torch.empty_like(dists).index_copy_(0, order, dists), torch.empty_like(idx).index_copy_(0, order, idx)
