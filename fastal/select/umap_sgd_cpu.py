@@ -3,7 +3,7 @@
 Measured on 2 cores: torch's eager version (:mod:`fastal.select.umap_sgd_torch`) spends
 ~200 ns per edge or negative-sample update (a dozen tensor passes per epoch), these loops
 ~30 ns, and the transform's ~17 ns once each thread advances 8 points side by side (a point's
-updates are one dependency chain; see ``_sgd``). The transform keeps umap-learn's exact update
+updates are one dependency chain; see ``_sgd``), both before the coefficient tables below. The transform keeps umap-learn's exact update
 order (per point: edges nearest first, each followed by its negative samples) against the fixed
 bank embedding. The fit moves each
 point through its own edges in umap-learn's order, reading the other points where they stood
