@@ -1,7 +1,8 @@
 """`fastal sweep` on a Dask LocalCluster of 2 worker processes, tiny synthetic runs: the grid, its
 shared references and cycles.parquet against the run directories and a plain run; a worker
 SIGKILLed in the middle of a run, and the sweep process SIGKILLed then resumed, both ending with
-the results of the uninterrupted sweep; a run failing for its own reason; bad sweep files."""
+the results of the uninterrupted sweep; the README's Slurm recipe (dask-jobqueue) with stand-ins for
+sbatch / scancel and one job killed; a run failing for its own reason; bad sweep files."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from fastal.cli import main
 from fastal.config import dumps_toml, load_config
 from fastal.data.camvid import CLASSES
 from fastal.loop import run_experiment
-from fastal.sweep import load_sweep, open_sweep_dir
+from fastal.sweep import load_sweep, open_sweep_dir, run_sweep
 from fastal.sweep.tasks import use_threads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,6 +175,69 @@ def test_worker_killed_mid_run(uninterrupted: Path, tmp_path: Path) -> None:
     assert_same_runs(uninterrupted, out, NAMES)
     a, b = (pd.read_parquet(d / "cycles.parquet").drop(columns=list(TIMES)) for d in (uninterrupted, out))
     pd.testing.assert_frame_equal(a, b)
+
+
+FAKE_SBATCH = """#!/bin/bash
+# sbatch on one machine: run the job script now, in a process group of its own (the job).
+set -eu
+job=$(mktemp --suffix=.sh "$FAKE_SLURM_DIR/job-XXXXXX")
+cp "$1" "$job"     # dask-jobqueue deletes its file once sbatch returns
+setsid bash "$job" > "$job.out" 2>&1 < /dev/null &
+echo "Submitted batch job $!"
+"""
+FAKE_SCANCEL = """#!/bin/bash
+for job in "$@"; do kill -TERM -- "-$job" 2>/dev/null || true; done
+"""
+
+
+def test_slurm_recipe_with_a_job_killed(uninterrupted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The README's Slurm recipe (dask-jobqueue's SLURMCluster, then run_sweep at its scheduler) with
+    # stand-ins for sbatch / scancel that run each job script here. One job is killed the way Slurm
+    # ends a job (its process group) in the middle of a run: the run goes on in the other job and
+    # the sweep ends with the results of the uninterrupted local sweep.
+    jobqueue = pytest.importorskip("dask_jobqueue")
+    bin_dir, jobs = tmp_path / "bin", tmp_path / "jobs"
+    bin_dir.mkdir()
+    jobs.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("scancel", FAKE_SCANCEL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM_DIR", str(jobs))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    sweep = load_sweep(write_sweep(tmp_path, {"strategy": STRATEGIES, "seed": SEEDS}))
+    out = tmp_path / "out"
+    killed: list[str] = []
+
+    def kill_a_job() -> None:  # as in test_worker_killed_mid_run, but the worker's whole job
+        deadline = time.monotonic() + 300
+        while not killed and time.monotonic() < deadline:
+            for name in [n for n in NAMES if "entropy" in n]:
+                run = out / "runs" / name
+                r = results(run)
+                if (run / "checkpoints" / "cycle-1.pt").exists() and not (r and r["stopped"]):
+                    pid = int(re.findall(r"\(pid (\d+)\)", (run / "sweep.log").read_text())[-1])
+                    os.killpg(os.getpgid(pid), signal.SIGKILL)
+                    killed.append(name)
+                    return
+            time.sleep(0.05)
+
+    with jobqueue.SLURMCluster(cores=1, processes=1, memory="4GB", walltime="00:30:00",
+                               job_extra_directives=["--gres=gpu:1"], worker_extra_args=["--resources", "GPU=1"],
+                               job_script_prologue=["export DASK_DISTRIBUTED__WORKER__DAEMON=False"],
+                               scheduler_options={"dashboard_address": ":0"}) as cluster:  # fmt: skip
+        script = cluster.job_script()
+        assert "#SBATCH --gres=gpu:1" in script and "export DASK_DISTRIBUTED__WORKER__DAEMON=False" in script
+        assert "--nthreads 1" in script and "--resources GPU=1" in script
+        cluster.scale(jobs=2)
+        cluster.wait_for_workers(2, timeout=120)  # else the killed job's run would wait for a worker forever
+        killer = threading.Thread(target=kill_a_job)
+        killer.start()
+        outcome = run_sweep(open_sweep_dir(out, sweep), out, scheduler=cluster.scheduler_address, threads=1)
+        killer.join()
+    assert killed and sorted(outcome.finished) == sorted(NAMES) and not outcome.failed
+    assert len(re.findall("started on", (out / "runs" / killed[0] / "sweep.log").read_text())) == 2
+    assert_same_runs(uninterrupted, out, NAMES)
 
 
 def test_resume_after_the_sweep_is_killed(uninterrupted: Path, tmp_path: Path, capsys) -> None:
