@@ -238,6 +238,7 @@ def test_slurm_recipe_with_a_job_killed(uninterrupted: Path, tmp_path: Path, mon
     assert killed and sorted(outcome.finished) == sorted(NAMES) and not outcome.failed
     assert len(re.findall("started on", (out / "runs" / killed[0] / "sweep.log").read_text())) == 2
     assert_same_runs(uninterrupted, out, NAMES)
+    assert len(list(jobs.glob("job-*.sh"))) == 2  # the killed job was not replaced (README)
 
 
 def test_resume_after_the_sweep_is_killed(uninterrupted: Path, tmp_path: Path, capsys) -> None:
