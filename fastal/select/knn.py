@@ -8,7 +8,7 @@ the fitted points into KMeans cells and skips every cell that the triangle inequ
 far: a point in cell c is at least d(q, centroid_c) - radius_c from q, and a cell whose bound
 exceeds the query's current k-th distance (found first in its own cell) cannot hold a neighbour.
 The answer is exact up to float rounding; on clustered features (the bank's classes) it reads
-the query's own class and a few cells near it (250k x 11k x 128 on 2 idle cores: ~3 s instead of
+the query's own class and a few cells near it (250k x 11k x 128 on 2 idle cores: ~2.2 s instead of
 ~10 s). On features without cluster structure it degrades to the full scan plus the cell
 bookkeeping.
 Tried and dropped (measured on 2 cores): an inverted file probing a fixed number of cells (on
