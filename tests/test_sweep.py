@@ -132,6 +132,9 @@ def test_sweep_runs_the_grid(uninterrupted: Path, tmp_path: Path) -> None:
         main(["report", str(out), "--json", str(tmp_path / "report.json"), "--out", str(tmp_path / "report.png")])
     assert e.value.code == 0
     paired = json.loads((tmp_path / "report.json").read_text())["paired"]
+    with pytest.raises(SystemExit) as e:  # without --out the plot goes into the sweep directory
+        main(["report", str(out)])
+    assert e.value.code == 0 and (out / "report.png").stat().st_size > 0
     row = next(r for r in paired if r["strategy"] == "entropy" and r["budget_pct"] == 8.0)
     at8 = {name: r["cycles"][1]["miou"] for name, r in res.items()}
     diffs = [at8[f"strategy=entropy,seed={s}"] - at8[f"strategy=random,seed={s}"] for s in SEEDS]

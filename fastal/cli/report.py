@@ -12,7 +12,9 @@ from fastal.cli.app import app
 @app.command()
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories (each with results.json)."),
-    out: Path = typer.Option(Path("report.png"), "--out", help="Plot of mIoU vs % pixels labelled."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Plot of mIoU vs % pixels labelled (default: DIR/report.png for a sweep, else ./report.png)."
+    ),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the numbers as JSON here."),
     baseline: str | None = typer.Option(
         None, help="Sweep directory: the strategy the others are paired with (default random, else the first)."
@@ -27,9 +29,11 @@ def report(
     from fastal.report import write_report
 
     if len(run_dirs) == 1 and is_sweep_dir(run_dirs[0]):
+        out = out or run_dirs[0] / "report.png"
         sweep_report(run_dirs[0], out, json_path, baseline, markdown)
     elif baseline is not None or markdown:
         raise FastalError(f"--{'baseline' if baseline else 'markdown'}: only for a sweep directory (fastal sweep)")
     else:
+        out = out or Path("report.png")
         write_report(run_dirs, out, json_path)
     console.print(f"plot: {out}" + (f", json: {json_path}" if json_path else ""))
