@@ -61,16 +61,32 @@ _BASE = (127 - TABLE_OCTAVES) << TABLE_BITS  # bucket index of 2^-TABLE_OCTAVES 
 _TOP = 2 * TABLE_OCTAVES << TABLE_BITS  # buckets in the table (one more entry closes the last)
 
 
-def coefficient_tables(a: float, b: float, gamma: float) -> tuple[np.ndarray, np.ndarray]:
-    """(attract, repel) float32 tables of the SGD's gradient coefficients at each bucket start, in float64.
+@numba.njit(inline="always", fastmath=True)
+def _factor(d2, a, b, scale, repel):  # pragma: no cover - compiled
+    """``scale`` x umap-learn's gradient factor at ``d2`` > 0: ``d2^(b-1) / (a d2^b + 1)`` for an
+    edge, ``1 / ((0.001 + d2)(a d2^b + 1))`` for a negative sample (float32 or float64 in, out)."""
+    pb = d2**b
+    if repel:
+        return scale / ((np.float32(0.001) + d2) * (a * pb + np.float32(1.0)))
+    return scale * (pb / d2) / (a * pb + np.float32(1.0))  # d2^(b-1) = d2^b / d2
 
-    attract(d2) = -2ab d2^(b-1) / (a d2^b + 1); repel(d2) = 2 gamma b / ((0.001 + d2)(a d2^b + 1)).
-    """
+
+@numba.njit(cache=True)
+def _tabulate(d2, a, b, scale, repel):  # pragma: no cover - compiled
+    out = np.empty_like(d2)
+    for i in range(d2.shape[0]):
+        out[i] = _factor(d2[i], a, b, scale, repel)
+    return out
+
+
+def coefficient_tables(a: float, b: float, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """(attract, repel) float32 tables of :func:`_factor` at each bucket start, computed in float64
+    with the scales -2ab (an edge) and 2 gamma b (a negative sample)."""
     i = np.arange(_TOP + 1)
     d2 = np.exp2(i // (1 << TABLE_BITS) - TABLE_OCTAVES) * (1.0 + (i % (1 << TABLE_BITS)) / (1 << TABLE_BITS))
-    pb = d2**b
-    attract = -2.0 * a * b * (pb / d2) / (a * pb + 1.0)
-    repel = 2.0 * gamma * b / ((0.001 + d2) * (a * pb + 1.0))
+    a, b = float(a), float(b)
+    attract = _tabulate(d2, a, b, -2.0 * a * b, False)
+    repel = _tabulate(d2, a, b, 2.0 * float(gamma) * b, True)
     return attract.astype(np.float32), repel.astype(np.float32)
 
 
@@ -92,10 +108,7 @@ def _coefficient(table, d2, a, b, scale, repel):  # pragma: no cover - compiled
     u = _f32_bits(d2)
     i = (u >> _SHIFT) - _BASE
     if i < 0 or i >= _TOP:
-        pb = d2**b
-        if repel:
-            return scale / ((np.float32(0.001) + d2) * (a * pb + np.float32(1.0)))
-        return scale * (pb / d2) / (a * pb + np.float32(1.0))  # d2^(b-1) = d2^b / d2
+        return _factor(d2, a, b, scale, repel)
     frac = np.float32(u & ((1 << _SHIFT) - 1)) * np.float32(1.0 / (1 << _SHIFT))
     return table[i] + frac * (table[i + 1] - table[i])
 
