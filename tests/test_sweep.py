@@ -80,6 +80,17 @@ def assert_same_runs(a: Path, b: Path, names: list[str]) -> None:
             np.testing.assert_array_equal(pa[k], pb[k], err_msg=f"{name}: {k}")
 
 
+def mid_run_worker(out: Path) -> tuple[str, int] | None:
+    """An entropy run (its cycle 2 scores the pool: time to act) that has trained cycle 1 and not
+    finished, and the pid of the worker running it: the moment to kill that worker."""
+    for name in [n for n in NAMES if "entropy" in n]:
+        run = out / "runs" / name
+        r = results(run)
+        if (run / "checkpoints" / "cycle-1.pt").exists() and not (r and r["stopped"]):
+            return name, int(re.findall(r"\(pid (\d+)\)", (run / "sweep.log").read_text())[-1])
+    return None
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 2 strategies x 2 seeds sweep, run to the end without trouble."""
@@ -160,15 +171,9 @@ def test_worker_killed_mid_run(uninterrupted: Path, tmp_path: Path) -> None:
     killed = None
     deadline = time.monotonic() + 300
     while killed is None and proc.poll() is None and time.monotonic() < deadline:
-        # An entropy run (its cycle 2 scores the pool: time to act) that has trained cycle 1: kill its worker.
-        for name in [n for n in NAMES if "entropy" in n]:
-            run = out / "runs" / name
-            r = results(run)
-            if (run / "checkpoints" / "cycle-1.pt").exists() and not (r and r["stopped"]):
-                pids = re.findall(r"\(pid (\d+)\)", (run / "sweep.log").read_text())
-                os.kill(int(pids[-1]), signal.SIGKILL)
-                killed = name
-                break
+        if found := mid_run_worker(out):
+            killed, pid = found
+            os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
     _, err = proc.communicate(timeout=300)
     assert killed is not None and proc.returncode == 0, err
@@ -215,14 +220,9 @@ def test_slurm_recipe_with_a_job_killed(uninterrupted: Path, tmp_path: Path, mon
     def kill_a_job() -> None:  # as in test_worker_killed_mid_run, but the worker's whole job
         deadline = time.monotonic() + 300
         while not killed and time.monotonic() < deadline:
-            for name in [n for n in NAMES if "entropy" in n]:
-                run = out / "runs" / name
-                r = results(run)
-                if (run / "checkpoints" / "cycle-1.pt").exists() and not (r and r["stopped"]):
-                    pid = int(re.findall(r"\(pid (\d+)\)", (run / "sweep.log").read_text())[-1])
-                    os.killpg(os.getpgid(pid), signal.SIGKILL)
-                    killed.append(name)
-                    return
+            if found := mid_run_worker(out):
+                os.killpg(os.getpgid(found[1]), signal.SIGKILL)
+                killed.append(found[0])
             time.sleep(0.05)
 
     with jobqueue.SLURMCluster(cores=1, processes=1, memory="4GB", walltime="00:30:00",
