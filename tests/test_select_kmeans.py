@@ -58,6 +58,53 @@ def test_pruned_assignment_equals_full_scan(use_numba: bool) -> None:
     assert (got == ref).float().mean() > 0.999
 
 
+def _moves(centres: torch.Tensor, rounds: int) -> list[torch.Tensor]:
+    """Centres moved as Lloyd moves them (small steps, shrinking) plus a few long jumps (an
+    emptied cluster's centre moved onto a far point)."""
+    g = torch.Generator().manual_seed(5)
+    out, c = [], centres
+    for r in range(rounds):
+        c = c + torch.randn(c.shape, generator=g) * 0.3 / (r + 1)
+        jump = torch.randperm(c.shape[0], generator=g)[:3]
+        c[jump] = torch.randn(3, c.shape[1], generator=g) * 6
+        out.append(c.clone())
+    return out
+
+
+def test_group_bounds_find_the_nearest_centre_and_stay_lower_bounds() -> None:
+    from fastal.select.kmeans_bounds import GroupBounds
+
+    x = torch.from_numpy(make_blobs(3000, 64, centers=30, cluster_std=2.0, random_state=6)[0].astype(np.float32))
+    centres = x[torch.randperm(3000, generator=torch.Generator().manual_seed(0))[:120]].clone()
+    group = torch.arange(120) % 12  # 12 groups of 10, the centres of a group far apart
+    gb = GroupBounds(x, centres, group)
+    x64 = x.double().numpy()
+    for c in [centres, *_moves(centres, 6)]:
+        labels, d2 = (gb.labels, gb.d2) if c is centres else gb.assign(c)
+        d = np.sqrt(((x64[:, None, :] - c.double().numpy()[None]) ** 2).sum(2))  # (N, k) float64
+        nearest = d.min(1)
+        got = d[np.arange(3000), labels.numpy()]
+        np.testing.assert_allclose(got, nearest, rtol=1e-5)  # the nearest, up to float32 ties
+        assert (labels.numpy() == d.argmin(1)).mean() > 0.999
+        np.testing.assert_allclose(d2.numpy(), nearest**2, rtol=1e-4)
+        # Each group's bound is at most the distance to the group's centres other than the point's own.
+        own = gb.order[gb.a].numpy()
+        d[np.arange(3000), own] = np.inf
+        for gi in range(12):
+            members = np.flatnonzero(group.numpy() == gi)
+            assert (gb.low[:, gi].numpy() <= d[:, members].min(1) * (1 + 1e-5) + 1e-5).all(), f"group {gi}"
+
+
+def test_group_bounds_fit_as_full_scans_do() -> None:
+    # Same seeds, same Lloyd iterations: the bounds only skip distances.
+    x = torch.from_numpy(make_blobs(6000, 32, centers=40, cluster_std=3.0, random_state=7)[0].astype(np.float32))
+    a = TorchKMeans(150, random_state=2).fit(x)
+    b = TorchKMeans(150, random_state=2, bounds=False).fit(x)
+    assert a.n_iter_ == b.n_iter_ > 3
+    assert (a.labels_ == b.labels_).float().mean() > 0.999
+    assert a.inertia_ == pytest.approx(b.inertia_, rel=1e-5)
+
+
 def test_deterministic_for_a_seed_and_seed_matters() -> None:
     x = torch.from_numpy(make_blobs(2000, 2, centers=30, random_state=2)[0].astype(np.float32))
     a = TorchKMeans(25, random_state=4).fit(x)

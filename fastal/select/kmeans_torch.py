@@ -19,8 +19,10 @@ dimension (the UMAP embedding) the pruned assignment and the seeding's distance 
 loops, the full assignment and the centres' neighbour lists scipy k-d tree queries
 (:mod:`fastal.select.kmeans_cpu`: at D = 2 a matmul form spends its time writing (n, b) blocks);
 in high dimension the pruning rarely holds and the scalar loop loses to BLAS (one core, 40k
-points x 800 centres: a full numba scan 5.8 s at D = 128 against 0.24 s by matmul), so there it
-is a plain chunked matmul scan. The choice is made once per fit (:func:`assignment_ops`).
+points x 800 centres: a full numba scan 5.8 s at D = 128 against 0.24 s by matmul), so there
+Lloyd's iterations keep Yinyang group bounds and measure by matmul only the groups of centres
+the bounds leave open (:mod:`fastal.select.kmeans_bounds`). The choice is made once per fit
+(:func:`assignment_ops`).
 
 On CUDA nothing waits for the host: the points failing the pruning test are compacted by top-k
 into at most ``unsure_cap`` rows per iteration (beyond that they keep the best of their
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from fastal.errors import FastalError
+from fastal.select.kmeans_bounds import GroupBounds, n_groups
 
 NUMBA_MAX_DIM = 4  # CPU tensors of more columns use the matmul paths (measured: module docstring)
 
@@ -86,6 +89,7 @@ class AssignmentOps:
     seed_gains: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     seed_update: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
     seed_dtype: torch.dtype = torch.float32  # of the seeding's squared distances
+    bounded: bool = False  # Lloyd's iterations through Yinyang group bounds (kmeans_bounds)
 
 
 def seed_in_rounds(x: torch.Tensor, k: int, generator: torch.Generator, ops: AssignmentOps, rounds: int = 32) -> torch.Tensor:
@@ -132,8 +136,6 @@ def _seed_update(x: torch.Tensor, d2: torch.Tensor, new: torch.Tensor, chunk_siz
         d2[s : s + chunk_size] = torch.minimum(d2[s : s + chunk_size], _sq_dists(x[s : s + chunk_size], new, n_sq).amin(1))
 
 
-
-
 def near_centres(centers: torch.Tensor, m: int, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``m`` centres nearest each centre (itself first) and the squared distance to the next
     one: (near (k, m) int64, bound (k,)); (chunk, k) blocks at a time, k x k would not fit for k ~ 10^5."""
@@ -148,9 +150,12 @@ def near_centres(centers: torch.Tensor, m: int, chunk_size: int) -> tuple[torch.
     return near, bound
 
 
-def assignment_ops(x: torch.Tensor, use_numba: bool, chunk_size: int, unsure_cap: int) -> AssignmentOps:
+def assignment_ops(
+    x: torch.Tensor, use_numba: bool, chunk_size: int, unsure_cap: int, bounds: bool = True
+) -> AssignmentOps:
     """The one device/dimension choice of a fit: numba loops for low-dimensional CPU tensors,
-    a BLAS scan for high-dimensional CPU tensors, tensor code elsewhere (module docstring)."""
+    group bounds (``bounds``) or a BLAS scan for high-dimensional CPU tensors, tensor code
+    elsewhere (module docstring)."""
     def full(xs, c):
         return full_assign(xs, c, chunk_size)
 
@@ -165,7 +170,7 @@ def assignment_ops(x: torch.Tensor, use_numba: bool, chunk_size: int, unsure_cap
 
     if use_numba and x.device.type == "cpu":
         if x.shape[1] > NUMBA_MAX_DIM:
-            return AssignmentOps(full, None, near, gains, update)
+            return AssignmentOps(full, None, near, gains, update, bounded=bounds)
         from fastal.select import kmeans_cpu as cpu
 
         return AssignmentOps(cpu.assign_full_cpu, cpu.assign_pruned_cpu, cpu.near_centres_cpu, cpu.seed_gains_cpu,
@@ -263,6 +268,7 @@ class TorchKMeans:
         chunk_size: int = 4096,
         unsure_cap: int | None = None,
         use_numba: bool = True,
+        bounds: bool = True,
     ) -> None:
         self.n_clusters = n_clusters
         self.max_iter = max_iter
@@ -274,6 +280,7 @@ class TorchKMeans:
         self.chunk_size = chunk_size
         self.unsure_cap = unsure_cap  # tensor path: most full-scanned points per iteration (None: N / 32)
         self.use_numba = use_numba  # low-dimensional CPU tensors: numba kernels; False: the tensor code
+        self.bounds = bounds  # high-dimensional CPU tensors: Yinyang group bounds; False: full scans
 
     def _assign(
         self, ops: AssignmentOps, x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor
@@ -285,6 +292,14 @@ class TorchKMeans:
             return ops.full(x, centers)
         return ops.pruned(x, centers, labels, *ops.near(centers, m))
 
+    def _group_bounds(self, x: torch.Tensor, centers: torch.Tensor) -> GroupBounds:
+        """Yinyang's state for ``x``: the seeds grouped by a short KMeans of their own (the paper's
+        5 iterations), group ids made dense."""
+        t = n_groups(x.shape[0], centers.shape[0])
+        grouping = TorchKMeans(t, max_iter=5, random_state=self.random_state, chunk_size=self.chunk_size, bounds=False)
+        group = torch.unique(grouping.fit(centers).labels_, return_inverse=True)[1]
+        return GroupBounds(x, centers, group)
+
     def fit(self, x: torch.Tensor) -> TorchKMeans:
         """Cluster ``x`` (N, D) float; N must be at least ``n_clusters``. Returns self."""
         k = self.n_clusters
@@ -293,12 +308,13 @@ class TorchKMeans:
         x = x.float().contiguous()
         n, dev = x.shape[0], x.device
         cap = max(1024, n // 32) if self.unsure_cap is None else self.unsure_cap
-        ops = assignment_ops(x, self.use_numba, self.chunk_size, cap)
+        ops = assignment_ops(x, self.use_numba, self.chunk_size, cap, self.bounds)
         gen = torch.Generator(device=dev).manual_seed(self.random_state)
         n_seed = n if self.seed_sample is None else min(n, max(self.seed_sample, 4 * k))
         sample = x if n_seed == n else x.index_select(0, torch.randperm(n, generator=gen, device=dev)[:n_seed])
         centers = seed_in_rounds(sample, k, gen, ops, self.seed_rounds)
-        labels, d2 = ops.full(x, centers)
+        tracker = self._group_bounds(x, centers) if ops.bounded else None
+        labels, d2 = (tracker.labels, tracker.d2) if tracker else ops.full(x, centers)
         tol = self.tol * x.var(0).mean()  # 0-d tensor: compared on the device
         n_far = min(k, n, 1024)  # empty clusters refilled per iteration (more stay where they were)
         flag = _ConvergenceFlag(dev)
@@ -319,7 +335,7 @@ class TorchKMeans:
             new_centers = torch.where((empty & ~refill)[:, None], centers, new_centers)
             shift = ((new_centers - centers) ** 2).sum()
             centers = new_centers
-            new_labels, d2 = self._assign(ops, x, centers, labels)
+            new_labels, d2 = tracker.assign(centers) if tracker else self._assign(ops, x, centers, labels)
             done = (new_labels == labels).all() | (shift <= tol)
             labels = new_labels
             if flag.set_and_poll(done):
