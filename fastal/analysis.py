@@ -9,6 +9,9 @@ many seeds are ahead of / behind the baseline.
     >>> from fastal.analysis import load_cycles, summary, paired
     >>> df, settings = load_cycles("sweeps/camvid_cpu")
     >>> paired(df, settings, baseline="random")
+
+Several sweeps report side by side (``load_sweeps``): an ablation run as its own sweep is paired
+with the main one's strategies.
 """
 
 from __future__ import annotations
@@ -48,6 +51,31 @@ def load_cycles(sweep_dir: str | Path) -> tuple[Any, list[str]]:
         df[BUDGET] = df["cycle"].astype(float)
     df["ratio"] = df["miou"] / df["full_miou"]
     return df, settings
+
+
+def load_sweeps(sweep_dirs: list[str | Path]) -> tuple[Any, list[str]]:
+    """The cycles of several sweeps side by side, to pair one with another (e.g. an ablation run
+    as its own sweep). They must cross the same axes; a strategy that an earlier sweep already has
+    is named ``"<strategy> @ <sweep directory name>"`` in the later ones."""
+    import pandas as pd
+
+    frames, settings, seen = [], None, set()
+    for d in sweep_dirs:
+        df, axes = load_cycles(d)
+        if settings is not None and axes != settings:
+            raise FastalError(
+                f"{d}: crosses {', '.join(axes) or 'no axis'} besides strategy and seed, {sweep_dirs[0]} "
+                f"{', '.join(settings) or 'none'}: their runs cannot be paired"
+            )
+        settings = axes
+        name = Path(d).resolve().name
+        if frames:
+            taken = df["strategy"].isin(seen)
+            df.loc[taken, "strategy"] = df.loc[taken, "strategy"] + f" @ {name}"
+        df["run"] = f"{name}/" + df["run"]
+        seen |= set(df["strategy"])
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True), settings
 
 
 def summary(df: Any, settings: list[str]) -> Any:
@@ -180,15 +208,16 @@ def plot(df: Any, settings: list[str], path: str | Path) -> None:
 Table = tuple[str, list[str], list[list[str]]]  # title, header, rows
 
 
-def sweep_report(sweep_dir: str | Path, out: str | Path | None, json_path: str | Path | None,
+def sweep_report(sweep_dirs: list[str | Path], out: str | Path | None, json_path: str | Path | None,
                  baseline: str | None = None, as_markdown: bool = False) -> list[Table]:
-    """Print the tables; plot at ``out`` and write the numbers as JSON at ``json_path`` when given."""
+    """Print the tables of one sweep or several side by side (:func:`load_sweeps`); plot at ``out``
+    and write the numbers as JSON at ``json_path`` when given."""
     from rich.table import Table
 
     from fastal.atomic import atomic_write_json, check_writable
     from fastal.progress import console
 
-    df, settings = load_cycles(sweep_dir)
+    df, settings = load_sweeps(sweep_dirs)
     baseline = baseline or default_baseline(df)
     for target in (out, json_path):
         if target is not None:
@@ -209,7 +238,7 @@ def sweep_report(sweep_dir: str | Path, out: str | Path | None, json_path: str |
         plot(df, settings, out)
     if json_path is not None:
         atomic_write_json(json_path, {
-            "sweep": str(sweep_dir), "baseline": baseline,
+            "sweeps": [str(d) for d in sweep_dirs], "baseline": baseline,
             "summary": summary(df, settings).to_dict(orient="records"),
             "paired": paired(df, settings, baseline).to_dict(orient="records"),
             "fully_supervised": fully_supervised(df, settings).to_dict(orient="records"),

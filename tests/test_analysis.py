@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fastal.analysis import load_cycles, paired, summary
+from fastal.analysis import load_cycles, load_sweeps, paired, summary
 from fastal.cli import main
 
 STRATEGIES, SEEDS, BUDGETS, LABELS = ["contrastive", "random", "entropy"], [0, 1, 2], [1.0, 2.0], ["full", "dominant"]
@@ -104,4 +104,49 @@ def test_report_bad_baseline_and_options(sweep_dir: Path, tmp_path: Path, capsys
     assert not (tmp_path / "r.png").exists()
     with pytest.raises(SystemExit) as e:
         main(["report", str(tmp_path / "nothing"), "--baseline", "random"])
-    assert e.value.code == 2 and "--baseline: only for a sweep directory" in capsys.readouterr().err
+    assert e.value.code == 2 and "--baseline: only for sweep directories" in capsys.readouterr().err
+
+
+def _ablation(tmp_path: Path, sweep_dir: Path, axes: dict) -> Path:
+    """A second sweep of contrastive alone, 0.02 below the first on every seed, no references."""
+    df = pd.read_parquet(sweep_dir / "cycles.parquet").query("strategy == 'contrastive'").copy()
+    df["miou"] -= 0.02
+    df["full_miou"] = float("nan")
+    d = tmp_path / "lambda0"
+    d.mkdir()
+    df.to_parquet(d / "cycles.parquet", index=False)
+    (d / "sweep.json").write_text(json.dumps({"sweep_file": "l.toml", "config": {}, "axes": axes}))
+    return d
+
+
+def test_two_sweeps_pair_an_ablation_with_the_main_sweep(sweep_dir: Path, tmp_path: Path, capsys) -> None:
+    ablation = _ablation(tmp_path, sweep_dir, {"strategy": ["contrastive"], "seed": SEEDS, "labels": LABELS})
+    df, settings = load_sweeps([sweep_dir, ablation])
+    assert settings == ["labels"]
+    assert set(df["strategy"]) == {*STRATEGIES, "contrastive @ lambda0"}
+    pair = paired(df, settings, "contrastive").query("strategy == 'contrastive @ lambda0'")
+    assert len(pair) == len(LABELS) * len(BUDGETS)
+    assert (pair["n"] == 3).all() and (pair["behind"] == 3).all()
+    assert pair["diff_mean"].to_numpy() == pytest.approx(-0.02) and pair["diff_se"].abs().max() < 1e-12
+    js = tmp_path / "r.json"
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(sweep_dir), str(ablation), "--baseline", "contrastive", "--json", str(js),
+              "--out", str(tmp_path / "r.png"), "--markdown"])  # fmt: skip
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "| labels=full, contrastive @ lambda0 | -0.020 ± 0.000, 0/3 | -0.020 ± 0.000, 0/3 |" in out
+    assert json.loads(js.read_text())["sweeps"] == [str(sweep_dir), str(ablation)]
+
+
+def test_sweeps_that_cross_other_axes_or_runs_are_refused(sweep_dir: Path, tmp_path: Path, capsys) -> None:
+    other = _ablation(tmp_path, sweep_dir, {"strategy": ["contrastive"], "seed": SEEDS})
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(sweep_dir), str(other), "--out", str(tmp_path / "r.png")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "crosses no axis besides strategy and seed" in err and "cannot be paired" in err
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(sweep_dir), str(run)])
+    assert e.value.code == 2 and "a sweep directory among run directories" in capsys.readouterr().err
+    assert not (tmp_path / "r.png").exists()

@@ -11,28 +11,35 @@ from fastal.cli.app import app
 
 @app.command()
 def report(
-    run_dirs: list[Path] = typer.Argument(..., help="Run directories (each with results.json)."),
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="Run directories (each with results.json), or sweep directories (several: paired side by side)."
+    ),
     out: Path | None = typer.Option(
         None, "--out", help="Plot of mIoU vs % pixels labelled (default: DIR/report.png for a sweep, else ./report.png)."
     ),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the numbers as JSON here."),
     baseline: str | None = typer.Option(
-        None, help="Sweep directory: the strategy the others are paired with (default random, else the first)."
+        None, help="Sweep directories: the strategy the others are paired with (default random, else the first)."
     ),
-    markdown: bool = typer.Option(False, "--markdown", help="Sweep directory: print the tables as markdown."),
+    markdown: bool = typer.Option(False, "--markdown", help="Sweep directories: print the tables as markdown."),
 ) -> None:
-    """Group runs by strategy; mean ± std of mIoU over seeds at each cycle. Given a sweep directory
-    (`fastal sweep`), per strategy and budget, with paired differences to a baseline."""
+    """Group runs by strategy; mean ± std of mIoU over seeds at each cycle. Given sweep directories
+    (`fastal sweep`), per strategy and budget, with paired differences to a baseline; a strategy
+    a later sweep shares with an earlier one is named "<strategy> @ <sweep name>"."""
     from fastal.analysis import is_sweep_dir, sweep_report
     from fastal.errors import FastalError
     from fastal.progress import console
     from fastal.report import write_report
 
-    if len(run_dirs) == 1 and is_sweep_dir(run_dirs[0]):
-        out = out or run_dirs[0] / "report.png"
-        sweep_report(run_dirs[0], out, json_path, baseline, markdown)
+    sweeps = [is_sweep_dir(d) for d in run_dirs]
+    if all(sweeps):
+        out = out or (run_dirs[0] / "report.png" if len(run_dirs) == 1 else Path("report.png"))
+        sweep_report(run_dirs, out, json_path, baseline, markdown)
+    elif any(sweeps):
+        mixed = run_dirs[sweeps.index(True)]
+        raise FastalError(f"{mixed}: a sweep directory among run directories; report sweeps and runs apart")
     elif baseline is not None or markdown:
-        raise FastalError(f"--{'baseline' if baseline else 'markdown'}: only for a sweep directory (fastal sweep)")
+        raise FastalError(f"--{'baseline' if baseline else 'markdown'}: only for sweep directories (fastal sweep)")
     else:
         out = out or Path("report.png")
         write_report(run_dirs, out, json_path)
