@@ -2,9 +2,9 @@
 
 ``kmeans-entropy`` clusters the 128-D region features; its pixel search fits KMeans 5-8 times a
 cycle. This times one fit of each of: fastal's KMeans with Yinyang group bounds (the default),
-the same with a full matmul scan per iteration (``bounds=False``: same seeds, same iterations),
-and scikit-learn's KMeans (k-means++, one init, Lloyd), on saved features or on synthetic
-unit-length 128-D features (a projection head's output is L2-normalised).
+the same with a full matmul scan per iteration (``bounds=False``: same seeds and updates, up to
+float ties) and scikit-learn's KMeans (k-means++, one init, Lloyd), on saved features or on
+synthetic unit-length 128-D features (a projection head's output is L2-normalised).
 
     python benchmarks/bench_kmeans.py --k 1000 5000                      # synthetic, 150k x 128
     python benchmarks/bench_kmeans.py --features feats.npy --note "what they are" --tag camvid

@@ -20,8 +20,8 @@ loops, the full assignment and the centres' neighbour lists scipy k-d tree queri
 (:mod:`fastal.select.kmeans_cpu`: at D = 2 a matmul form spends its time writing (n, b) blocks);
 in high dimension the pruning rarely holds and the scalar loop loses to BLAS (one core, 40k
 points x 800 centres: a full numba scan 5.8 s at D = 128 against 0.24 s by matmul), so there
-Lloyd's iterations keep Yinyang group bounds and measure by matmul only the groups of centres
-the bounds leave open (:mod:`fastal.select.kmeans_bounds`). The choice is made once per fit
+Lloyd's iterations keep Yinyang group bounds and measure (numba, vectorised over D) only the
+groups of centres the bounds leave open (:mod:`fastal.select.kmeans_bounds`). The choice is made once per fit
 (:func:`assignment_ops`).
 
 On CUDA nothing waits for the host: the points failing the pruning test are compacted by top-k
@@ -36,11 +36,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from fastal.errors import FastalError
-from fastal.select.kmeans_bounds import GroupBounds, n_groups
+
+if TYPE_CHECKING:
+    from fastal.select.kmeans_bounds import GroupBounds
 
 NUMBA_MAX_DIM = 4  # CPU tensors of more columns use the matmul paths (measured: module docstring)
 
@@ -295,9 +298,13 @@ class TorchKMeans:
     def _group_bounds(self, x: torch.Tensor, centers: torch.Tensor) -> GroupBounds:
         """Yinyang's state for ``x``: the seeds grouped by a short KMeans of their own (the paper's
         5 iterations), group ids made dense."""
+        from fastal.select.kmeans_bounds import GroupBounds, n_groups  # numba: CPU fits only
+
         t = n_groups(x.shape[0], centers.shape[0])
-        grouping = TorchKMeans(t, max_iter=5, random_state=self.random_state, chunk_size=self.chunk_size, bounds=False)
-        group = torch.unique(grouping.fit(centers).labels_, return_inverse=True)[1]
+        group = torch.zeros(centers.shape[0], dtype=torch.int64)
+        if t > 1:
+            grouping = TorchKMeans(t, max_iter=5, random_state=self.random_state, chunk_size=self.chunk_size, bounds=False)
+            group = torch.unique(grouping.fit(centers).labels_, return_inverse=True)[1]
         return GroupBounds(x, centers, group)
 
     def fit(self, x: torch.Tensor) -> TorchKMeans:
@@ -314,7 +321,7 @@ class TorchKMeans:
         sample = x if n_seed == n else x.index_select(0, torch.randperm(n, generator=gen, device=dev)[:n_seed])
         centers = seed_in_rounds(sample, k, gen, ops, self.seed_rounds)
         tracker = self._group_bounds(x, centers) if ops.bounded else None
-        labels, d2 = (tracker.labels, tracker.d2) if tracker else ops.full(x, centers)
+        labels, d2 = (tracker.labels, tracker.d2) if tracker is not None else ops.full(x, centers)
         tol = self.tol * x.var(0).mean()  # 0-d tensor: compared on the device
         n_far = min(k, n, 1024)  # empty clusters refilled per iteration (more stay where they were)
         flag = _ConvergenceFlag(dev)
@@ -335,7 +342,7 @@ class TorchKMeans:
             new_centers = torch.where((empty & ~refill)[:, None], centers, new_centers)
             shift = ((new_centers - centers) ** 2).sum()
             centers = new_centers
-            new_labels, d2 = tracker.assign(centers) if tracker else self._assign(ops, x, centers, labels)
+            new_labels, d2 = tracker.assign(centers) if tracker is not None else self._assign(ops, x, centers, labels)
             done = (new_labels == labels).all() | (shift <= tol)
             labels = new_labels
             if flag.set_and_poll(done):
