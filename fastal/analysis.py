@@ -47,32 +47,46 @@ def load_cycles(sweep_dir: str | Path) -> tuple[Any, list[str]]:
     if df.empty:
         raise FastalError(f"{path}: no run has evaluated a cycle yet")
     settings = [a for a in read_json(sweep_dir / SPEC)["axes"] if a not in ("strategy", "seed")]
-    if df[BUDGET].isna().any():  # cycles people added have no planned budget: number them instead
+    numbered = bool(df[BUDGET].isna().any())  # cycles people added have no planned budget
+    if numbered:
         df[BUDGET] = df["cycle"].astype(float)
+    df.attrs["budgets"] = "cycle numbers" if numbered else "% of pixels"
     df["ratio"] = df["miou"] / df["full_miou"]
     return df, settings
 
 
 def load_sweeps(sweep_dirs: list[str | Path]) -> tuple[Any, list[str]]:
-    """The cycles of several sweeps side by side, to pair one with another (e.g. an ablation run
-    as its own sweep). They must cross the same axes; a strategy that an earlier sweep already has
-    is named ``"<strategy> @ <sweep directory name>"`` in the later ones."""
+    """The cycles of one sweep, or of several side by side to pair one with another (e.g. an
+    ablation run as its own sweep). They must cross the same axes and key their budgets alike; a
+    strategy that an earlier sweep already has is named ``"<strategy> @ <sweep directory name>"``
+    in the later ones. Column ``sweep``: "" for the first sweep's rows, the name for the others'."""
     import pandas as pd
 
-    frames, settings, seen = [], None, set()
+    frames, names, seen, settings = [], {}, set(), []
     for d in sweep_dirs:
+        where = Path(d).resolve()
+        if where in names.values():
+            raise FastalError(f"{d}: given twice")
+        if where.name in names:
+            raise FastalError(f"{names[where.name]} and {where}: two sweeps named {where.name}; rename one")
         df, axes = load_cycles(d)
-        if settings is not None and axes != settings:
-            raise FastalError(
-                f"{d}: crosses {', '.join(axes) or 'no axis'} besides strategy and seed, {sweep_dirs[0]} "
-                f"{', '.join(settings) or 'none'}: their runs cannot be paired"
-            )
-        settings = axes
-        name = Path(d).resolve().name
         if frames:
+            first = frames[0]
+            if set(axes) != set(settings):
+                raise FastalError(
+                    f"{d} crosses {', '.join(axes) or 'no axis'} besides strategy and seed, {sweep_dirs[0]} "
+                    f"crosses {', '.join(settings) or 'no axis'}: their runs cannot be paired"
+                )
+            if df.attrs["budgets"] != first.attrs["budgets"]:
+                raise FastalError(f"{d} keys its cycles by {df.attrs['budgets']}, {sweep_dirs[0]} by "
+                                  f"{first.attrs['budgets']}: their runs cannot be paired")  # fmt: skip
             taken = df["strategy"].isin(seen)
-            df.loc[taken, "strategy"] = df.loc[taken, "strategy"] + f" @ {name}"
-        df["run"] = f"{name}/" + df["run"]
+            df.loc[taken, "strategy"] = df.loc[taken, "strategy"] + f" @ {where.name}"
+            df["run"] = f"{where.name}/" + df["run"]
+        else:
+            settings = axes
+        df["sweep"] = where.name if frames else ""
+        names[where.name] = where
         seen |= set(df["strategy"])
         frames.append(df)
     return pd.concat(frames, ignore_index=True), settings
@@ -92,10 +106,11 @@ def summary(df: Any, settings: list[str]) -> Any:
 
 def fully_supervised(df: Any, settings: list[str]) -> Any:
     """Per setting: the references' mIoU, mean ± std over the seeds (one value per seed)."""
-    refs = df.dropna(subset=["full_miou"]).drop_duplicates([*settings, "seed"])
+    keys = [*settings, *(["sweep"] if "sweep" in df else [])]  # several sweeps: each its own references
+    refs = df.dropna(subset=["full_miou"]).drop_duplicates([*keys, "seed"])
     if refs.empty:
         return refs
-    by = settings or ["all"]  # one group when no axis but the seed and strategy
+    by = keys or ["all"]  # one group when no axis but the seed and strategy
     out = (refs.assign(all=0).groupby(by, sort=False)
                .agg(n=("seed", "nunique"), miou_mean=("full_miou", "mean"), miou_std=("full_miou", "std"))
                .reset_index().drop(columns=["all"], errors="ignore"))  # fmt: skip
@@ -110,7 +125,7 @@ def paired(df: Any, settings: list[str], baseline: str) -> Any:
 
     strategies = list(dict.fromkeys(df["strategy"]))
     if baseline not in strategies:
-        raise FastalError(f"--baseline {baseline}: the sweep has no such strategy ({', '.join(strategies)})")
+        raise FastalError(f"--baseline {baseline}: no such strategy ({', '.join(strategies)})")
     keys = [*settings, "seed", BUDGET]
     base = df[df["strategy"] == baseline][[*keys, "miou"]]
     both = df[df["strategy"] != baseline].merge(base, on=keys, suffixes=("", "_baseline"))
@@ -160,7 +175,8 @@ def tables(df: Any, settings: list[str], baseline: str) -> list[Table]:
             row.append(miou_cell(r["miou_mean"], r["miou_std"], ratio, r["n"], seeds))
         rows.append(row)
     for _, r in full.iterrows():
-        name = ", ".join([*(f"{k}={r[k]}" for k in settings), "fully supervised"])
+        name = ", ".join([*(f"{k}={r[k]}" for k in settings), "fully supervised"]) + (
+            f" @ {r['sweep']}" if r.get("sweep") else "")  # fmt: skip
         rows.append([name, *([f"{r['miou_mean']:.3f} ± {r['miou_std']:.3f}"] * len(budgets))])
     out = [("mIoU, mean ± std over seeds (ratio to fully supervised)", header, rows)]
     prow = []
@@ -196,7 +212,9 @@ def plot(df: Any, settings: list[str], path: str | Path) -> None:
         group = Group("", _label(first, settings), sorted(set(df.loc[mine, "run"])), sorted(set(df.loc[mine, "seed"])))
         group.points = [(k, r["pixel_pct"], r["miou_mean"], r["miou_std"], int(r["n"]))
                         for k, (_, r) in enumerate(g.iterrows(), start=1)]  # fmt: skip
-        ref = full[(full[settings] == first[settings]).all(axis=1)] if settings else full
+        keys = [*settings, *(["sweep"] if "sweep" in df else [])]
+        row = df.loc[mine].iloc[0]
+        ref = full[(full[keys] == row[keys]).all(axis=1)] if keys and not full.empty else full
         if not ref.empty and float(ref["miou_mean"].iloc[0]) not in drawn:
             r = ref.iloc[0]
             group.full_miou = (float(r["miou_mean"]), float(r["miou_std"]), int(r["n"]))

@@ -100,27 +100,30 @@ def test_report_cli_on_a_sweep_dir(sweep_dir: Path, tmp_path: Path, capsys) -> N
 def test_report_bad_baseline_and_options(sweep_dir: Path, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as e:
         main(["report", str(sweep_dir), "--baseline", "clever", "--out", str(tmp_path / "r.png")])
-    assert e.value.code == 2 and "--baseline clever: the sweep has no such strategy" in capsys.readouterr().err
+    assert e.value.code == 2 and "--baseline clever: no such strategy (contrastive, random, entropy)" in capsys.readouterr().err
     assert not (tmp_path / "r.png").exists()
     with pytest.raises(SystemExit) as e:
         main(["report", str(tmp_path / "nothing"), "--baseline", "random"])
     assert e.value.code == 2 and "--baseline: only for sweep directories" in capsys.readouterr().err
 
 
-def _ablation(tmp_path: Path, sweep_dir: Path, axes: dict) -> Path:
-    """A second sweep of contrastive alone, 0.02 below the first on every seed, no references."""
+def _ablation(where: Path, sweep_dir: Path, axes: dict, shift: float = -0.02, full_miou: float | None = None) -> Path:
+    """A second sweep of contrastive alone, ``shift`` from the first on every seed; references of
+    ``full_miou`` (None: none)."""
     df = pd.read_parquet(sweep_dir / "cycles.parquet").query("strategy == 'contrastive'").copy()
-    df["miou"] -= 0.02
-    df["full_miou"] = float("nan")
-    d = tmp_path / "lambda0"
-    d.mkdir()
-    df.to_parquet(d / "cycles.parquet", index=False)
-    (d / "sweep.json").write_text(json.dumps({"sweep_file": "l.toml", "config": {}, "axes": axes}))
-    return d
+    df["miou"] += shift
+    df["full_miou"] = float("nan") if full_miou is None else full_miou
+    where.mkdir(parents=True)
+    df.to_parquet(where / "cycles.parquet", index=False)
+    (where / "sweep.json").write_text(json.dumps({"sweep_file": "l.toml", "config": {}, "axes": axes}))
+    return where
+
+
+AXES = {"strategy": ["contrastive"], "seed": SEEDS, "labels": LABELS}
 
 
 def test_two_sweeps_pair_an_ablation_with_the_main_sweep(sweep_dir: Path, tmp_path: Path, capsys) -> None:
-    ablation = _ablation(tmp_path, sweep_dir, {"strategy": ["contrastive"], "seed": SEEDS, "labels": LABELS})
+    ablation = _ablation(tmp_path / "lambda0", sweep_dir, AXES)
     df, settings = load_sweeps([sweep_dir, ablation])
     assert settings == ["labels"]
     assert set(df["strategy"]) == {*STRATEGIES, "contrastive @ lambda0"}
@@ -139,14 +142,53 @@ def test_two_sweeps_pair_an_ablation_with_the_main_sweep(sweep_dir: Path, tmp_pa
 
 
 def test_sweeps_that_cross_other_axes_or_runs_are_refused(sweep_dir: Path, tmp_path: Path, capsys) -> None:
-    other = _ablation(tmp_path, sweep_dir, {"strategy": ["contrastive"], "seed": SEEDS})
+    other = _ablation(tmp_path / "lambda0", sweep_dir, {"strategy": ["contrastive"], "seed": SEEDS})
     with pytest.raises(SystemExit) as e:
         main(["report", str(sweep_dir), str(other), "--out", str(tmp_path / "r.png")])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "crosses no axis besides strategy and seed" in err and "cannot be paired" in err
+    assert e.value.code == 2 and f"{other} crosses no axis besides strategy and seed, {sweep_dir} crosses labels" in err
     run = tmp_path / "run"
     run.mkdir()
     with pytest.raises(SystemExit) as e:
         main(["report", str(sweep_dir), str(run)])
-    assert e.value.code == 2 and "a sweep directory among run directories" in capsys.readouterr().err
+    assert e.value.code == 2 and f"{run}: not a sweep directory (no sweep.json), unlike {sweep_dir}" in capsys.readouterr().err
+    assert not (tmp_path / "r.png").exists()
+
+
+def test_three_sweeps_each_with_its_own_references(sweep_dir: Path, tmp_path: Path, capsys) -> None:
+    a = _ablation(tmp_path / "a" / "lambda0", sweep_dir, AXES, -0.02)
+    b = _ablation(tmp_path / "b" / "lambda1", sweep_dir, AXES, -0.05, full_miou=0.9)
+    df, settings = load_sweeps([sweep_dir, a, b])
+    assert set(df["strategy"]) == {*STRATEGIES, "contrastive @ lambda0", "contrastive @ lambda1"}
+    pair = paired(df, settings, "contrastive")
+    for name, shift in (("contrastive @ lambda0", -0.02), ("contrastive @ lambda1", -0.05)):
+        rows = pair[pair["strategy"] == name]
+        assert (rows["n"] == 3).all() and rows["diff_mean"].to_numpy() == pytest.approx(shift)
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(sweep_dir), str(a), str(b), "--out", str(tmp_path / "r.png"), "--markdown"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    fulls = [full(s, "full") for s in SEEDS]
+    assert f"| labels=full, fully supervised | {statistics.mean(fulls):.3f} ± {statistics.stdev(fulls):.3f} |" in out
+    assert "| labels=full, fully supervised @ lambda1 | 0.900 ± 0.000 |" in out
+    assert "fully supervised @ lambda0" not in out  # it has none
+    ratio = statistics.mean((miou("contrastive", s, 2.0, "full") - 0.05) / 0.9 for s in SEEDS)
+    assert f"({100 * ratio:.0f} %) |" in next(line for line in out.splitlines() if "full, contrastive @ lambda1" in line)
+
+
+def test_sweeps_that_cannot_be_paired_are_named(sweep_dir: Path, tmp_path: Path, capsys) -> None:
+    a = _ablation(tmp_path / "a" / "lambda0", sweep_dir, AXES)
+    b = _ablation(tmp_path / "b" / "lambda0", sweep_dir, AXES)
+    numbered = _ablation(tmp_path / "numbered", sweep_dir, AXES)
+    df = pd.read_parquet(numbered / "cycles.parquet")
+    df["budget_pct"] = float("nan")  # cycles without a planned budget: keyed by cycle number
+    df.to_parquet(numbered / "cycles.parquet", index=False)
+    for dirs, message in (
+        ([sweep_dir, a, b], f"{a} and {b}: two sweeps named lambda0; rename one"),
+        ([sweep_dir, a, a], f"{a}: given twice"),
+        ([sweep_dir, numbered], f"{numbered} keys its cycles by cycle numbers, {sweep_dir} by % of pixels"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(["report", *map(str, dirs), "--out", str(tmp_path / "r.png")])
+        assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "r.png").exists()

@@ -15,7 +15,7 @@ def report(
         ..., help="Run directories (each with results.json), or sweep directories (several: paired side by side)."
     ),
     out: Path | None = typer.Option(
-        None, "--out", help="Plot of mIoU vs % pixels labelled (default: DIR/report.png for a sweep, else ./report.png)."
+        None, "--out", help="Plot of mIoU vs % pixels labelled (default: DIR/report.png for one sweep, else ./report.png)."
     ),
     json_path: Path | None = typer.Option(None, "--json", help="Also write the numbers as JSON here."),
     baseline: str | None = typer.Option(
@@ -36,8 +36,8 @@ def report(
         out = out or (run_dirs[0] / "report.png" if len(run_dirs) == 1 else Path("report.png"))
         sweep_report(run_dirs, out, json_path, baseline, markdown)
     elif any(sweeps):
-        mixed = run_dirs[sweeps.index(True)]
-        raise FastalError(f"{mixed}: a sweep directory among run directories; report sweeps and runs apart")
+        other, sweep = run_dirs[sweeps.index(False)], run_dirs[sweeps.index(True)]
+        raise FastalError(f"{other}: not a sweep directory (no sweep.json), unlike {sweep}; report sweeps and runs apart")
     elif baseline is not None or markdown:
         raise FastalError(f"--{'baseline' if baseline else 'markdown'}: only for sweep directories (fastal sweep)")
     else:
