@@ -59,8 +59,15 @@ def copy_of(reference: Path, tmp_path: Path, name: str = "run") -> Path:
 def start_frozen(*args: str) -> subprocess.Popen:
     """A `fastal` process, stopped (SIGSTOP) as soon as it holds its run directory's lock."""
     run_dir = Path(args[args.index("--resume") + 1] if "--resume" in args else args[args.index("--out") + 1])
-    proc = subprocess.Popen([sys.executable, "-m", "fastal", *args], cwd=ROOT, env={**os.environ, "FASTAL_CRASH_AT": ""},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # A shell's background job inherits SIGINT ignored, and Python then leaves Ctrl-C ignored: the
+    # child must start with SIGINT handled as a terminal's foreground job has it.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "fastal", *args], cwd=ROOT,
+                                env={**os.environ, "FASTAL_CRASH_AT": ""}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, previous)
     lock = run_dir / "run.lock"
     while proc.poll() is None and not (lock.exists() and lock.read_text().strip() == str(proc.pid)):
         time.sleep(0.01)
