@@ -104,9 +104,14 @@ def summary(df: Any, settings: list[str]) -> Any:
     return out
 
 
+def _reference_keys(df: Any, settings: list[str]) -> list[str]:
+    """What tells references apart: the settings, and the sweep where several are side by side."""
+    return [*settings, *(["sweep"] if "sweep" in df else [])]
+
+
 def fully_supervised(df: Any, settings: list[str]) -> Any:
     """Per setting: the references' mIoU, mean ± std over the seeds (one value per seed)."""
-    keys = [*settings, *(["sweep"] if "sweep" in df else [])]  # several sweeps: each its own references
+    keys = _reference_keys(df, settings)
     refs = df.dropna(subset=["full_miou"]).drop_duplicates([*keys, "seed"])
     if refs.empty:
         return refs
@@ -212,7 +217,7 @@ def plot(df: Any, settings: list[str], path: str | Path) -> None:
         group = Group("", _label(first, settings), sorted(set(df.loc[mine, "run"])), sorted(set(df.loc[mine, "seed"])))
         group.points = [(k, r["pixel_pct"], r["miou_mean"], r["miou_std"], int(r["n"]))
                         for k, (_, r) in enumerate(g.iterrows(), start=1)]  # fmt: skip
-        keys = [*settings, *(["sweep"] if "sweep" in df else [])]
+        keys = _reference_keys(df, settings)
         row = df.loc[mine].iloc[0]
         ref = full[(full[keys] == row[keys]).all(axis=1)] if keys and not full.empty else full
         if not ref.empty and float(ref["miou_mean"].iloc[0]) not in drawn:

@@ -74,7 +74,6 @@ class GroupBounds:
             row_sq = x_sq[s : s + rows] - slack[s : s + rows]
             _first_scan(dots.numpy(), row_sq.numpy(), self.starts, self.a[s : s + rows].numpy(),
                         self.low[s : s + rows].numpy())  # fmt: skip
-        for s in range(0, n, rows):
             self.u[s : s + rows] = (self.x[s : s + rows] - self.c[self.a[s : s + rows]]).norm(dim=1)
 
     @property
