@@ -50,18 +50,20 @@ def test_protocol_sweeps(protocol: str, monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 def test_signal_and_engine_sweeps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Issue 16's comparison (four strategies x five seeds, one pick per cluster), its lambda = 0
-    # ablation and issue 13's engine check (the committed table's protocol, contrastive): the
+    # ablations (contrastive, entropy) and issue 13's engine check (the committed table's protocol, contrastive): the
     # protocol file but for these keys; only the comparison trains references.
     monkeypatch.chdir(ROOT)
     signal = load_sweep("configs/sweep_camvid_signal.toml").runs(tmp_path / "a")
     ablation = load_sweep("configs/sweep_camvid_signal_lambda0.toml").runs(tmp_path / "b")
+    ablation += load_sweep("configs/sweep_camvid_signal_lambda0_entropy.toml").runs(tmp_path / "d")
     engine = load_sweep("configs/sweep_camvid_engine.toml").runs(tmp_path / "c")
     assert len(signal) == 20 and len({r.reference for r in signal}) == 5
     assert {r.cfg.strategy for r in signal} == {"contrastive", "entropy", "kmeans-entropy", "random"}
     protocol = load_config("configs/al_camvid_cpu.toml", {"data_root": str(ROOT / "../shared/data/CamVid")})
     assert protocol.contrastive_weight > 0 and protocol.cluster_budget == "prefix"
     assert {(r.cfg.cluster_budget, r.cfg.contrastive_weight) for r in signal} == {("fit", protocol.contrastive_weight)}
-    assert len(ablation) == 5 and {(r.cfg.strategy, r.cfg.contrastive_weight) for r in ablation} == {("contrastive", 0.0)}
+    assert sorted((r.cfg.strategy, r.cfg.seed, r.cfg.contrastive_weight) for r in ablation) == [
+        (strategy, seed, 0.0) for strategy in ("contrastive", "entropy") for seed in range(5)]
     assert {r.reference for r in ablation} == {None}
     for r in ablation:
         assert r.cfg == load_config("configs/al_camvid_cpu.toml", {**r.point, "data_root": protocol.data_root,
