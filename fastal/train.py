@@ -26,14 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
+from fastal import distributed
 from fastal.atomic import atomic_open
 from fastal.config import RunConfig
 from fastal.data.base import IGNORE
 from fastal.errors import FastalError
 from fastal.model import (
     BACKBONES,
+    BankCandidates,
     MemoryBank,
     build_model,
     ce_loss,
@@ -118,10 +120,13 @@ def collate(batch: Sequence[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tenso
 
 
 def random_hflip(
-    x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None, share: tuple[int, int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip each (image (3, H, W), mask (H, W)) pair of the batch with probability 1/2."""
-    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+    """Flip each (image (3, H, W), mask (H, W)) pair of the batch with probability 1/2.
+    ``share = (offset, total)``: the batch is images offset.. of a DDP batch of ``total``; the
+    draws are the whole batch's, so they are those of one process with that batch."""
+    offset, total = (0, x.shape[0]) if share is None else share
+    flip = torch.rand(total, generator=generator, device=x.device)[offset : offset + x.shape[0]] < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     y = torch.where(flip[:, None, None], y.flip(-1), y)
     return x, y
@@ -167,6 +172,31 @@ class Trainer:
         self.step = 0  # optimiser steps taken
         self.epoch = 0  # epochs completed
         self.train_seconds = 0.0  # seconds spent in those epochs, across resumes
+        self.world = 1  # processes training together (distribute())
+
+    def distribute(self) -> None:
+        """Train with every process of the DDP job from now on (when there is more than one): batch
+        norm synchronised over the whole batch, gradients averaged by DDP. Each rank then takes
+        ``batch_size / world`` images per step; with the loss scaled by each rank's share of the
+        labelled pixels, a step equals one process's step on the whole batch. A collective call."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        from fastal.model.sync_bn import convert_sync_batchnorm
+
+        if self.world > 1 or not distributed.is_distributed():
+            return
+        self.world = distributed.world_size()
+        convert_sync_batchnorm(self.student, self.device)
+        if self.cfg.lam == 0:
+            # A CE-only step gives the projection head no gradient: one process's Adam then skips
+            # it (grad None), and DDP, which would hand it zeros (weight decay would move it), is
+            # told to leave it out.
+            self.student.projector.requires_grad_(False)
+        # find_unused_parameters: a rank whose share draws no InfoNCE anchor has no gradient for
+        # the head. Buffers are equal on every rank (synchronised statistics): not broadcast.
+        ddp = DistributedDataParallel(self.student, device_ids=[self.device] if self.device.type == "cuda" else None,
+                                      find_unused_parameters=self.cfg.lam > 0, forward_sync_buffers=False)  # fmt: skip
+        self._student_forward = torch.compile(ddp) if self.cfg.compile else ddp
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float] | None:
         """One optimiser step on a batch of uint8 images (B, H, W, 3) and labels (B, H, W);
@@ -175,18 +205,29 @@ class Trainer:
         cfg, C = self.cfg, self.num_classes
         x = to_tensor_batch(images, self.device, self.channels_last)  # (B, 3, H, W)
         y = torch.as_tensor(labels).to(self.device, non_blocking=True).long()  # (B, H, W)
+        # Images, labelled pixels and out-of-range labels of each rank's share (alone: of the batch).
+        rank = distributed.rank() if self.world > 1 else 0
+        counts = torch.zeros(self.world, 3, dtype=torch.int64, device=self.device)
+        counts[rank] = torch.stack([torch.tensor(x.shape[0]).to(y), (y != IGNORE).sum(), ((y >= C) & (y != IGNORE)).sum()])
+        if self.world > 1:
+            distributed.sum_over_ranks(counts)
+        counts = counts.tolist()  # host sync
+        batch, labelled, bad = (sum(c[j] for c in counts) for j in range(3))
+        offset = sum(c[0] for c in counts[:rank])  # this share's first image in the whole batch
         if cfg.flip:
-            x, y = random_hflip(x, y, self.generator)
-        self.student.train()
-        with autocast(self.device, self.amp_dtype):
-            logits, emb = self._student_forward(x)  # (B, C, h, w), (B, D, h, w)
-        ce, labelled = ce_loss(logits, y)
-        # Host sync: skip batches without labels, reject out-of-range labels before CE does.
-        labelled, bad = torch.stack([labelled, ((y >= C) & (y != IGNORE)).sum()]).tolist()
+            x, y = random_hflip(x, y, self.generator, (offset, batch))
+        # Skip batches without labels, reject out-of-range labels before CE does (every rank alike).
         if bad:
             raise FastalError(f"{bad} label values outside 0..{C - 1} (and not 255 = ignore) in a training batch")
         if labelled == 0:
             return None
+        self.student.train()
+        with autocast(self.device, self.amp_dtype):
+            logits, emb = self._student_forward(x)  # (B, C, h, w), (B, D, h, w)
+        ce, mine = ce_loss(logits, y)
+        # DDP averages the ranks' gradients: each rank's mean CE weighted by its share of the
+        # labelled pixels makes that average the gradient of the CE over the whole batch.
+        ce = ce * (mine * self.world / labelled) if self.world > 1 else ce
         y_feat = downsample_labels(y, logits.shape[-2:])  # (B, h, w)
         if cfg.lam > 0:
             bank_features, bank_labels = self.bank.features(), self.bank.labels()
@@ -201,7 +242,10 @@ class Trainer:
         else:  # the ablation: a CE-only step (InfoNCE not computed, reported as 0; no anchors drawn)
             nce, loss = torch.zeros((), device=ce.device), ce
             anchors = torch.zeros(C, dtype=loss.dtype, device=ce.device)
-        values = torch.cat([torch.stack([loss, ce, nce]).detach(), anchors]).tolist()  # host sync: NaN check and progress
+        values = torch.cat([torch.stack([loss, ce, nce]).detach() / self.world, anchors])
+        if self.world > 1:  # the whole batch's: every rank sees the same values and stops alike on a NaN
+            distributed.sum_over_ranks(values)
+        values = values.tolist()  # host sync: NaN check and progress
         if not math.isfinite(values[0]):
             raise NonFiniteLoss(f"loss is {values[0]} at step {self.step + 1} (epoch {self.epoch + 1})", self.step + 1)
 
@@ -216,18 +260,33 @@ class Trainer:
         if cfg.bank_from == "teacher":
             with torch.no_grad(), autocast(self.device, self.amp_dtype):
                 bank_logits, bank_emb = self.teacher(x)
-        self.bank.push(bank_emb, bank_logits, y_feat)
+        candidates = self.bank.candidates(bank_emb, bank_logits, y_feat)
+        if self.world > 1:  # every rank's candidates, images numbered across the whole batch
+            image = candidates.images + offset
+            ints = distributed.all_gather_rows(torch.stack([candidates.classes, image, candidates.ranks], 1))
+            candidates = BankCandidates(distributed.all_gather_rows(candidates.rows), *ints.unbind(1))
+        self.bank.enqueue(candidates, batch)
         self.step += 1
         return {"loss": values[0], "ce": values[1], "nce": values[2], "labelled": labelled,
                 "anchors": int(sum(values[3:])), "anchors_per_class": [int(a) for a in values[3:]]}
 
     def loader(self, samples: Dataset, shuffle: bool = True) -> DataLoader:
         """Batches of ``samples``; the shuffle order depends only on (seed, epoch), so a
-        resumed run sees the same order."""
-        order = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.epoch)
+        resumed run sees the same order. In a DDP job this rank's ``batch_size / world`` images
+        of each batch: torch's DistributedSampler draws the same permutation (same seed), and
+        rank r takes every world-th image of it (padded by repeats to a multiple of world)."""
+        from torch.utils.data import DistributedSampler
+
+        seed = self.cfg.seed * 1_000_003
+        if self.world > 1:
+            sampler = DistributedSampler(samples, shuffle=shuffle, seed=seed)
+            sampler.set_epoch(self.epoch)
+            order = {"sampler": sampler}
+        else:
+            order = {"shuffle": shuffle, "generator": torch.Generator().manual_seed(seed + self.epoch)}
         return DataLoader(
-            samples, batch_size=self.cfg.batch_size, shuffle=shuffle, generator=order, collate_fn=collate,
-            num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
+            samples, batch_size=self.cfg.batch_size // self.world, collate_fn=collate,
+            num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda", **order,
         )  # fmt: skip
 
     def fit(
@@ -244,9 +303,11 @@ class Trainer:
         NaN/inf (naming the step; the checkpoint of the last good epoch is left as it was)."""
         epochs = self.cfg.epochs if epochs is None else epochs
         require_labelled(train_samples)
+        self.distribute()
+        main = distributed.rank() == 0  # in a DDP job, the one process that shows progress and saves
         history = []
-        with _maybe_progress(progress) as bar:
-            task = bar.add_task("train", total=epochs * math.ceil(len(train_samples) / self.cfg.batch_size))
+        with _maybe_progress(progress and main) as bar:
+            task = bar.add_task("train", total=epochs * len(self.loader(train_samples)))
             for _ in range(epochs):
                 try:
                     stats = train_one_epoch(
@@ -261,7 +322,7 @@ class Trainer:
                 self.train_seconds += stats["seconds"]
                 stats["epoch"] = self.epoch
                 history.append(stats)
-                if checkpoint is not None:
+                if checkpoint is not None and main:
                     self.save(checkpoint)
         return history
 
@@ -407,7 +468,11 @@ def evaluate(
     resolution (bilinear upsampling of the logits) and score it: ``{"miou": float,
     "per_class_iou": list (NaN for classes absent from truth and prediction), "confusion":
     (C, C) int64 numpy array}``. The confusion matrix is accumulated on the device as
-    ``bincount(C * truth + pred)`` over non-ignored pixels."""
+    ``bincount(C * truth + pred)`` over non-ignored pixels.
+
+    In a DDP job (a collective call) each rank segments its contiguous share of ``samples``
+    (:func:`fastal.distributed.shard`) and the confusion matrices are summed: exact, so the
+    metrics do not depend on the number of processes."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise FastalError(f"evaluation batch size {batch_size!r}: must be a positive integer")
     device = torch.device(device)
@@ -416,6 +481,8 @@ def evaluate(
     model.eval()
     C = num_classes
     conf = torch.zeros(C * C, dtype=torch.int64, device=device)
+    if distributed.is_distributed():
+        samples = Subset(samples, distributed.shard(len(samples)))
     loader = DataLoader(samples, batch_size=batch_size, shuffle=False, collate_fn=collate)
     try:
         with _maybe_progress(progress) as bar:
@@ -434,4 +501,4 @@ def evaluate(
                 bar.advance(task)
     finally:
         model.train(was_training)
-    return confusion_metrics(conf.view(C, C))
+    return confusion_metrics(distributed.sum_over_ranks(conf).view(C, C))

@@ -1,6 +1,6 @@
 """Segmentation network with projection head, EMA teacher, memory bank and losses."""
 
-from fastal.model.bank import MemoryBank, entropy2
+from fastal.model.bank import BankCandidates, MemoryBank, entropy2
 from fastal.model.ema import ema_update
 from fastal.model.losses import (
     ContrastiveSample,
@@ -13,6 +13,7 @@ from fastal.model.network import BACKBONES, SegmentationNet, build_model
 
 __all__ = [
     "BACKBONES",
+    "BankCandidates",
     "ContrastiveSample",
     "MemoryBank",
     "SegmentationNet",

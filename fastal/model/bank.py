@@ -3,7 +3,7 @@ loss, and the points UMAP is fitted on during selection)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -16,6 +16,17 @@ def entropy2(logits: torch.Tensor) -> torch.Tensor:
     """Base-2 entropy over the class axis: (B, C, h, w) -> (B, h, w), computed in fp32."""
     p = torch.softmax(logits.float(), dim=1)
     return torch.special.entr(p).sum(1) / torch.log(torch.tensor(2.0, device=p.device))
+
+
+class BankCandidates(NamedTuple):
+    """Rows a batch offers the bank (:meth:`MemoryBank.candidates`): ``rows`` (n, D) float32
+    features, their ``classes``, ``images`` (index in the batch) and ``ranks`` (entropy rank
+    within the image and class, 0 = most uncertain), each (n,) int64."""
+
+    rows: torch.Tensor
+    classes: torch.Tensor
+    images: torch.Tensor
+    ranks: torch.Tensor
 
 
 class MemoryBank:
@@ -56,8 +67,16 @@ class MemoryBank:
     def push(self, emb: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Enqueue from a batch at feature resolution: emb (B, D, h, w), logits (B, C, h, w),
         labels (B, h, w) integer with 255 = ignore (see ``losses.downsample_labels``)."""
+        self.enqueue(self.candidates(emb, logits, labels), emb.shape[0])
+
+    @torch.no_grad()
+    def candidates(self, emb: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> BankCandidates:
+        """What :meth:`push` would enqueue from this batch, before the queues are touched: per image
+        and class the ``per_image`` correct pixels of highest entropy. A process of a DDP job
+        gathers every rank's candidates and enqueues them all (:meth:`enqueue`), so each rank's
+        bank is the one a single process with the whole batch would hold."""
         B, D, h, w = emb.shape
-        C, T, P = self.num_classes, self.size, self.per_image
+        C, P = self.num_classes, self.per_image
         if D != self.dim or logits.shape != (B, C, h, w) or labels.shape != (B, h, w):
             raise FastalError(
                 f"MemoryBank.push: shapes emb {tuple(emb.shape)}, logits {tuple(logits.shape)}, "
@@ -71,17 +90,22 @@ class MemoryBank:
         cls = lab[idx]
         rank = rank_within_groups(image * C + cls, -ent[idx])
         keep = rank < P
-        idx, image, cls, rank = idx[keep], image[keep], cls[keep], rank[keep]
-        # Enqueue order: class, then image, then entropy descending.
-        order = torch.argsort((cls * B + image) * P + rank)
-        idx, cls = idx[order], cls[order]
+        rows = emb.permute(0, 2, 3, 1).reshape(-1, D)[idx[keep]].float()
+        return BankCandidates(rows, cls[keep], image[keep], rank[keep])
+
+    @torch.no_grad()
+    def enqueue(self, cand: BankCandidates, batch: int) -> None:
+        """Enqueue ``cand`` of a batch of ``batch`` images: class by class, then by image, then
+        entropy descending; one push."""
+        C, T, P = self.num_classes, self.size, self.per_image
+        order = torch.argsort((cand.classes * batch + cand.images) * P + cand.ranks)
+        rows, cls = cand.rows[order], cand.classes[order]
         n = torch.bincount(cls, minlength=C)  # (C,) items per class in this push
         pos = torch.arange(cls.numel(), device=cls.device) - (torch.cumsum(n, 0) - n)[cls]
         # Item j of class c goes to slot (ptr + j) % T; with more than T items only the last T survive.
         last = pos >= (n - T)[cls]
-        rows = emb.permute(0, 2, 3, 1).reshape(-1, D)[idx[last]].float()
         slots = (self.ptr[cls[last]] + pos[last]) % T
-        self.data[cls[last], slots] = rows
+        self.data[cls[last], slots] = rows[last]
         self.pushes += 1
         self.inserted[cls[last], slots] = self.pushes
         self.ptr = (self.ptr + n) % T

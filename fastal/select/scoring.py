@@ -177,3 +177,36 @@ def score_pool(
         features = torch.zeros(0, 0, dtype=torch.float32, device=device)
     scores = PoolScores(features=features, entropy=entropy, margin=margin, gids=gids)
     return per_pixel_entropy(scores, cache.sizes) if region_entropy == "mean" else scores
+
+
+def score_pool_sharded(
+    teacher: torch.nn.Module,
+    ds: Any,
+    cache: Any,
+    image_indices: np.ndarray | list[int],
+    device: torch.device | str,
+    **options: Any,
+) -> PoolScores | None:
+    """:func:`score_pool` shared by the processes of a DDP job (a collective call; alone, the same
+    as score_pool): each scores its contiguous share of ``image_indices``
+    (:func:`fastal.distributed.shard`, no image twice) and rank 0 returns the whole pool's scores,
+    rows in pool order (the shares concatenated in rank order); the other ranks return None.
+    ``options``: score_pool's."""
+    from fastal import distributed
+
+    if not distributed.is_distributed():
+        return score_pool(teacher, ds, cache, image_indices, device, **options)
+    images = np.asarray(image_indices, dtype=np.int64).reshape(-1)
+    main = distributed.rank() == 0
+    options["show_progress"] = options.get("show_progress", True) and main
+    share = distributed.shard(images.size)
+    part = score_pool(teacher, ds, cache, images[share.start : share.stop], device, **options)
+    # Features go flat: a rank with no image has no feature width to agree on.
+    features = distributed.gather_rows(part.features.flatten())
+    values = distributed.gather_rows(torch.stack([part.entropy, part.margin], 1))
+    gids = distributed.gather_rows(torch.as_tensor(part.gids, device=part.entropy.device))
+    if not main:
+        return None
+    n = values.shape[0]
+    return PoolScores(features=features.view(n, -1) if n else part.features, entropy=values[:, 0].contiguous(),
+                      margin=values[:, 1].contiguous(), gids=gids.cpu().numpy())  # fmt: skip
