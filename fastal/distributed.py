@@ -232,3 +232,20 @@ def broadcast(obj: Any, src: int = 0) -> Any:
     box = [obj if rank() == src else None]
     dist.broadcast_object_list(box, src=src, device=torch.device("cpu"))  # host objects go by gloo
     return box[0]
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """``torchrun --standalone --nproc-per-node nproc -m fastal ARGV...`` from this process, by
+    torch's elastic launcher (one node). Returns the exit code: 0; 2 when a process ended with a
+    FastalError (it printed the message); 1 for any other failure."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    if nproc < 1:
+        raise FastalError(f"--nproc {nproc}: must be at least 1")
+    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "fastal", *argv])
+    try:
+        run(args)
+    except ChildFailedError as e:
+        return 2 if any(f.exitcode == 2 for f in e.failures.values()) else 1
+    return 0

@@ -37,6 +37,7 @@ The fully supervised reference, and its sharing between runs, is :mod:`fastal.re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import random
 import time
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fastal import distributed
 from fastal.atomic import atomic_write_json, check_writable
 from fastal.config import RunConfig
 from fastal.progress import console
@@ -55,15 +57,19 @@ from fastal.rundir import (
     CLUSTERS,
     CURVE,
     FULL,
+    POOL,
     RESULTS,
     RunDir,
     accept_config,
     check_new_run_dir,
     checked_config,
+    checkpoint_path,
     crash_point,
     create_run_dir,
+    labels_of,
     open_run,
 )
+from fastal.run_ranks import check_world, collective, follow, leading, share_setup
 from fastal.runlock import run_lock
 
 if TYPE_CHECKING:
@@ -128,15 +134,11 @@ def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, 
     ids represent) with what the selection table needs to explain it.
     """
     from fastal.pool import take_until
-    from fastal.select import CLUSTER_STRATEGIES, score_pool, select
-    from fastal.train import Trainer
+    from fastal.select import CLUSTER_STRATEGIES, select
 
     cfg = setup.cfg
-    trainer = Trainer.load(checkpoint, setup.device, num_classes=setup.train.num_classes)
     images = np.unique(setup.cache.image_of(np.flatnonzero(~labelled)))
-    scores = score_pool(trainer.teacher, setup.train, setup.cache, images, setup.device, amp=cfg.amp,
-                        region_entropy=cfg.region_entropy)
-    bank = trainer.bank.features()
+    scores, bank = collective(score_teacher, setup, str(checkpoint), images)
     umap = umap_params(cfg)
     calls: list[Selection] = []
 
@@ -168,6 +170,19 @@ def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, 
         if missing <= 0 or taken.all():
             break
     return Ranking(_concat(rounds), scores, calls, [r.ids for r in rounds])
+
+
+def score_teacher(setup: Setup, checkpoint: str, images: np.ndarray) -> tuple[Any, Any] | None:
+    """(Collective, :mod:`fastal.run_ranks`.) The pool's scores of ``images`` by the teacher of
+    ``checkpoint``, the images shared among the ranks, and its memory bank's features; None on
+    ranks other than 0."""
+    from fastal.select.scoring import score_pool_sharded
+    from fastal.train import Trainer
+
+    trainer = Trainer.load(checkpoint, setup.device, num_classes=setup.train.num_classes)
+    scores = score_pool_sharded(trainer.teacher, setup.train, setup.cache, images, setup.device, amp=setup.cfg.amp,
+                                region_entropy=setup.cfg.region_entropy)  # fmt: skip
+    return None if scores is None else (scores, trainer.bank.features())
 
 
 def _kept_prefix(sel: Selection, n: int) -> Selection:
@@ -221,25 +236,29 @@ def full_reference(run: RunDir) -> None:
 
 
 def _train_reference(run: RunDir) -> dict[str, Any]:
-    """Train the reference, saving the trainer after every epoch: a killed reference (a lost
-    sweep worker) goes on from its last finished epoch, to the same model (the trainer's RNG
+    """Train the reference (every rank of the run, :func:`train_reference`) and say where."""
+    return {**collective(train_reference, run.s, str(run.reference_partial())), "run": str(run.dir)}
+
+
+def train_reference(setup: Setup, partial: str) -> dict[str, Any]:
+    """(Collective.) Train the reference, saving the trainer after every epoch: a killed reference
+    (a lost sweep worker) goes on from its last finished epoch, to the same model (the trainer's RNG
     states and the (seed, epoch) batch order are in the checkpoint)."""
     from fastal.train import Trainer
 
-    seed = seed_everything(run.cfg.seed, 0, PHASE_TRAIN)
-    partial = run.reference_partial()
-    if partial.exists():
-        trainer = Trainer.load(partial, run.s.device, num_classes=run.s.train.num_classes)
+    seed = seed_everything(setup.cfg.seed, 0, PHASE_TRAIN)
+    if Path(partial).exists():
+        trainer = Trainer.load(partial, setup.device, num_classes=setup.train.num_classes)
         console.print(f"reference: going on after epoch {trainer.epoch} ({partial})")
     else:
-        trainer = _new_trainer(run.s, seed)
-    trainer.fit(run.s.train, run.cfg.reference_epochs() - trainer.epoch, progress=True, checkpoint=partial)
+        trainer = _new_trainer(setup, seed)
+    trainer.fit(setup.train, setup.cfg.reference_epochs() - trainer.epoch, progress=True, checkpoint=partial)
     seconds = trainer.train_seconds
-    seed_everything(run.cfg.seed, 0, PHASE_EVAL)
-    m = _evaluate(run.s, trainer)
+    seed_everything(setup.cfg.seed, 0, PHASE_EVAL)
+    m = _evaluate(setup, trainer)
     console.print(f"fully supervised mIoU {m['miou']:.4f} ({seconds:.1f} s)")
     return {"miou": m["miou"], "per_class_iou": m["per_class_iou"], "train_seconds": round(seconds, 3),
-            "run": str(run.dir), "trained_with": reference_key(run.s)}  # fmt: skip
+            "trained_with": reference_key(setup)}  # fmt: skip
 
 
 def select(run: RunDir, cycle: int) -> None:
@@ -292,34 +311,43 @@ def _write_selection(run: RunDir, cycle: int, ranking: Ranking, classes: np.ndar
 
 def train(run: RunDir, cycle: int) -> None:
     """Train on the labelled pixels (from checkpoint ``cycle - 1`` or anew); commit the checkpoint."""
-    from fastal.pool import LabelledSamples
-    from fastal.train import Trainer
-
-    seed = seed_everything(run.cfg.seed, cycle, PHASE_TRAIN)
     t0 = time.perf_counter()
-    if cycle > 1 and run.cfg.retrain == "finetune":
-        trainer = Trainer.load(run.ckpt(cycle - 1), run.s.device)
-        if run.cfg.bank_lifetime == "cycle":
-            # The bank checkpoint K-1 holds served cycle K's selection; cycle K trains with a new one.
-            trainer.bank.clear()
-    else:
-        trainer = _new_trainer(run.s, seed)
-    trainer.fit(LabelledSamples(run.s.train, run.s.cache, run.pool, run.truth), run.cfg.epochs, progress=True)
+    trainer = collective(train_cycle, run.s, str(run.dir), cycle)
     seconds = time.perf_counter() - t0
     crash_point(f"trained:{cycle}")
     trainer.save(run.ckpt(cycle))  # atomic
     crash_point(f"ckpt:{cycle}")
     run.set_timing(cycle, "train_seconds", seconds)
+    run.set_timing(cycle, "world_size", distributed.world_size())  # not a time: what a resume may change too
+
+
+def train_cycle(setup: Setup, run_dir: str, cycle: int) -> Any:
+    """(Collective.) Cycle ``cycle``'s trainer, trained on the labelled pixels of the committed
+    pool.npz of ``run_dir`` (from checkpoint ``cycle - 1`` or anew); rank 0 saves it."""
+    from fastal.pool import LabelledSamples, RegionPool
+    from fastal.train import Trainer
+
+    cfg = setup.cfg
+    seed = seed_everything(cfg.seed, cycle, PHASE_TRAIN)
+    if cycle > 1 and cfg.retrain == "finetune":
+        trainer = Trainer.load(checkpoint_path(run_dir, cycle - 1), setup.device)
+        if cfg.bank_lifetime == "cycle":
+            # The bank checkpoint K-1 holds served cycle K's selection; cycle K trains with a new one.
+            trainer.bank.clear()
+    else:
+        trainer = _new_trainer(setup, seed)
+    pool = RegionPool.load(Path(run_dir) / POOL, offsets=setup.cache.offsets, sizes=setup.cache.sizes)
+    truth = functools.partial(labels_of, setup, run_dir)
+    trainer.fit(LabelledSamples(setup.train, setup.cache, pool, truth), cfg.epochs, progress=True)
+    return trainer
 
 
 def evaluate(run: RunDir, cycle: int) -> dict[str, Any]:
     """Evaluate checkpoint ``cycle`` on the validation split; commit results.json and curve.png."""
     from fastal.report import curve_for_results
-    from fastal.train import Trainer
 
     cfg, pool = run.cfg, run.pool
-    seed_everything(cfg.seed, cycle, PHASE_EVAL)
-    m = _evaluate(run.s, Trainer.load(run.ckpt(cycle), run.s.device))
+    m = collective(evaluate_checkpoint, run.s, str(run.ckpt(cycle)), cycle)
     labelled = (pool.state > 0) & (pool.state <= cycle)  # a later import may exist
     t = run.timings.get(str(cycle), {})
     clusters = (run.read_json(CLUSTERS) or {}).get(str(cycle), {})
@@ -336,6 +364,7 @@ def evaluate(run: RunDir, cycle: int) -> dict[str, Any]:
         "kmeans_fits": clusters.get("kmeans_fits"),
         "miou": m["miou"],
         "per_class_iou": m["per_class_iou"],
+        "world_size": t.get("world_size", 1),  # processes that trained the cycle's model
         "train_seconds": t.get("train_seconds"),
         "select_seconds": t.get("select_seconds"),
     }
@@ -348,6 +377,15 @@ def evaluate(run: RunDir, cycle: int) -> dict[str, Any]:
     if not cfg.keep_checkpoints and cycle > 1:
         run.ckpt(cycle - 1).unlink(missing_ok=True)
     return rec
+
+
+def evaluate_checkpoint(setup: Setup, checkpoint: str, cycle: int) -> dict[str, Any]:
+    """(Collective.) mIoU and per-class IoU of checkpoint ``checkpoint`` (cycle ``cycle``'s) on the
+    validation split, shared among the ranks."""
+    from fastal.train import Trainer
+
+    seed_everything(setup.cfg.seed, cycle, PHASE_EVAL)
+    return _evaluate(setup, Trainer.load(checkpoint, setup.device))
 
 
 def _stop_reason(run: RunDir, cycle: int, miou: float) -> str | None:
@@ -370,14 +408,25 @@ def run_experiment(cfg: RunConfig | None, run_dir: str | Path, resume: bool = Fa
     already prepared for ``cfg``. The process is the run directory's one writer while this runs:
     another gets :class:`fastal.errors.RunDirLocked` before anything is touched.
     """
-    run_dir = Path(run_dir)
+    if distributed.rank() > 0:  # one of several processes (torchrun): rank 0 runs the experiment
+        follow()
+        return {}
+    with leading():
+        return _run_or_resume(cfg, Path(run_dir), resume, setup, accept_config_change)
+
+
+def _run_or_resume(cfg: RunConfig | None, run_dir: Path, resume: bool, setup: Setup | None,
+                   accept_config_change: bool) -> dict[str, Any]:
     if resume:
         open_run(run_dir)  # a run directory, before its lock file is made in it
         with run_lock(run_dir):
             cfg, changes = checked_config(run_dir, accept_config_change)
-            return _run(run_dir, setup or prepare(cfg), changes)
+            setup = setup or prepare(cfg)
+            check_world(setup)
+            return _run(run_dir, setup, changes)
     check_new_run_dir(run_dir)  # before the data is prepared: that can take minutes
     setup = setup or prepare(cfg)
+    check_world(setup)
     shared = Path(cfg.full_shared) if cfg.full_reference and cfg.full_shared else None
     if shared is not None and shared.exists():
         check_reference(shared, setup)  # refused before the run directory exists
@@ -413,6 +462,7 @@ def _run(run_dir: Path, setup: Setup, changes: dict[str, list[Any]]) -> dict[str
     if setup.device.type == "cpu":
         # Deterministic kernels where torch has them; a resumed run must redo a phase bit for bit.
         torch.use_deterministic_algorithms(True, warn_only=True)
+    share_setup(setup.cfg)
     run = RunDir(setup, run_dir)
     if changes:
         _record_config_change(run, changes)

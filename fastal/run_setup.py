@@ -42,6 +42,7 @@ def _dataset_args(cfg: RunConfig, split: str, count: int) -> dict[str, Any]:
 
 def prepare(cfg: RunConfig) -> Setup:
     """Load both splits, build or reuse the superpixel cache, check the budget against the pool."""
+    from fastal import distributed
     from fastal.data import load_dataset
     from fastal.data.superpixels import build_cache
     from fastal.device import resolve_device
@@ -52,7 +53,8 @@ def prepare(cfg: RunConfig) -> Setup:
         raise FastalError(f"strategy {cfg.strategy!r}: choose one of {', '.join(STRATEGIES)}")
     if cfg.backbone not in BACKBONES:
         raise FastalError(f"backbone {cfg.backbone!r}: choose one of {', '.join(BACKBONES)}")
-    device = resolve_device(cfg.device)
+    # One of several processes (torchrun): the device distributed.start gave this rank.
+    device = distributed.current_device() if distributed.is_initialised() else resolve_device(cfg.device)
     train = load_dataset(cfg.dataset, **_dataset_args(cfg, "train", cfg.train_images))
     val = load_dataset(cfg.dataset, **_dataset_args(cfg, "val", cfg.val_images))
     if train.num_classes != val.num_classes:

@@ -138,6 +138,20 @@ def open_run(run_dir: str | Path) -> RunConfig:
     return merge_config(values, None, str(run_dir / CONFIG))
 
 
+def checkpoint_path(run_dir: str | Path, cycle: int) -> Path:
+    """The trainer saved after training cycle ``cycle`` of the run in ``run_dir``."""
+    return Path(run_dir) / "checkpoints" / f"cycle-{cycle}.pt"
+
+
+def labels_of(setup: Setup, run_dir: str | Path, i: int) -> np.ndarray:
+    """Labels of training image ``i`` of the run in ``run_dir``: the mask people returned
+    (``labels/``) where there is one, else the dataset's own (read only: any rank may call it)."""
+    from fastal.data.base import read_label
+
+    path = Path(run_dir) / LABELS / f"{setup.train.image_id(i)}.png"
+    return read_label(path) if path.exists() else setup.train[i][1]
+
+
 class RunDir:
     """One run directory as it is on disk: its pool, results and timings, read when opened;
     every change goes back to disk at once, by an atomic write."""
@@ -246,7 +260,7 @@ class RunDir:
         }
 
     def ckpt(self, cycle: int) -> Path:
-        return self.dir / "checkpoints" / f"cycle-{cycle}.pt"
+        return checkpoint_path(self.dir, cycle)
 
     def reference_partial(self) -> Path:
         """The fully supervised reference's trainer after its last finished epoch (until it is done)."""
@@ -263,10 +277,7 @@ class RunDir:
 
     def truth(self, i: int) -> np.ndarray:
         """Labels of training image ``i``: masks people returned (``labels/``) over the dataset's own."""
-        from fastal.data.base import read_label
-
-        path = self.dir / LABELS / f"{self.s.train.image_id(i)}.png"
-        return read_label(path) if path.exists() else self.s.train[i][1]
+        return labels_of(self.s, self.dir, i)
 
     def _query_lines(self, gids: np.ndarray) -> list[str]:
         lines = []

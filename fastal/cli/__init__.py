@@ -11,7 +11,7 @@ import sys
 from rich.markup import escape
 
 from fastal.cli import bench, prepare, query, report, run, sweep, train  # noqa: F401 - each registers its commands
-from fastal.cli.app import app, bench_app
+from fastal.cli.app import app, bench_app, invocation
 from fastal.errors import FastalError
 from fastal.progress import console
 
@@ -20,6 +20,7 @@ __all__ = ["app", "bench_app", "main"]
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and of ``python -m fastal``."""
+    invocation[:] = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
         app(args=argv, prog_name="fastal")
     except FastalError as e:

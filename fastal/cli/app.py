@@ -14,3 +14,7 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks: kernels, selection throughput.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+
+# The arguments of this invocation (set by fastal.cli.main): `fastal run --nproc N` starts the same
+# command in N processes.
+invocation: list[str] = []

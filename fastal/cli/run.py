@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from fastal.cli.app import app
+from fastal.cli.app import app, invocation
 
 
 @app.command()
@@ -49,11 +49,16 @@ def run(
     accept_config_change: bool = typer.Option(
         False, "--accept-config-change", help="With --resume: continue under an edited config.toml (recorded in results.json)."
     ),
+    nproc: int | None = typer.Option(
+        None, "--nproc", help="Processes (GPUs) on this node: starts the command under torchrun (see docs/multi-gpu.md)."
+    ),
 ) -> None:
     """Run the active-learning experiment (no arguments: the built-in synthetic dataset; minutes on 2 CPU cores)."""
+    from fastal import distributed
     from fastal.config import load_config
     from fastal.errors import FastalError
     from fastal.loop import run_experiment
+    from fastal.rundir import open_run
 
     overrides = {
         "dataset": dataset, "data_root": data_root, "strategy": strategy, "initial": initial,
@@ -67,7 +72,9 @@ def run(
         if given or out is not None:
             extra = given[0] if given else "out"
             raise FastalError(f"--resume continues {resume} with its own config.toml; drop --{extra.replace('_', '-')}")
-        with resumable(resume):
+        if nproc is not None:
+            raise typer.Exit(distributed.launch(nproc, without_nproc(invocation)))
+        with distributed.session(open_run(resume).device), resumable(resume):
             run_experiment(None, resume, resume=True, accept_config_change=accept_config_change)
         return
     if accept_config_change:
@@ -75,7 +82,9 @@ def run(
     cfg = load_config(config, overrides)
     if out is None:
         out = Path("runs") / f"{cfg.dataset}-{cfg.strategy}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    with resumable(out):
+    if nproc is not None:  # the processes get the one --out decided here
+        raise typer.Exit(distributed.launch(nproc, [*without_nproc(invocation), "--out", str(out)]))
+    with distributed.session(cfg.device), resumable(out):
         run_experiment(cfg, out)
 
 
@@ -101,6 +110,19 @@ def resumable(run_dir: Path) -> Iterator[None]:
         raise typer.Exit(128 + sig) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` less its ``--nproc N``: what each of the processes runs."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 def parse_budgets(text: str | None) -> list[float] | None:

@@ -10,9 +10,14 @@ back-propagate the cross-rank terms as torch's does.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed.nn.functional as dist_fn
 from torch import nn
+
+# torch 2.14 points to _functional_collectives, a private module whose all_reduce has no autograd rule.
+warnings.filterwarnings("ignore", r"torch\.distributed\.nn\.functional\.all_reduce is deprecated", FutureWarning)
 
 
 class HostSyncBatchNorm(nn.BatchNorm2d):
