@@ -145,21 +145,23 @@ def test_a_ddp_step_equals_one_process_with_the_whole_batch(job: dict) -> None:
             if g is None:
                 assert got_g is None, name
             else:
-                worst = float(((got_g - g).abs() / (g.abs() + 1e-4 * g.abs().max())).max())
-                assert worst < 1e-2, (name, worst)
+                # Measured: within 3e-6 of the largest gradient of the tensor (gloo, CPU, fp32).
+                assert float((got_g - g).abs().max()) <= 1e-4 * float(g.abs().max()), name
         got = ranked["train-0.0"]
         assert got.keys() == want.keys()
         for key, value in want.items():
             if not value.is_floating_point():  # step and batch counters
                 assert torch.equal(got[key], value), key
-            elif "running_" in key or key.startswith("bank."):
-                torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-3, msg=key)
+            elif "running_" in key:  # measured within 2e-5
+                torch.testing.assert_close(got[key], value, rtol=1e-4, atol=2e-4, msg=key)
+            elif key.startswith("bank."):  # features of the teacher after the steps: measured within 5e-4
+                torch.testing.assert_close(got[key], value, rtol=1e-4, atol=2e-3, msg=key)
             else:
                 # Adam moves each weight by about lr whatever its gradient's size, so a gradient
                 # of float-noise size can move it either way: all within that, nearly all closer.
                 diff = (got[key] - value).abs()
                 assert float(diff.max()) <= 2.5 * TRAIN_LR * STEPS, key
-                assert float((diff > 1e-5).float().mean()) < 0.05, key
+                assert float((diff > 1e-5).float().mean()) < 0.05, key  # measured: 0.5 % of the weights in all
         # The queues hold entries in the same slots, written by the same pushes.
         for key in ("bank.ptr", "bank.count", "bank.inserted"):
             assert torch.equal(got[key], want[key]), key
