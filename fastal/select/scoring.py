@@ -179,14 +179,8 @@ def score_pool(
     return per_pixel_entropy(scores, cache.sizes) if region_entropy == "mean" else scores
 
 
-def score_pool_sharded(
-    teacher: torch.nn.Module,
-    ds: Any,
-    cache: Any,
-    image_indices: np.ndarray | list[int],
-    device: torch.device | str,
-    **options: Any,
-) -> PoolScores | None:
+def score_pool_sharded(teacher: torch.nn.Module, ds: Any, cache: Any, image_indices: np.ndarray | list[int],
+                       device: torch.device | str, **options: Any) -> PoolScores | None:  # fmt: skip
     """:func:`score_pool` shared by the processes of a DDP job (a collective call; alone, the same
     as score_pool): each scores its contiguous share of ``image_indices``
     (:func:`fastal.distributed.shard`, no image twice) and rank 0 returns the whole pool's scores,
