@@ -87,6 +87,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     keep_checkpoints: bool = False  # keep every cycle's checkpoint, not only the latest
+    nproc: int = 1  # processes (one per GPU) `fastal run` and `fastal sweep` start for the run, under torchrun
 
     def schedule(self) -> list[float]:
         """Cumulative % of pixels labelled at each evaluated cycle (cycle k: entry k - 1); the
@@ -173,7 +174,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.target_ratio is not None:
         need(0 < cfg.target_ratio <= 1, f"target_ratio = {cfg.target_ratio}: a fraction in (0, 1]")
         need(cfg.full_reference, "target_ratio needs full_reference = true (the fully supervised mIoU)")
-    for name in ("epochs", "batch_size", "superpixels"):
+    for name in ("epochs", "batch_size", "superpixels", "nproc"):
         need(getattr(cfg, name) >= 1, f"{name} = {getattr(cfg, name)}: must be >= 1")
     need(cfg.full_epochs is None or cfg.full_epochs >= 1, f"full_epochs = {cfg.full_epochs}: must be >= 1")
     for name in ("train_images", "val_images"):

@@ -424,9 +424,18 @@ def _run_or_resume(cfg: RunConfig | None, run_dir: Path, resume: bool, setup: Se
             setup = setup or prepare(cfg)
             check_world(setup)
             return _run(run_dir, setup, changes)
+    setup = new_run_dir(cfg, run_dir, setup)
+    with run_lock(run_dir):
+        return _run(run_dir, setup, {})
+
+
+def new_run_dir(cfg: RunConfig, run_dir: Path, setup: Setup | None = None, world: int | None = None) -> Setup:
+    """Check everything a new run can be checked for (config, data, budget against the pool, the
+    shared reference, ``world`` processes: default, this job's), then create its directory;
+    returns the prepared data. FastalError with nothing written when a check fails."""
     check_new_run_dir(run_dir)  # before the data is prepared: that can take minutes
     setup = setup or prepare(cfg)
-    check_world(setup)
+    check_world(setup, world)
     shared = Path(cfg.full_shared) if cfg.full_reference and cfg.full_shared else None
     if shared is not None and shared.exists():
         check_reference(shared, setup)  # refused before the run directory exists
@@ -434,8 +443,7 @@ def _run_or_resume(cfg: RunConfig | None, run_dir: Path, resume: bool, setup: Se
         check_writable(shared)  # it will be written there, and its lock beside it
     check_before_training(setup)
     create_run_dir(cfg, run_dir)
-    with run_lock(run_dir):
-        return _run(run_dir, setup, {})
+    return setup
 
 
 def _record_config_change(run: RunDir, changes: dict[str, list[Any]]) -> None:

@@ -56,14 +56,14 @@ def share_setup(cfg: RunConfig) -> None:
         distributed.broadcast(("setup", cfg))
 
 
-def check_world(setup: Any) -> None:
-    """FastalError (before anything is written) unless this job's processes can share the run of
-    ``setup``: no more processes than the images the first cycle labels (its random draw, made
-    here as the run will make it), and a batch that splits evenly among them."""
+def check_world(setup: Any, world: int | None = None) -> None:
+    """FastalError (before anything is written) unless ``world`` processes (default: this job's)
+    can share the run of ``setup``: no more processes than the images the first cycle labels (its
+    random draw, made here as the run will make it), and a batch that splits evenly among them."""
     from fastal.pool import RegionPool, random_initial
     from fastal.run_setup import PHASE_SELECT, phase_seed
 
-    world, cfg, cache = distributed.world_size(), setup.cfg, setup.cache
+    world, cfg, cache = world or distributed.world_size(), setup.cfg, setup.cache
     if world == 1:
         return
     # The pool of a new run directory (rundir.RunDir) and cycle 1's draw from it (loop's select).

@@ -112,3 +112,33 @@ def test_the_nccl_path_runs_with_one_process(settings: dict, tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert [c["world_size"] for c in res["cycles"]] == [1, 1]
+
+
+def test_a_sweep_run_of_n_processes_asks_for_n_gpus_and_starts_them(
+    settings: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep's side only (the processes' run is the test above): the task asks its worker for
+    ``nproc`` GPUs, makes the run directory after its checks, and starts `fastal run --resume` in
+    ``nproc`` processes; a failed process is the task's one-line error."""
+    from fastal.sweep.driver import submit
+    from fastal.sweep.spec import RunSpec
+    from fastal.sweep.tasks import run_task
+
+    cfg = make_config({**settings, "nproc": 2, "device": "cuda"})
+    asked = []
+
+    class Client:
+        def submit(self, fn, *args, **kwargs):
+            asked.append(kwargs["resources"])
+            return object()
+
+    submit(Client(), [RunSpec("seed=3", {"seed": 3}, cfg, None)], tmp_path / "sweep", 1, gpu=True)
+    assert asked == [{"GPU": 2}]
+
+    started = []
+    monkeypatch.setattr(distributed, "launch", lambda n, argv: started.append((n, argv)) or 2)
+    cpu = make_config({**settings, "nproc": 2})
+    with pytest.raises(FastalError, match="the run's 2 processes failed"):
+        run_task("seed=3", cpu, str(tmp_path / "run"), 1)
+    assert started == [(2, ["run", "--resume", str(tmp_path / "run")])]
+    assert (tmp_path / "run" / "config.toml").is_file() and not (tmp_path / "run" / "pool.npz").exists()

@@ -50,7 +50,8 @@ def run(
         False, "--accept-config-change", help="With --resume: continue under an edited config.toml (recorded in results.json)."
     ),
     nproc: int | None = typer.Option(
-        None, "--nproc", help="Processes (GPUs) on this node: starts the command under torchrun (see docs/multi-gpu.md)."
+        None, "--nproc", help="Processes (GPUs) on this node, instead of the config's nproc: starts them under "
+        "torchrun (docs/multi-gpu.md)."
     ),
 ) -> None:
     """Run the active-learning experiment (no arguments: the built-in synthetic dataset; minutes on 2 CPU cores)."""
@@ -72,9 +73,10 @@ def run(
         if given or out is not None:
             extra = given[0] if given else "out"
             raise FastalError(f"--resume continues {resume} with its own config.toml; drop --{extra.replace('_', '-')}")
-        if nproc is not None:
-            raise typer.Exit(distributed.launch(nproc, without_nproc(invocation)))
-        with distributed.session(open_run(resume).device), resumable(resume):
+        resumed = open_run(resume)
+        if launches(nproc, resumed.nproc):
+            raise typer.Exit(distributed.launch(nproc or resumed.nproc, without_nproc(invocation)))
+        with distributed.session(resumed.device), resumable(resume):
             run_experiment(None, resume, resume=True, accept_config_change=accept_config_change)
         return
     if accept_config_change:
@@ -82,8 +84,8 @@ def run(
     cfg = load_config(config, overrides)
     if out is None:
         out = Path("runs") / f"{cfg.dataset}-{cfg.strategy}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if nproc is not None:  # the processes get the one --out decided here
-        raise typer.Exit(distributed.launch(nproc, [*without_nproc(invocation), "--out", str(out)]))
+    if launches(nproc, cfg.nproc):  # the processes get the one --out decided here
+        raise typer.Exit(distributed.launch(nproc or cfg.nproc, [*without_nproc(invocation), "--out", str(out)]))
     with distributed.session(cfg.device), resumable(out):
         run_experiment(cfg, out)
 
@@ -110,6 +112,14 @@ def resumable(run_dir: Path) -> Iterator[None]:
         raise typer.Exit(128 + sig) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def launches(option: int | None, configured: int) -> bool:
+    """Whether this command starts the run's processes (torchrun's launcher): asked by ``--nproc``
+    or by the config's ``nproc`` > 1, and not already one of them."""
+    from fastal import distributed
+
+    return (option is not None or configured > 1) and distributed.launch_env() is None
 
 
 def without_nproc(argv: list[str]) -> list[str]:

@@ -93,7 +93,7 @@ def connect(scheduler: str, workers: int | None, threads: int | None) -> Iterato
 
 
 def wants_gpu(run: RunSpec, gpu_cluster: bool) -> bool:
-    """Runs on CUDA ask for a worker resource ``GPU`` (one run per GPU)."""
+    """Runs on CUDA ask for a worker resource ``GPU``: one per process of the run (``nproc``)."""
     return run.cfg.device.startswith("cuda") or (gpu_cluster and run.cfg.device == "auto")
 
 
@@ -127,7 +127,8 @@ def submit(client: Any, todo: list[RunSpec], out: Path, threads: int,
             resources={"GPU": 1} if wants_gpu(run, gpu) else None)  # fmt: skip
     runs = {
         client.submit(run_task, run.name, run.cfg, str(out / RUNS / run.name), threads, refs.get(run.reference),
-                      key=f"fastal-run-{run.name}-{token}", resources={"GPU": 1} if wants_gpu(run, gpu) else None): run
+                      key=f"fastal-run-{run.name}-{token}",
+                      resources={"GPU": run.cfg.nproc} if wants_gpu(run, gpu) else None): run
         for run in todo
     }  # fmt: skip
     return refs, runs

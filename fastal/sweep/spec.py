@@ -33,12 +33,14 @@ SPEC = "sweep.json"  # DIR/sweep.json: the resolved sweep
 RUNS, REFERENCES = "runs", "references"  # DIR/runs/<run name>/, DIR/references/<name>/ and <name>.json
 PATH_KEYS = ("data_root", "cache_dir")  # made absolute: a worker's working directory may be another
 # Keys a fully supervised reference does not depend on (epochs, retrain and the schedule only through
-# RunConfig.reference_epochs()); runs that differ only in them share one. fastal.loop.check_reference
-# still checks every reference against the run that reads it.
+# RunConfig.reference_epochs()); runs that differ only in them share one (a sweep trains a reference in
+# one process, whatever its runs' nproc). fastal.loop.check_reference still checks every reference
+# against the run that reads it.
 NOT_REFERENCE = ("strategy", "labels", "superpixels", "cache_dir", "initial", "budget_per_cycle", "cycles",
                  "budgets", "target_ratio", "full_shared", "full_epochs", "epochs", "retrain", "engine",
                  "region_entropy", "clusters", "keep_checkpoints", "cluster_budget", "umap_components",
-                 "umap_neighbors", "umap_min_dist", "bank_lifetime", "selection_table", "selection_plot")  # fmt: skip
+                 "umap_neighbors", "umap_min_dist", "bank_lifetime", "selection_table", "selection_plot",
+                 "nproc")  # fmt: skip
 
 
 @dataclass(frozen=True)

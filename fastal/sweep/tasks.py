@@ -153,6 +153,29 @@ def run_task(name: str, cfg: RunConfig, run_dir: str, threads: int, reference: s
         check_not_daemon()
         resume = (path / CONFIG).is_file()
         setup = prepare(open_run(path) if resume else cfg)
-        results = run_experiment(cfg, path, resume=resume, setup=setup)
+        if setup.cfg.nproc > 1:
+            results = run_processes(setup, path, resume)
+        else:
+            results = run_experiment(cfg, path, resume=resume, setup=setup)
         atomic_write_json(path / CLASSES, list(setup.train.classes))
     return results
+
+
+def run_processes(setup: Any, path: Path, resume: bool) -> dict[str, Any]:
+    """The run of ``setup`` in ``nproc`` processes of this worker, started as `fastal run --nproc`
+    starts them (torchrun's launcher, one node): the run directory is made and checked here, the
+    processes resume it. Returns its results.json dict."""
+    from fastal import distributed
+    from fastal.atomic import read_json
+    from fastal.errors import FastalError
+    from fastal.loop import new_run_dir
+    from fastal.rundir import RESULTS
+
+    n = setup.cfg.nproc
+    if not resume:
+        new_run_dir(setup.cfg, path, setup, world=n)
+    code = distributed.launch(n, ["run", "--resume", str(path)])
+    if code:
+        raise FastalError(f"{path}: the run's {n} processes failed (exit {code}; their messages are in this "
+                          "worker's output); `fastal sweep --resume` continues it")  # fmt: skip
+    return read_json(path / RESULTS)
