@@ -19,6 +19,7 @@ talking:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -237,15 +238,28 @@ def broadcast(obj: Any, src: int = 0) -> Any:
 def launch(nproc: int, argv: list[str]) -> int:
     """``torchrun --standalone --nproc-per-node nproc -m fastal ARGV...`` from this process, by
     torch's elastic launcher (one node). Returns the exit code: 0; 2 when a process ended with a
-    FastalError (it printed the message); 1 for any other failure."""
+    FastalError (it printed the message); 1 for any other failure (named in one line here)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
+
+    from fastal.progress import console
 
     if nproc < 1:
         raise FastalError(f"--nproc {nproc}: must be at least 1")
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "fastal", *argv])
+    # The launcher logs a failure in a paragraph; the failed process has said why in one line.
+    elastic = logging.getLogger("torch.distributed.elastic")
+    level = elastic.level
+    elastic.setLevel(logging.CRITICAL)
     try:
         run(args)
     except ChildFailedError as e:
-        return 2 if any(f.exitcode == 2 for f in e.failures.values()) else 1
+        if any(f.exitcode == 2 for f in e.failures.values()):
+            return 2
+        rank_, failure = min(e.failures.items())
+        how = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
+        console.print(f"process {rank_} of {nproc} failed ({how}); the job was stopped", highlight=False)
+        return 1
+    finally:
+        elastic.setLevel(level)
     return 0

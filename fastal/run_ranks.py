@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import torch
 
 from fastal import distributed
 from fastal.config import RunConfig
@@ -34,6 +35,8 @@ def follow() -> None:
         kind, payload = message
         if kind == "setup":
             setup = prepare(payload)
+            if setup.device.type == "cpu":  # as rank 0's loop does: a phase redone must compute the same
+                torch.use_deterministic_algorithms(True, warn_only=True)
         else:
             module, name, args = payload
             getattr(importlib.import_module(module), name)(setup, *args)
