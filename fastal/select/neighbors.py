@@ -80,7 +80,7 @@ class CellIndex:
 
 def build_cell_index(ref: torch.Tensor, metric: str, points_per_cell: int = 64, seed: int = 0) -> CellIndex:
     """Partition ``ref`` (M, D) into about M / ``points_per_cell`` KMeans cells (CPU tensors)."""
-    from fastal.select.kmeans_torch import TorchKMeans
+    from fastal.select.kmeans.estimator import TorchKMeans
 
     pts = _prepare(ref, metric).contiguous()
     n_cells = max(1, min(pts.shape[0], pts.shape[0] // points_per_cell))

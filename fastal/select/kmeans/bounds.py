@@ -26,7 +26,7 @@ import numba
 import numpy as np
 import torch
 
-from fastal.select.kmeans_cpu import CHUNK
+from fastal.select.kmeans.cpu import CHUNK
 
 GROUP_SIZE = 10  # centres per group (the paper's k / 10 groups)
 BOUND_ENTRIES = 64 * 2**20  # most (points x groups) bounds kept: 256 MB of float32

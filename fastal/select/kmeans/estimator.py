@@ -17,11 +17,11 @@ that answer is exact whenever the nearest centre outside the list is at least 2 
 (triangle inequality). Points failing the test get a chunked full scan. On CPU tensors of low
 dimension (the UMAP embedding) the pruned assignment and the seeding's distance passes are numba
 loops, the full assignment and the centres' neighbour lists scipy k-d tree queries
-(:mod:`fastal.select.kmeans_cpu`: at D = 2 a matmul form spends its time writing (n, b) blocks);
+(:mod:`fastal.select.kmeans.cpu`: at D = 2 a matmul form spends its time writing (n, b) blocks);
 in high dimension the pruning rarely holds and the scalar loop loses to BLAS (one core, 40k
 points x 800 centres: a full numba scan 5.8 s at D = 128 against 0.24 s by matmul), so there
 Lloyd's iterations keep Yinyang group bounds and measure (numba, vectorised over D) only the
-groups of centres the bounds leave open (:mod:`fastal.select.kmeans_bounds`). The choice is made once per fit
+groups of centres the bounds leave open (:mod:`fastal.select.kmeans.bounds`). The choice is made once per fit
 (:func:`assignment_ops`).
 
 On CUDA nothing waits for the host: the points failing the pruning test are compacted by top-k
@@ -43,7 +43,7 @@ import torch
 from fastal.errors import FastalError
 
 if TYPE_CHECKING:
-    from fastal.select.kmeans_bounds import GroupBounds
+    from fastal.select.kmeans.bounds import GroupBounds
 
 NUMBA_MAX_DIM = 4  # CPU tensors of more columns use the matmul paths (measured: module docstring)
 
@@ -92,7 +92,7 @@ class AssignmentOps:
     seed_gains: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     seed_update: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
     seed_dtype: torch.dtype = torch.float32  # of the seeding's squared distances
-    bounded: bool = False  # Lloyd's iterations through Yinyang group bounds (kmeans_bounds)
+    bounded: bool = False  # Lloyd's iterations through Yinyang group bounds (kmeans.bounds)
 
 
 def seed_in_rounds(x: torch.Tensor, k: int, generator: torch.Generator, ops: AssignmentOps, rounds: int = 32) -> torch.Tensor:
@@ -174,7 +174,7 @@ def assignment_ops(
     if use_numba and x.device.type == "cpu":
         if x.shape[1] > NUMBA_MAX_DIM:
             return AssignmentOps(full, None, near, gains, update, bounded=bounds)
-        from fastal.select import kmeans_cpu as cpu
+        from fastal.select.kmeans import cpu
 
         return AssignmentOps(cpu.assign_full_cpu, cpu.assign_pruned_cpu, cpu.near_centres_cpu, cpu.seed_gains_cpu,
                              cpu.seed_update_cpu, torch.float64)  # fmt: skip
@@ -298,7 +298,7 @@ class TorchKMeans:
     def _group_bounds(self, x: torch.Tensor, centers: torch.Tensor) -> GroupBounds:
         """Yinyang's state for ``x``: the seeds grouped by a short KMeans of their own (the paper's
         5 iterations), group ids made dense."""
-        from fastal.select.kmeans_bounds import GroupBounds, n_groups  # numba: CPU fits only
+        from fastal.select.kmeans.bounds import GroupBounds, n_groups  # numba: CPU fits only
 
         t = n_groups(x.shape[0], centers.shape[0])
         group = torch.zeros(centers.shape[0], dtype=torch.int64)
