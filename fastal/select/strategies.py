@@ -22,6 +22,7 @@ import torch
 
 from fastal.errors import FastalError
 from fastal.select.cluster_budget import clusters_for, fit_clusters, representatives_padded, stable_partition
+from fastal.select.distances import sq_dists_to_row
 from fastal.select.engines import make_kmeans, make_umap, resolve_engine
 from fastal.select.profiling import StageTimer
 from fastal.select.scoring import PoolScores
@@ -172,13 +173,13 @@ def k_center_greedy(x: torch.Tensor, centres: torch.Tensor, k: int, seed: int, c
     else:
         first = int(np.random.default_rng(seed).integers(n))
         picks[0] = first
-        min_d2 = (x_sq - 2.0 * (x @ x[first]) + x_sq[first]).clamp_min_(0.0)
+        min_d2 = sq_dists_to_row(x, x_sq, first)
         min_d2[first] = -1.0
         start = 1
     for i in range(start, k):
         p = torch.argmax(min_d2)  # first maximum on ties
         picks[i] = p
-        d2 = (x_sq - 2.0 * (x @ x[p]) + x_sq[p]).clamp_min_(0.0)
+        d2 = sq_dists_to_row(x, x_sq, p)
         min_d2 = torch.minimum(min_d2, d2)
         min_d2[p] = -1.0  # never again
     return picks
