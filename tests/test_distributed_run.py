@@ -120,9 +120,10 @@ def test_a_sweep_run_of_n_processes_asks_for_n_gpus_and_starts_them(
     """The sweep's side only (the processes' run is the test above): the task asks its worker for
     ``nproc`` GPUs, makes the run directory after its checks, and starts `fastal run --resume` in
     ``nproc`` processes; a failed process is the task's one-line error."""
+    from fastal.run_setup import prepare
     from fastal.sweep.driver import submit
     from fastal.sweep.spec import RunSpec
-    from fastal.sweep.tasks import run_task
+    from fastal.sweep.tasks import run_processes
 
     cfg = make_config({**settings, "nproc": 2, "device": "cuda"})
     asked = []
@@ -139,6 +140,6 @@ def test_a_sweep_run_of_n_processes_asks_for_n_gpus_and_starts_them(
     monkeypatch.setattr(distributed, "launch", lambda n, argv: started.append((n, argv)) or 2)
     cpu = make_config({**settings, "nproc": 2})
     with pytest.raises(FastalError, match="the run's 2 processes failed"):
-        run_task("seed=3", cpu, str(tmp_path / "run"), 1)
+        run_processes(prepare(cpu), tmp_path / "run", resume=False)  # what run_task does with nproc > 1
     assert started == [(2, ["run", "--resume", str(tmp_path / "run")])]
     assert (tmp_path / "run" / "config.toml").is_file() and not (tmp_path / "run" / "pool.npz").exists()
