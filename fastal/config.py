@@ -1,8 +1,8 @@
 """The typed configuration of one active-learning run: TOML file, then CLI overrides, validated.
 
-Budgets are percentages of the training pixels; the loop turns them into superpixel counts
-(``round(pct / 100 * num_superpixels)``, SEEDS regions being of near-equal size) and records
-the pixel fraction actually labelled.
+Budgets are percentages of the training pixels: every cycle spends pixels, not a count of
+regions (:mod:`fastal.select.pixel_budget`), and results.json records the pixel fraction
+actually labelled.
 
 The budget schedule has two spellings: ``initial`` + ``cycles`` x ``budget_per_cycle``, or
 ``budgets``, the cumulative % at each evaluated cycle (``[1, 2, 4, 8]``: a random 1 %, then

@@ -182,7 +182,7 @@ def test_params_translation_and_errors() -> None:
     p = UMAPParams(metric="manhattan", random_state=None, transform_seed=7)
     assert translate_umap_params(p, "umap-learn")["metric"] == "manhattan"
     cu = cuml_umap_params(p)
-    # random_state reaches cuML as given; the transform seed is set per transform (issue 18).
+    # random_state reaches cuML as given; the transform seed is set per transform.
     assert cu["random_state"] is None and "transform_seed" not in cu
     assert cuml_transform_params(p, 100)["random_state"] == 7
     with pytest.raises(FastalError, match="torch engine transforms with"):

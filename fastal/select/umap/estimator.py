@@ -1,7 +1,7 @@
 """UMAP in torch on the pool's device: fit on the memory bank and transform of the pool, umap-learn 0.5 step for step.
 
-Why not umap-learn: its ``transform`` embeds new points one edge at a time in numba (about
-1,000 points/s on two cores) and its fit leaves the GPU. Why not TorchDR (its torch UMAP): it
+Why not umap-learn: its ``transform`` embeds new points one edge at a time in numba (slow for
+a pool of regions) and its fit leaves the GPU. Why not TorchDR (its torch UMAP): it
 has no ``transform`` of new points (fastal fits on the bank and embeds the pool), and it
 optimises the whole affinity matrix rather than umap-learn's sampled-edge schedule.
 
