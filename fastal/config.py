@@ -87,6 +87,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     keep_checkpoints: bool = False  # keep every cycle's checkpoint, not only the latest
+    log: Literal["none", "tensorboard"] = "none"  # tensorboard: RUN_DIR/tensorboard/ (needs fastal[log])
 
     def schedule(self) -> list[float]:
         """Cumulative % of pixels labelled at each evaluated cycle (cycle k: entry k - 1); the
