@@ -65,7 +65,6 @@ class Answers:
         self.images = {im.image_id: im for im in images}
         self.classes = {name: k for k, name in enumerate(classes)}
         self.masks: dict[int, np.ndarray] = {}
-        self._region_label: dict[int, tuple[int, str]] = {}
 
     def fail(self, where: str, what: str) -> FastalError:
         return FastalError(f"{self.source}: {where}: {what}")
@@ -92,7 +91,8 @@ class Answers:
         return self.classes[name]
 
     def region(self, im: RoundImage, value: Any, where: str) -> int:
-        """The superpixel id a shape says it answers: one queried in its image."""
+        """The superpixel id a shape says it answers: one queried in its image (the answer itself
+        is matched to regions by the pixels it paints)."""
         try:
             gid = int(float(value))
         except (TypeError, ValueError):
@@ -102,15 +102,10 @@ class Answers:
                                    f"(queried: {sorted(im.regions)})")  # fmt: skip
         return gid
 
-    def paint(self, im: RoundImage, mask: np.ndarray, cls: int, where: str, region: int | None = None) -> None:
-        """Paint class ``cls`` where ``mask`` (H, W bool) is set. Two answers for one region (by its
-        id, or by pixels they share) must agree: otherwise the export is refused."""
-        name = next(n for n, k in self.classes.items() if k == cls)
-        if region is not None:
-            first = self._region_label.setdefault(region, (cls, where))
-            if first[0] != cls:
-                raise self.fail(where, f"a second answer for superpixel {region} ({name}; {first[1]} says "
-                                       f"{list(self.classes)[first[0]]}): one answer per region")  # fmt: skip
+    def paint(self, im: RoundImage, mask: np.ndarray, cls: int, where: str) -> None:
+        """Paint class ``cls`` where ``mask`` (H, W bool) is set. A region may be painted in several
+        classes (full label mode), but answers that give one pixel two classes are refused."""
+        name = list(self.classes)[cls]
         canvas = self.masks.setdefault(im.index, np.full((im.height, im.width), NONE, dtype=np.uint8))
         clash = mask & (canvas != NONE) & (canvas != cls)
         if clash.any():

@@ -151,10 +151,11 @@ def read_annotations(data: bytes, where: str, answers: Answers) -> None:
             cls = answers.label(shape.get("label"), at)
             if cls is None:
                 continue
-            ids = [a.text for a in shape.iter("attribute") if a.get("name") == REGION_ATTRIBUTE and a.text]
-            region = answers.region(im, ids[0], at) if ids else None
+            for a in shape.iter("attribute"):
+                if a.get("name") == REGION_ATTRIBUTE and a.text:
+                    answers.region(im, a.text, at)
             mask = _mask(shape, im, answers, at) if shape.tag == "mask" else _polygon(shape, im, answers, at)
-            answers.paint(im, mask, cls, at, region)
+            answers.paint(im, mask, cls, at)
 
 
 def _int(el: ET.Element, key: str, answers: Answers, where: str) -> int:

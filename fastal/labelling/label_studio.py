@@ -187,4 +187,6 @@ def _paint_result(result: dict[str, Any], im: RoundImage, answers: Answers, at: 
             raise answers.fail(at, "a polygon needs at least 3 [x%, y%] points")
         mask = polygon_mask(pts, im.height, im.width)
     rid = str(result.get("id", ""))
-    answers.paint(im, mask, cls, at, answers.region(im, rid, at) if rid.isdigit() else None)
+    if rid.isdigit():  # the id fastal gave the region (Label Studio gives new regions random letters)
+        answers.region(im, rid, at)
+    answers.paint(im, mask, cls, at)
