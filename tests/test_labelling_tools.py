@@ -316,3 +316,50 @@ def test_a_segmentation_mask_of_the_wrong_size(world: World, tmp_path: Path, cap
     code, err = cli(["label", "import", world.rounds["cvat"], "--run", world.run, "--from", tmp_path], capsys)
     assert code == 2 and "the mask is 10x10" in one_line(err)
     assert snapshot(world.run) == before
+
+
+@pytest.mark.camvid
+def test_camvid_round_through_both_tools(camvid_root: Path, tmp_path: Path) -> None:
+    """At CamVid's size and classes (360x480 at full scale; 11 classes and void): regions of three
+    images written for both tools, checked with label_studio_converter, answered from the truth
+    in each tool's export format, read back: the built-in oracle's classes."""
+    from fastal.labelling.exports import read_export, write_export
+    from fastal.oracle import MaskOracle
+    from fastal.rounds import query_rows
+
+    ds = load_dataset("camvid", root=camvid_root, split="train", limit=3)
+    cache = build_cache(ds, superpixels=200, cache_dir=tmp_path / "cache", show_progress=False)
+    gids = np.random.default_rng(0).choice(cache.num_superpixels, 12, replace=False)
+    rows = query_rows(cache, ds, gids)
+    meta = {"classes": list(ds.classes), "num_superpixels": cache.num_superpixels, "dataset": "camvid",
+            "strategy": "random"}  # fmt: skip
+    for fmt in ("cvat", "label-studio"):
+        write_export(tmp_path, fmt, meta, rows, ds, cache, None)
+    world = World(tmp_path, tmp_path, ds, cache, {"label-studio": tmp_path})
+    answers = person(world, rows)
+    tasks = label_studio_export(world, rows)
+    for task in tasks:  # the brush regions of tasks.json decode, with the converter, to the superpixels
+        for res in task["predictions"][0]["result"]:
+            r = next(r for r in rows if r["superpixel"] == int(res["id"]))
+            alpha = brush.decode_rle(res["value"]["rle"]).reshape(*ds.image_shape(r["image"]), 4)[..., 3]
+            np.testing.assert_array_equal(alpha, world.region(r) * 255)
+    (tmp_path / "ls.json").write_text(json.dumps(tasks))
+    # CVAT: the person's masks in CVAT's own XML (boxes cut to each answer, as CVAT exports masks).
+    root = ET.fromstring(zipfile.ZipFile(tmp_path / cvat.TASK).read("annotations.xml"))
+    for image in root.iter("image"):
+        for m in list(image):
+            image.remove(m)
+        for r, c, m in answers:
+            if r["image_id"] + ".png" == image.get("name"):
+                ys, xs = np.nonzero(m)
+                box = m[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+                ET.SubElement(image, "mask", label=c, source="manual", occluded="0", z_order="0",
+                              rle=", ".join(map(str, cvat.encode_rle(box))), left=str(xs.min()), top=str(ys.min()),
+                              width=str(box.shape[1]), height=str(box.shape[0]))  # fmt: skip
+    (tmp_path / "annotations.xml").write_bytes(ET.tostring(root))
+    answered = np.array(sorted({r["superpixel"] for r, _, _ in answers}), dtype=np.int64)
+    want = SimulatedOracle(ds, cache, mode="full").query(answered)
+    for export in (tmp_path / "ls.json", tmp_path / "annotations.xml"):
+        got = MaskOracle(read_export(export, rows, ds), cache, ds.num_classes, mode="full").query(answered)
+        for name in ("classes", "pixels", "clicks", "valid"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=f"{export.name} {name}")
