@@ -160,13 +160,10 @@ def import_masks(round_dir: str | Path, run_dir: str | Path, export: str | Path 
         run.trained_checkpoint()  # people's labels go after the cycles the run has trained
         rows = q["queries"]
         if export is not None:
-            from fastal.labelling.exports import read_export
+            from fastal.labelling.exports import answered_rows, read_export
 
             returned = read_export(Path(export), rows, ds)
-            rows = [r for r in rows if r["image"] in returned
-                    and (returned[r["image"]][np.asarray(cache.local(r["image"])) == r["local"]] != 255).any()]
-            if not rows:
-                raise FastalError(f"--from {export}: answers none of the round's {len(q['queries'])} regions")
+            rows = answered_rows(rows, returned, cache, export)
         gids = np.array([r["superpixel"] for r in rows], dtype=np.int64)
         images = sorted({r["image"] for r in rows})
         masks = {}

@@ -11,6 +11,7 @@ carrying the :data:`UNANSWERED` label, or left out, stay unlabelled in the run.
 
 from __future__ import annotations
 
+import re
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -72,7 +73,8 @@ class Answers:
     def image(self, name: str, where: str) -> RoundImage:
         """The round image a tool names ``name`` (a file name, perhaps with folders or another extension)."""
         base = PurePosixPath(name.replace("\\", "/")).name
-        for key in (base, base.rsplit(".", 1)[0]):
+        uploaded = re.sub(r"^[0-9a-f]{8}-", "", base)  # Label Studio prefixes the files uploaded to it
+        for key in (base, base.rsplit(".", 1)[0], uploaded.rsplit(".", 1)[0]):
             if key in self.images:
                 return self.images[key]
         listed = ", ".join(sorted(self.images)[:5]) + (", ..." if len(self.images) > 5 else "")

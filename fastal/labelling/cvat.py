@@ -197,7 +197,7 @@ def read_segmentation_mask(files: ExportFiles, answers: Answers) -> None:
     """Paint a "Segmentation mask 1.1" export: labelmap.txt + SegmentationClass/*.png."""
     import cv2
 
-    (labelmap,) = files.find("labelmap.txt")
+    labelmap = files.find("labelmap.txt")[0]
     colour_of: dict[tuple[int, int, int], str] = {}
     for line in files.read(labelmap).decode("utf-8").splitlines():
         if line.strip() and not line.startswith("#"):

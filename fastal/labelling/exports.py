@@ -17,7 +17,7 @@ import numpy as np
 
 from fastal.errors import FastalError
 from fastal.labelling import cvat, label_studio
-from fastal.labelling.answers import UNANSWERED, Answers, ExportFiles, round_images
+from fastal.labelling.answers import NONE, UNANSWERED, Answers, ExportFiles, round_images
 
 FORMATS = ("masks", "cvat", "label-studio")
 WRITERS = {"cvat": cvat.write_task, "label-studio": label_studio.write_tasks}
@@ -74,6 +74,16 @@ def read_export(path: Path, rows: Sequence[dict[str, Any]], ds: Any) -> dict[int
         raise FastalError(f"--from {path}: not an export fastal reads (CVAT for images 1.1 annotations.xml, "
                           f"Segmentation mask 1.1 labelmap.txt + SegmentationClass/, Label Studio JSON)")  # fmt: skip
     return answers.masks
+
+
+def answered_rows(rows: Sequence[dict[str, Any]], masks: dict[int, np.ndarray], cache: Any,
+                  export: str | Path) -> list[dict[str, Any]]:
+    """The query rows whose region ``masks`` paint (a pixel at least); FastalError when none is."""
+    answered = [r for r in rows if r["image"] in masks
+                and (masks[r["image"]][np.asarray(cache.local(r["image"])) == r["local"]] != NONE).any()]  # fmt: skip
+    if not answered:
+        raise FastalError(f"--from {export}: answers none of the round's {len(rows)} regions")
+    return answered
 
 
 def predicted_classes(checkpoint: str | Path, ds: Any, cache: Any, rows: Sequence[dict[str, Any]],
