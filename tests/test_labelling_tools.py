@@ -81,6 +81,15 @@ def person(world: World, rows: list[dict]) -> list[tuple[dict, str, np.ndarray]]
     return out
 
 
+def drawn_as_polygon(answers: list[tuple[dict, str, np.ndarray]], r: dict) -> tuple[list, str, np.ndarray]:
+    """``answers`` without region ``r``'s, and the polygon a person draws for ``r`` instead: around
+    the largest part of its dominant class (so dominant label mode gives it the oracle's class)."""
+    mine = [a for a in answers if a[0] is r]
+    _, c, m = max(mine, key=lambda a: a[2].sum())  # the first of the largest: the lowest class, as the oracle's
+    contours = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0]
+    return [a for a in answers if a[0] is not r], c, max(contours, key=len)[:, 0, :].astype(np.float64)
+
+
 def expected(world: World, rows: list[dict], left_out: set[int]) -> dict[int, int]:
     """The built-in oracle's classes for the regions the person answered (a region that is all
     ignore gets no answer: nothing to paint)."""
@@ -167,13 +176,16 @@ def test_label_studio_rle_both_ways_with_the_converter(shape: tuple[int, int]) -
 def test_cvat_xml_written_by_datumaro_gives_the_oracles_labels(world: World, tmp_path: Path, capsys) -> None:
     dm = pytest.importorskip("datumaro")
     rows = world.rows("cvat")
-    skip = rows[0]  # left "unanswered": it stays unlabelled
+    skip, polygon_of = rows[0], rows[1]  # one left "unanswered" (it stays unlabelled), one drawn as a polygon
     names = [*world.ds.classes, UNANSWERED]
+    answers, polygon_class, polygon = drawn_as_polygon(person(world, rows), polygon_of)
     items = []
     for image_id in sorted({r["image_id"] for r in rows}):
         i = next(r["image"] for r in rows if r["image_id"] == image_id)
         anns = [dm.Mask(image=m.astype(np.uint8), label=names.index(c), attributes={"superpixel": r["superpixel"]})
-                for r, c, m in person(world, rows) if r["image_id"] == image_id and r is not skip]  # fmt: skip
+                for r, c, m in answers if r["image_id"] == image_id and r is not skip]  # fmt: skip
+        if polygon_of["image_id"] == image_id:
+            anns.append(dm.Polygon(points=polygon.ravel().tolist(), label=names.index(polygon_class)))
         if skip["image_id"] == image_id:
             anns.append(dm.Mask(image=world.region(skip).astype(np.uint8), label=names.index(UNANSWERED),
                                 attributes={"superpixel": skip["superpixel"]}))  # fmt: skip
@@ -182,8 +194,9 @@ def test_cvat_xml_written_by_datumaro_gives_the_oracles_labels(world: World, tmp
     dataset.export(str(tmp_path / "export"), "cvat", save_media=True, allow_undeclared_attrs=True)
     (xml,) = (tmp_path / "export").glob("*.xml")
     xml.rename(xml.with_name("annotations.xml"))  # CVAT's name for it in an export zip
+    assert "<polygon " in (tmp_path / "export" / "annotations.xml").read_text()
     got, _ = imported(world, "cvat", tmp_path / "export", capsys, "run-cvat-xml")
-    assert len(got) >= 2 and got == expected(world, rows, {skip["superpixel"]})
+    assert len(got) >= 2 and polygon_of["superpixel"] in got and got == expected(world, rows, {skip["superpixel"]})
 
 
 def test_cvat_segmentation_mask_by_datumaro_gives_the_oracles_labels(world: World, tmp_path: Path, capsys) -> None:
@@ -210,24 +223,21 @@ def test_cvat_segmentation_mask_by_datumaro_gives_the_oracles_labels(world: Worl
 def label_studio_export(world: World, rows: list[dict], polygon_of: dict | None = None,
                         unanswered: dict | None = None) -> list[dict]:
     """Label Studio's JSON export (a list of tasks with ``annotations``, as its docs describe it):
-    brush results RLE-encoded by label_studio_converter; ``polygon_of`` answered by one polygon
-    around its dominant class's largest part (so dominant label mode gives it the same class)."""
+    brush results RLE-encoded by label_studio_converter; ``polygon_of`` drawn as a polygon
+    (:func:`drawn_as_polygon`)."""
     tasks = json.loads((world.rounds["label-studio"] / label_studio.TASKS).read_text())
     answers = person(world, rows)
     if polygon_of is not None:
-        mine = [a for a in answers if a[0] is polygon_of]
-        top = max(mine, key=lambda a: a[2].sum())  # the first of the largest: the lowest class, as the oracle
-        answers = [a for a in answers if a[0] is not polygon_of] + [top]
+        answers, polygon_class, polygon = drawn_as_polygon(answers, polygon_of)
+        answers.append((polygon_of, polygon_class, polygon))
     for n, task in enumerate(tasks, start=1):
         h, w = world.ds.image_shape(0)
         result = []
         for r, c, m in answers:
             if r["image_id"] != task["data"]["fastal_image"] or r is unanswered:
                 continue
-            if r is polygon_of:
-                contour = max(cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0],
-                              key=len)[:, 0, :]  # fmt: skip
-                pts = (contour / [w, h] * 100).tolist()
+            if r is polygon_of:  # m: the polygon's (x, y) points
+                pts = (m / [w, h] * 100).tolist()
                 result.append({"id": f"p{r['superpixel']}x{c}", "type": "polygonlabels", "from_name": "polygon",
                                "to_name": "image", "original_width": w, "original_height": h,
                                "value": {"points": pts, "polygonlabels": [c]}})  # fmt: skip
