@@ -23,7 +23,7 @@ from test_run_guard import cli, one_line, snapshot
 from fastal.data import load_dataset
 from fastal.data.superpixels import build_cache
 from fastal.labelling import cvat, label_studio
-from fastal.labelling.answers import UNANSWERED
+from fastal.labelling.answers import UNANSWERED, colours
 from fastal.oracle import SimulatedOracle
 from fastal.pool import RegionPool
 
@@ -211,7 +211,7 @@ def test_cvat_segmentation_mask_by_datumaro_gives_the_oracles_labels(world: Worl
         items.append(dm.DatasetItem(id=image_id, media=dm.Image.from_numpy(world.ds[i][0]), annotations=anns))
     dataset = dm.Dataset.from_iterable(items, categories=list(world.ds.classes))
     # Coloured as CVAT colours its labels (its labelmap.txt always names the colours).
-    rgb = {n: tuple(int(c[k:k + 2], 16) for k in (1, 3, 5)) for n, c in cvat.colours(world.ds.classes).items()}
+    rgb = {n: tuple(int(c[k:k + 2], 16) for k in (1, 3, 5)) for n, c in colours(world.ds.classes).items()}
     label_map = {"background": ((0, 0, 0), [], []), **{n: (rgb[n], [], []) for n in world.ds.classes}}
     dataset.export(str(tmp_path / "seg"), "voc_segmentation", label_map=label_map, save_media=False)
     assert (tmp_path / "seg" / "labelmap.txt").is_file()
@@ -286,7 +286,7 @@ def _first_mask(text: str, change) -> str:
 
 
 def _overlap(text: str) -> str:
-    m = re.search(r"(<mask [^>]*>.*?</mask>)", text, re.S)
+    m = re.search(r"(<mask [^>]*>.*?</mask>)", text, re.DOTALL)
     label = re.search(r'label="([^"]*)"', m.group(1)).group(1)
     return text.replace(m.group(1), m.group(1) + m.group(1).replace(f'label="{label}"', 'label="sky"' if label != "sky"
                                                                      else 'label="road"'), 1)  # fmt: skip

@@ -11,6 +11,7 @@ carrying the :data:`UNANSWERED` label, or left out, stay unlabelled in the run.
 
 from __future__ import annotations
 
+import colorsys
 import re
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -116,6 +117,15 @@ class Answers:
             raise self.fail(where, f"{name} overlaps an answer of {other} at pixel (x={x}, y={y}) of image "
                                    f"{im.image_id}: one answer per region")  # fmt: skip
         canvas[mask] = cls
+
+
+def colours(names: Sequence[str]) -> dict[str, str]:
+    """A distinct #rrggbb per label (golden-ratio hues); "unanswered" grey."""
+    out = {}
+    for k, name in enumerate(names):
+        r, g, b = colorsys.hsv_to_rgb((k * 0.618034) % 1.0, 0.75, 0.95)
+        out[name] = f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+    return {**out, UNANSWERED: "#808080"}
 
 
 def polygon_mask(points: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -20,7 +20,6 @@ Read (`fastal label import ROUND --run RUN --from EXPORT`): "CVAT for images 1.1
 
 from __future__ import annotations
 
-import colorsys
 import io
 import json
 import zipfile
@@ -31,19 +30,18 @@ from xml.etree import ElementTree as ET
 
 import numpy as np
 
-from fastal.labelling.answers import REGION_ATTRIBUTE, UNANSWERED, Answers, ExportFiles, RoundImage, polygon_mask
+from fastal.labelling.answers import (
+    REGION_ATTRIBUTE,
+    UNANSWERED,
+    Answers,
+    ExportFiles,
+    RoundImage,
+    colours,
+    polygon_mask,
+)
 
 TASK, LABELS = "cvat/task.zip", "cvat/labels.json"
 SHAPES = ("mask", "polygon")  # what fastal reads as an answer
-
-
-def colours(names: Sequence[str]) -> dict[str, str]:
-    """A distinct #rrggbb per label (golden-ratio hues); "unanswered" grey."""
-    out = {}
-    for k, name in enumerate(names):
-        r, g, b = colorsys.hsv_to_rgb((k * 0.618034) % 1.0, 0.75, 0.95)
-        out[name] = f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
-    return {**out, UNANSWERED: "#808080"}
 
 
 def encode_rle(mask: np.ndarray) -> list[int]:
@@ -201,11 +199,12 @@ def read_segmentation_mask(files: ExportFiles, answers: Answers) -> None:
     colour_of: dict[tuple[int, int, int], str] = {}
     for line in files.read(labelmap).decode("utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
-            name, rgb = line.split(":")[:2]
+            name, _, rest = line.partition(":")
+            rgb = rest.split(":")[0]
             try:
                 colour_of[tuple(int(v) for v in rgb.split(","))] = name  # type: ignore[index]
             except ValueError:
-                raise answers.fail(labelmap, f"line {line!r}: colour {rgb!r} is not r,g,b") from None
+                raise answers.fail(labelmap, f"line {line!r}: expected name:r,g,b:parts:actions") from None
     pngs = [n for n in files.names() if PurePosixPath(n).parent.name == "SegmentationClass" and n.endswith(".png")]
     if not pngs:
         raise answers.fail(labelmap, "no SegmentationClass/*.png beside it")

@@ -31,8 +31,7 @@ from xml.etree import ElementTree as ET
 
 import numpy as np
 
-from fastal.labelling.answers import UNANSWERED, Answers, RoundImage, polygon_mask
-from fastal.labelling.cvat import colours
+from fastal.labelling.answers import UNANSWERED, Answers, RoundImage, colours, polygon_mask
 
 CONFIG, TASKS, IMAGES = "label-studio/config.xml", "label-studio/tasks.json", "label-studio/images"
 BRUSH, POLYGON, IMAGE = "label", "polygon", "image"  # the config's from_name / to_name
