@@ -325,6 +325,13 @@ def test_a_bad_export_is_refused_in_one_line_and_the_run_untouched(world: World,
     assert snapshot(world.run) == before
 
 
+def test_select_refuses_unknown_formats_at_once(world: World, tmp_path: Path, capsys) -> None:
+    for args, message in ((["--format", "coco"], "--format coco: expected one of masks, cvat, label-studio"),
+                          (["--prefill"], "--prefill: pre-filled labels go into a tool's task")):  # fmt: skip
+        code, err = cli(["select", "--run", world.run, "--budget", "3", "--out", tmp_path / "r", *args], capsys)
+        assert code == 2 and message in one_line(err) and not (tmp_path / "r").exists()
+
+
 def test_a_segmentation_mask_of_the_wrong_size(world: World, tmp_path: Path, capsys) -> None:
     rows = world.rows("cvat")
     (tmp_path / "SegmentationClass").mkdir()

@@ -37,7 +37,7 @@ def select_cmd(
     from fastal.atomic import check_file
     from fastal.config import load_config
     from fastal.errors import FastalError
-    from fastal.labelling.exports import check_format, predicted_classes
+    from fastal.labelling.exports import check_classes, check_format, predicted_classes
     from fastal.loop import rank_unlabelled
     from fastal.progress import console
     from fastal.rounds import query_rows, write_round
@@ -48,6 +48,7 @@ def select_cmd(
     overrides = {"dataset": dataset, "data_root": data_root, "scale": scale, "superpixels": superpixels,
                  "strategy": strategy, "engine": engine, "device": device, "seed": seed}  # fmt: skip
     # Checked before the superpixel cache is built: that can take minutes.
+    check_format(fmt, prefill)
     if checkpoint is not None:
         check_file(checkpoint, "--checkpoint")
     if out.exists():
@@ -77,7 +78,7 @@ def select_cmd(
             raise FastalError(f"{run}: every superpixel of the pool is labelled; there is nothing left to select")
         if not 1 <= budget <= free:
             raise FastalError(f"--budget {budget}: must lie in 1..{free} (unlabelled superpixels in the pool)")
-        check_format(fmt, setup.train.classes, prefill)
+        check_classes(fmt, setup.train.classes)
         ranking = rank_unlabelled(setup, checkpoint, labelled, cfg.seed, budget=budget)
         rows = query_rows(setup.cache, setup.train, ranking.ids)
         predicted = predicted_classes(checkpoint, setup.train, setup.cache, rows, setup.device) if prefill else None

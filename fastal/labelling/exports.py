@@ -33,13 +33,19 @@ def png_bytes(rgb: np.ndarray, what: str) -> bytes:
     return png.tobytes()
 
 
-def check_format(fmt: str, classes: Sequence[str], prefill: bool) -> None:
+def check_format(fmt: str, prefill: bool) -> None:
+    """`fastal select`'s --format and --prefill, checked before anything is computed."""
     if fmt not in FORMATS:
         raise FastalError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
     if prefill and fmt == "masks":
         raise FastalError("--prefill: pre-filled labels go into a tool's task (--format cvat or label-studio)")
-    if UNANSWERED in classes:
-        raise FastalError(f"the dataset has a class named {UNANSWERED!r}, the label of unanswered regions")
+
+
+def check_classes(fmt: str, classes: Sequence[str]) -> None:
+    """A tool's labels are the class names and :data:`UNANSWERED`: no class may be called that."""
+    if fmt != "masks" and UNANSWERED in classes:
+        raise FastalError(f"--format {fmt}: the dataset has a class named {UNANSWERED!r}, the label fastal "
+                          f"gives regions nobody has answered")  # fmt: skip
 
 
 def write_export(out: Path, fmt: str, meta: dict[str, Any], rows: Sequence[dict[str, Any]], ds: Any, cache: Any,
