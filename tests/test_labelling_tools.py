@@ -221,12 +221,14 @@ def test_cvat_segmentation_mask_by_datumaro_gives_the_oracles_labels(world: Worl
 
 
 def label_studio_export(world: World, rows: list[dict], polygon_of: dict | None = None,
-                        unanswered: dict | None = None) -> list[dict]:
+                        unanswered: dict | None = None, repaint: tuple[dict, str] | None = None) -> list[dict]:
     """Label Studio's JSON export (a list of tasks with ``annotations``, as its docs describe it):
     brush results RLE-encoded by label_studio_converter; ``polygon_of`` drawn as a polygon
-    (:func:`drawn_as_polygon`)."""
+    (:func:`drawn_as_polygon`); ``repaint`` (row, class): that region painted whole in that class."""
     tasks = json.loads((world.rounds["label-studio"] / label_studio.TASKS).read_text())
     answers = person(world, rows)
+    if repaint is not None:
+        answers = [a for a in answers if a[0] is not repaint[0]] + [(repaint[0], repaint[1], world.region(repaint[0]))]
     if polygon_of is not None:
         answers, polygon_class, polygon = drawn_as_polygon(answers, polygon_of)
         answers.append((polygon_of, polygon_class, polygon))
@@ -388,3 +390,34 @@ def test_camvid_round_through_both_tools(camvid_root: Path, tmp_path: Path) -> N
         got = MaskOracle(read_export(export, rows, ds), cache, ds.num_classes, mode="full").query(answered)
         for name in ("classes", "pixels", "clicks", "valid"):
             np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=f"{export.name} {name}")
+
+
+def test_full_label_mode_takes_the_painted_pixels(tiny: dict, tmp_path: Path, capsys) -> None:
+    """In full label mode (the default) the painted pixels are the labels: labels/<image>.png holds
+    them inside the answered regions (one region painted all "sky", against the truth), and the
+    pool the answers."""
+    from fastal.config import make_config
+    from fastal.loop import run_experiment
+
+    run_dir, round_dir = tmp_path / "run", tmp_path / "round"
+    run_experiment(make_config({**tiny, "labels": "full", "strategy": "random", "cycles": 0}), run_dir)
+    code, err = cli(["select", "--run", run_dir, "--budget", "3", "--out", round_dir, "--format", "label-studio"], capsys)
+    assert code == 0, err
+    ds = load_dataset("synthetic", split="train", num_images=8, size=(32, 48))
+    world = World(tmp_path, run_dir, ds, build_cache(ds, superpixels=12, cache_dir=tiny["cache_dir"],
+                                                     show_progress=False), {"label-studio": round_dir})  # fmt: skip
+    rows = world.rows("label-studio")
+    sky = rows[1]
+    tasks = label_studio_export(world, rows, unanswered=rows[0], repaint=(sky, "sky"))
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    code, err = cli(["label", "import", round_dir, "--run", run_dir, "--from", tmp_path / "export.json"], capsys)
+    assert code == 0, err
+    pool = RegionPool.load(run_dir / "pool.npz")
+    answered = np.array([r["superpixel"] for r in rows[1:]], dtype=np.int64)
+    want = SimulatedOracle(ds, world.cache, mode="full").query(answered).classes
+    want[0] = ds.classes.index("sky")
+    assert pool.classes[answered].tolist() == want.tolist() and not pool.labelled_mask[rows[0]["superpixel"]]
+    for r in rows[1:]:
+        kept = cv2.imread(str(run_dir / "labels" / f"{r['image_id']}.png"), cv2.IMREAD_UNCHANGED)[world.region(r)]
+        truth = ds[r["image"]][1][world.region(r)]
+        np.testing.assert_array_equal(kept, np.full_like(truth, want[0]) if r is sky else truth)
