@@ -352,7 +352,7 @@ def test_camvid_round_through_both_tools(camvid_root: Path, tmp_path: Path) -> N
     in each tool's export format, read back: the built-in oracle's classes."""
     from fastal.labelling.exports import read_export, write_export
     from fastal.oracle import MaskOracle
-    from fastal.rounds import query_rows
+    from fastal.labelling.query_round import query_rows
 
     ds = load_dataset("camvid", root=camvid_root, split="train", limit=3)
     cache = build_cache(ds, superpixels=200, cache_dir=tmp_path / "cache", show_progress=False)

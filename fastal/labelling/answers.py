@@ -3,7 +3,7 @@ its shapes (masks, brush strokes, polygons) paint one by one, checked as they co
 
 The CVAT and Label Studio readers (:mod:`fastal.labelling.cvat`, :mod:`fastal.labelling.label_studio`)
 hand every shape to :class:`Answers`; `fastal label import` then reads the masks as it reads the
-PNG masks people paint by hand (:func:`fastal.rounds.import_masks`), with the same checks.
+PNG masks people paint by hand (:func:`fastal.labelling.query_round.import_masks`), with the same checks.
 
 A region counts as answered when the export paints at least one of its pixels; regions still
 carrying the :data:`UNANSWERED` label, or left out, stay unlabelled in the run.
