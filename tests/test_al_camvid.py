@@ -1,5 +1,5 @@
 """The CamVid protocols as sweep files (the grid, the configuration of each run, one reference per
-seed), and benchmarks/al_camvid.py, now a summary of its results files: the README's tables come
+seed), and experiments/al_camvid.py, now a summary of its results files: the README's tables come
 from benchmarks/results/camvid_cpu.json, checked by hand against the runs recorded there."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fastal.config import load_config
 from fastal.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("al_camvid", ROOT / "benchmarks" / "al_camvid.py")
+_spec = importlib.util.spec_from_file_location("al_camvid", ROOT / "experiments" / "al_camvid.py")
 al_camvid = sys.modules["al_camvid"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(al_camvid)
 STRATEGIES = ["contrastive", "random", "entropy", "kmeans-entropy"]

@@ -11,6 +11,7 @@ import typer
 
 from fastal.cli.app import bench_app
 from fastal.errors import FastalError
+from fastal.machine import portable_path
 
 
 def _command_line(ctx: typer.Context) -> str:
@@ -23,7 +24,7 @@ def _command_line(ctx: typer.Context) -> str:
         if isinstance(value, bool):
             parts.append(flag if value else "--no-" + flag[2:])
         else:
-            parts += [flag, shlex.quote(str(value))]
+            parts += [flag, shlex.quote(portable_path(value) if isinstance(value, Path) else str(value))]
     return " ".join(parts)
 
 

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import typer
 
 from fastal.cli.app import app
+from fastal.machine import portable_path
 
 
 def _command(params: dict[str, Any]) -> str:
@@ -16,7 +17,8 @@ def _command(params: dict[str, Any]) -> str:
     args = ["fastal", "prepare"]
     for name, value in params.items():
         if value is not None:
-            args += ["--json" if name == "json_path" else f"--{name.replace('_', '-')}", str(value)]
+            text = portable_path(value) if isinstance(value, Path) else str(value)
+            args += ["--json" if name == "json_path" else f"--{name.replace('_', '-')}", text]
     return shlex.join(args)
 
 
@@ -89,7 +91,7 @@ def prepare(
         "scale": ds.scale,
         "size": list(ds.size) if ds.size else None,
         "image_shapes": sorted({f"{h}x{w}" for h, w in sp.shapes.tolist()}),
-        "cache": str(sp.path),
+        "cache": portable_path(sp.path),
     }
 
     table = Table(title=f"superpixels of {ds.name}/{ds.split}", show_header=False)

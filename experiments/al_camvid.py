@@ -10,7 +10,7 @@ now gone) wrote, whose content stays as it was: every cycle of every run, the re
 machine and wall times, and per strategy and budget the mean ± std over seeds (``summary``) and
 the first strategy minus each other, seed by seed (``paired``).
 
-    python benchmarks/al_camvid.py --protocol cpu            # or --json benchmarks/results/camvid_cpu_mean.json
+    python experiments/al_camvid.py --protocol cpu            # or --json benchmarks/results/camvid_cpu_mean.json
 """
 
 from __future__ import annotations
