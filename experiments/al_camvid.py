@@ -1,4 +1,4 @@
-"""The README tables of the CamVid active-learning results files (benchmarks/results/camvid_*.json).
+"""The tables of docs/results-camvid.md from the CamVid results files (benchmarks/results/camvid_*.json).
 
 The protocols now run as sweeps (configs/sweep_camvid_<protocol>.toml), one Dask task per run:
 
