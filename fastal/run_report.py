@@ -18,7 +18,7 @@ from fastal.errors import FastalError
 from fastal.machine import portable_path
 
 RESULT_KEYS = ("dataset", "strategy", "seed", "full_miou", "cycles")
-# What every cycle record of results.json holds (issue 6); the report itself reads fewer.
+# What every cycle record of results.json holds; the report itself reads fewer.
 CYCLE_KEYS = (
     "cycle",
     "labelled_superpixels",

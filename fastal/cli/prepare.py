@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
-from fastal.cli.app import app
+from fastal.cli.app import app, command_line
 from fastal.machine import portable_path
-
-
-def _command(params: dict[str, Any]) -> str:
-    """The command line that reproduces this run (options that were set), for result files."""
-    args = ["fastal", "prepare"]
-    for name, value in params.items():
-        if value is not None:
-            text = portable_path(value) if isinstance(value, Path) else str(value)
-            args += ["--json" if name == "json_path" else f"--{name.replace('_', '-')}", text]
-    return shlex.join(args)
 
 
 @app.command()
@@ -113,6 +102,6 @@ def prepare(
     if json_path is not None:
         from fastal.machine import machine_info
 
-        summary["command"] = _command(ctx.params)
+        summary["command"] = command_line(ctx)
         summary["machine"] = machine_info()
         atomic_write_json(json_path, summary)
