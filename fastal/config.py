@@ -91,6 +91,7 @@ class RunConfig:
     seed: int = 0
     keep_checkpoints: bool = False  # keep every cycle's checkpoint, not only the latest
     nproc: int = 1  # processes (one per GPU) `fastal run` and `fastal sweep` start for the run, under torchrun
+    log: Literal["none", "tensorboard"] = "none"  # tensorboard: RUN_DIR/tensorboard/ (needs fastal[log])
 
     def schedule(self) -> list[float]:
         """Cumulative % of pixels labelled at each evaluated cycle (cycle k: entry k - 1); the
@@ -135,7 +136,7 @@ NOT_REFERENCE_KEYS = ("strategy", "labels", "superpixels", "cache_dir", "initial
                       "budgets", "target_ratio", "full_shared", "full_epochs", "epochs", "retrain", "engine",
                       "region_entropy", "clusters", "keep_checkpoints", "cluster_budget", "umap_components",
                       "umap_neighbors", "umap_min_dist", "bank_lifetime", "selection_table", "selection_plot",
-                      "nproc")  # fmt: skip
+                      "nproc", "log")  # fmt: skip
 
 
 def _hints() -> dict[str, Any]:
@@ -175,6 +176,9 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
 def validate(cfg: RunConfig) -> RunConfig:
     """Every check of a configuration that needs no data (the one place for them): ranges, names
     of strategies and backbones, and a budget that fits in 100% of the pixels."""
+    from fastal.model import BACKBONES
+    from fastal.select import STRATEGIES
+    from fastal.select.umap.params import range_problems
 
     def need(cond: bool, msg: str) -> None:
         if not cond:
@@ -209,10 +213,6 @@ def validate(cfg: RunConfig) -> RunConfig:
         need(0 <= getattr(cfg, name) < 2**63, f"{name} = {getattr(cfg, name)}: must be in 0..2**63-1")
     need(math.isfinite(cfg.lr) and cfg.lr > 0, f"lr = {cfg.lr}: must be > 0")
     need(math.isfinite(cfg.clusters) and cfg.clusters >= 1, f"clusters = {cfg.clusters}: must be >= 1 (KMeans clusters per queried region)")
-    from fastal.model import BACKBONES
-    from fastal.select import STRATEGIES
-    from fastal.select.umap.params import range_problems
-
     need(cfg.strategy in STRATEGIES, f"strategy {cfg.strategy!r}: choose one of {', '.join(STRATEGIES)}")
     need(cfg.backbone in BACKBONES, f"backbone {cfg.backbone!r}: choose one of {', '.join(BACKBONES)}")
     key_of = {name: key for key, name in UMAP_KEYS.items()}

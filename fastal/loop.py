@@ -41,7 +41,7 @@ import numpy as np
 
 from fastal import distributed
 from fastal.atomic import atomic_write_json, check_writable
-from fastal.config import RunConfig
+from fastal.config import RunConfig, to_dict
 from fastal.progress import console
 from fastal.reference import check_reference, reference_key, shared_reference
 from fastal.run_setup import PHASE_EVAL, PHASE_SELECT, PHASE_TRAIN, Setup, check_before_training, phase_seed, prepare
@@ -63,6 +63,7 @@ from fastal.rundir import (
 )
 from fastal.run_ranks import check_world, collective, follow, leading, share_setup
 from fastal.runlock import run_lock
+from fastal.tracking import EPOCHS, check_backend, epoch_records, write_tensorboard
 
 if TYPE_CHECKING:
     from fastal.select.pixel_budget import Ranking
@@ -176,6 +177,8 @@ def select_phase(run: RunDir, cycle: int) -> None:
         missing = cfg.schedule()[cycle - 1] / 100 * pool.total_pixels - pool.labelled_pixels
         ranking = rank_unlabelled(run.setup, run.ckpt(cycle - 1), pool.labelled_mask, seed, pixels=missing)
         ids, sel = ranking.ids, ranking.selection
+        for stage, stage_seconds in sel.timings.items():  # per stage, for the run's TensorBoard log
+            run.set_timing(cycle, f"stage_{stage}", stage_seconds)
         if sel.k is not None:  # before the commit: a resumed run finds it with the cycle's labels
             stats = {"k": sel.k, "clusters_kept": sel.clusters_kept(), "kmeans_fits": sel.kmeans_fits}
             atomic_write_json(run.dir / CLUSTERS, {**(run.read_json(CLUSTERS) or {}), str(cycle): stats})
@@ -213,8 +216,11 @@ def _write_selection(run: RunDir, cycle: int, ranking: Ranking, classes: np.ndar
 def train_phase(run: RunDir, cycle: int) -> None:
     """Train on the labelled pixels (from checkpoint ``cycle - 1`` or anew); commit the checkpoint."""
     t0 = time.perf_counter()
-    trainer = collective(train_cycle, run.setup, str(run.dir), cycle)
+    trainer, history = collective(train_cycle, run.setup, str(run.dir), cycle)
     seconds = time.perf_counter() - t0
+    # Before the checkpoint: a cycle whose checkpoint exists has its epochs recorded (a redo rewrites them).
+    epochs = epoch_records(history, trainer.optimizer.param_groups[0]["lr"])
+    atomic_write_json(run.dir / EPOCHS, {**(run.read_json(EPOCHS) or {}), str(cycle): epochs})
     crash_point(f"trained:{cycle}")
     trainer.save(run.ckpt(cycle))  # atomic
     crash_point(f"ckpt:{cycle}")
@@ -222,9 +228,10 @@ def train_phase(run: RunDir, cycle: int) -> None:
     run.set_timing(cycle, "world_size", distributed.world_size())  # not a time: what a resume may change too
 
 
-def train_cycle(setup: Setup, run_dir: str, cycle: int) -> Any:
+def train_cycle(setup: Setup, run_dir: str, cycle: int) -> tuple[Any, list[dict[str, float]]]:
     """(Collective.) Cycle ``cycle``'s trainer, trained on the labelled pixels of the committed
-    pool.npz of ``run_dir`` (from checkpoint ``cycle - 1`` or anew); rank 0 saves it."""
+    pool.npz of ``run_dir`` (from checkpoint ``cycle - 1`` or anew), and its epochs' records;
+    rank 0 saves it."""
     from fastal.pool import LabelledSamples, RegionPool
     from fastal.train import Trainer
 
@@ -239,8 +246,7 @@ def train_cycle(setup: Setup, run_dir: str, cycle: int) -> Any:
         trainer = _new_trainer(setup, seed)
     pool = RegionPool.load(Path(run_dir) / POOL, offsets=setup.cache.offsets, sizes=setup.cache.sizes)
     truth = functools.partial(labels_of, setup, run_dir)
-    trainer.fit(LabelledSamples(setup.train, setup.cache, pool, truth), cfg.epochs, progress=True)
-    return trainer
+    return trainer, trainer.fit(LabelledSamples(setup.train, setup.cache, pool, truth), cfg.epochs, progress=True)
 
 
 def evaluate_phase(run: RunDir, cycle: int) -> dict[str, Any]:
@@ -275,6 +281,8 @@ def evaluate_phase(run: RunDir, cycle: int) -> dict[str, Any]:
     run.results["stopped"] = _stop_reason(run, cycle, m["miou"])
     atomic_write_json(run.dir / RESULTS, run.results)
     curve_for_results(run.results, run.dir / CURVE)
+    if cfg.log == "tensorboard":
+        write_tensorboard(run.dir, to_dict(cfg))
     if not cfg.keep_checkpoints and cycle > 1:
         run.ckpt(cycle - 1).unlink(missing_ok=True)
     return rec
@@ -322,6 +330,7 @@ def _run_or_resume(cfg: RunConfig | None, run_dir: Path, resume: bool, setup: Se
         open_run(run_dir)  # a run directory, before its lock file is made in it
         with run_lock(run_dir):
             cfg, changes = checked_config(run_dir, accept_config_change)
+            check_backend(cfg.log)
             setup = setup or prepare(cfg)
             check_world(setup)
             return _run(run_dir, setup, changes)
@@ -335,6 +344,7 @@ def new_run_dir(cfg: RunConfig, run_dir: Path, setup: Setup | None = None, world
     shared reference, ``world`` processes: default, this job's), then create its directory;
     returns the prepared data. FastalError with nothing written when a check fails."""
     check_new_run_dir(run_dir)  # before the data is prepared: that can take minutes
+    check_backend(cfg.log)
     setup = setup or prepare(cfg)
     check_world(setup, world)
     shared = Path(cfg.full_shared) if cfg.full_reference and cfg.full_shared else None
@@ -377,6 +387,8 @@ def _run(run_dir: Path, setup: Setup, changes: dict[str, list[Any]]) -> dict[str
         _record_config_change(run, changes)
     if run.results["cycles"]:
         curve_for_results(run.results, run_dir / CURVE)  # a kill may have come between results and curve
+        if run.cfg.log == "tensorboard":  # ... or between results and its TensorBoard log
+            write_tensorboard(run_dir, to_dict(run.cfg))
     full_reference(run)
     cycle = len(run.results["cycles"]) + 1
     while True:
