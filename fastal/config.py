@@ -74,6 +74,10 @@ class RunConfig:
     umap_components: int = 2  # UMAP's n_components (contrastive selection)
     umap_neighbors: int = 15  # UMAP's n_neighbors; the memory bank must hold more features
     umap_min_dist: float = 0.1  # UMAP's min_dist, in [0, 1] (spread is 1)
+    # weighted-ratio, contrastive-balanced: class weight (coeff x pool-mean class probability + 1)^-2
+    # (MulActSeg's cls_weight_coeff: 6 on Cityscapes, 12 on VOC)
+    weighted_ratio_coeff: float = 6.0
+    cluster_shortlist: float = 10.0  # contrastive-uncertain clusters the cluster_shortlist x picks most uncertain regions
     # --- method (training) ---
     contrastive_weight: float = 0.1  # lambda, the InfoNCE term's weight; 0 = cross-entropy only
     temperature: float = 0.1  # tau of the InfoNCE loss
@@ -184,6 +188,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(math.isfinite(cfg.clusters) and cfg.clusters >= 1, f"clusters = {cfg.clusters}: must be >= 1 (KMeans clusters per queried region)")
     need(cfg.umap_components >= 1, f"umap_components = {cfg.umap_components}: must be >= 1")
     need(cfg.umap_neighbors >= 2, f"umap_neighbors = {cfg.umap_neighbors}: must be >= 2")
+    need(math.isfinite(cfg.weighted_ratio_coeff) and cfg.weighted_ratio_coeff >= 0,
+         f"weighted_ratio_coeff = {cfg.weighted_ratio_coeff}: must be >= 0 (0: no class weighting)")  # fmt: skip
+    need(math.isfinite(cfg.cluster_shortlist) and cfg.cluster_shortlist >= 1,
+         f"cluster_shortlist = {cfg.cluster_shortlist}: must be >= 1 (regions clustered per pick)")  # fmt: skip
     need(0 <= cfg.umap_min_dist <= 1, f"umap_min_dist = {cfg.umap_min_dist}: must lie in [0, 1] (UMAP's spread is 1)")
     need(math.isfinite(cfg.contrastive_weight) and cfg.contrastive_weight >= 0,
          f"contrastive_weight = {cfg.contrastive_weight}: must be >= 0 (0: cross-entropy only)")  # fmt: skip

@@ -142,7 +142,8 @@ def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, 
 
     def choose(k: int, taken: np.ndarray, seed: int, **pixel_budget: Any) -> Selection:
         calls.append(select(cfg.strategy, scores, bank, budget=k, labelled_mask=taken, seed=seed, engine=cfg.engine,
-                            umap=umap, clusters=cfg.clusters, **pixel_budget))  # fmt: skip
+                            umap=umap, clusters=cfg.clusters, weighted_ratio_coeff=cfg.weighted_ratio_coeff,
+                            cluster_shortlist=cfg.cluster_shortlist, **pixel_budget))  # fmt: skip
         return calls[-1]
 
     def whole(sel: Selection) -> Ranking:  # one call, every id kept

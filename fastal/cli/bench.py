@@ -48,7 +48,8 @@ def synthetic_selection_inputs(
 
     Class means are random unit vectors; bank entries are L2-normalised noisy copies (like the
     model's projection features); pool rows are noisy means (superpixel means are not unit length).
-    Entropy and margin are random; every superpixel is unlabelled.
+    Entropy, margin and the predicted-class scores are random (each region's dominant class its
+    mixture class); every superpixel is unlabelled.
     """
     import numpy as np
     import torch
@@ -64,9 +65,15 @@ def synthetic_selection_inputs(
     feats = 0.8 * torch.nn.functional.normalize(means[pool_labels] + noise * torch.randn(superpixels, dim, generator=g), dim=1)
     entropy = torch.rand(superpixels, generator=g) * 100
     margin = torch.rand(superpixels, generator=g)
+    pixels = torch.randint(50, 150, (superpixels,), generator=g).float()
+    ratio = torch.rand(superpixels, generator=g)
+    rows = {"pixels": pixels, "predicted": pool_labels, "impurity": torch.rand(superpixels, generator=g),
+            "mean_entropy": entropy / 100, "ratio": ratio,
+            "ratio_by_class": torch.nn.functional.one_hot(pool_labels, classes) * (ratio * pixels)[:, None],
+            "class_prob": torch.full((classes,), 1 / classes)}  # fmt: skip
     scores = PoolScores(
         features=feats.to(device), entropy=entropy.to(device), margin=margin.to(device),
-        gids=np.arange(superpixels, dtype=np.int64),
+        gids=np.arange(superpixels, dtype=np.int64), **{k: v.to(device) for k, v in rows.items()},
     )  # fmt: skip
     return scores, bank_feat.to(device), bank_labels.to(device)
 
@@ -202,7 +209,7 @@ def scoring(
     from fastal.data.base import parse_size
     from fastal.data.superpixels import seeds_grid, seeds_superpixels
     from fastal.device import resolve_device
-    from fastal.kernels import superpixel_entropy_sum, superpixel_mean_features
+    from fastal.kernels import superpixel_mean_features, superpixel_prediction_stats
     from fastal.machine import machine_info
     from fastal.model.network import build_model
     from fastal.model.precision import autocast, resolve_amp, to_tensor_batch
@@ -263,7 +270,7 @@ def scoring(
         t2 = time.perf_counter()
         with torch.inference_mode():  # what score_pool does per batch
             superpixel_mean_features(emb.float(), sp, n_sp)
-            superpixel_entropy_sum(logits.float(), sp, n_sp)
+            superpixel_prediction_stats(logits.float(), sp, n_sp)
             probs = superpixel_mean_features(torch.softmax(logits.float(), 1), sp, n_sp)
             torch.topk(probs, 2, dim=1)  # the margin
         sync()

@@ -38,7 +38,8 @@ PATH_KEYS = ("data_root", "cache_dir")  # made absolute: a worker's working dire
 NOT_REFERENCE = ("strategy", "labels", "superpixels", "cache_dir", "initial", "budget_per_cycle", "cycles",
                  "budgets", "target_ratio", "full_shared", "full_epochs", "epochs", "retrain", "engine",
                  "region_entropy", "clusters", "keep_checkpoints", "cluster_budget", "umap_components",
-                 "umap_neighbors", "umap_min_dist", "bank_lifetime", "selection_table", "selection_plot")  # fmt: skip
+                 "umap_neighbors", "umap_min_dist", "bank_lifetime", "selection_table", "selection_plot",
+                 "weighted_ratio_coeff", "cluster_shortlist")  # fmt: skip
 
 
 @dataclass(frozen=True)
