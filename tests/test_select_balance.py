@@ -147,3 +147,29 @@ def test_knobs_are_config_keys_with_the_papers_defaults() -> None:
         make_config({"cluster_shortlist": 0.5})
     with pytest.raises(FastalError, match="cluster_shortlist"):
         _pick("entropy", _pool([0, 1], [0.1, 0.2], [1, 1]), cluster_shortlist=math.nan)
+
+
+@pytest.mark.parametrize("strategy", ["weighted-ratio", "contrastive-balanced"])
+def test_a_run_spends_each_cycles_pixels_and_tables_the_score(strategy: str, tiny: dict, tmp_path) -> None:
+    # The loop's pixel budget: a score strategy's ranked prefix reaches the cycle's target with its
+    # last pick; a clustering one ends at or below it (one pick per cluster). The table holds the score.
+    from fastal.config import SCHEDULE_KEYS
+    from fastal.loop import run_experiment
+    from fastal.pool import RegionPool
+    from fastal.select.table import read_table
+
+    values = {k: v for k, v in tiny.items() if k not in SCHEDULE_KEYS}
+    values.update(strategy=strategy, budgets=[25.0, 30.0], selection_plot=False, epochs=1)
+    run_experiment(make_config(values), tmp_path / "run")
+    pool = RegionPool.load(tmp_path / "run" / "pool.npz")
+    upto = pool.sizes[pool.state > 0].sum()
+    last = pool.order[-1]
+    if strategy == "weighted-ratio":
+        assert upto >= 0.30 * pool.total_pixels > upto - pool.sizes[last]
+    else:
+        assert upto <= 0.30 * pool.total_pixels
+    table = read_table(tmp_path / "run" / "selection" / "cycle-2.parquet")
+    picked = table[table["rank"] >= 0].sort_values("rank")
+    assert picked["score"].notna().all() and (table["predicted"] >= 0).all()
+    if strategy == "weighted-ratio":  # the picks in the order of their score
+        assert picked["score"].is_monotonic_decreasing
