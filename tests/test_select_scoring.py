@@ -132,11 +132,9 @@ def test_prediction_outputs_and_pool_statistics_match_reference() -> None:
     np.testing.assert_allclose(scores.ratio_by_class.numpy(), np.array(rows["by_class"]), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scores.class_prob.numpy(), prob_sum / total, rtol=1e-5)
     # Class frequencies of the dominant predicted classes, by regions and by pixels.
-    from fastal.select.scoring import class_frequency
-
     pred, pixels = np.array(rows["predicted"]), np.array(rows["pixels"], float)
-    np.testing.assert_allclose(class_frequency(scores).numpy(), np.bincount(pred, minlength=5) / pred.size)
-    np.testing.assert_allclose(class_frequency(scores, "pixels").numpy(),
+    np.testing.assert_allclose(scores.class_frequency().numpy(), np.bincount(pred, minlength=5) / pred.size)
+    np.testing.assert_allclose(scores.class_frequency("pixels").numpy(),
                                np.bincount(pred, weights=pixels, minlength=5) / pixels.sum())  # fmt: skip
 
 

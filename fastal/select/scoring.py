@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from fastal.errors import FastalError
+from fastal.select.region_scores import class_frequency, predicted_classes
 
 
 @dataclass
@@ -36,7 +37,7 @@ class PoolScores:
     ``mean_entropy`` (N,) its mean pixel entropy over log2 C; ``ratio`` (N,) its mean pixel p2/p1
     (second-best over best probability, 1 = undecided); ``ratio_by_class`` (N, C) the pixels'
     summed p2/p1 by predicted class. Pool statistics, once per scoring over every scored pixel:
-    ``class_prob`` (C,) the mean softmax probability of each class; :func:`class_frequency`
+    ``class_prob`` (C,) the mean softmax probability of each class; :meth:`class_frequency`
     counts the dominant classes by regions or pixels.
     """
 
@@ -55,26 +56,12 @@ class PoolScores:
     def __len__(self) -> int:
         return int(self.gids.shape[0])
 
-
-def class_frequency(scores: PoolScores, by: str = "regions") -> torch.Tensor:
-    """(C,) float64 share of the scored pool whose dominant predicted class is each class, counted
-    in ``"regions"`` (Cai et al.) or in ``"pixels"`` (Kim et al.); sums to 1 (0s for an empty pool)."""
-    if scores.predicted is None or scores.ratio_by_class is None or scores.pixels is None:
-        raise FastalError("class frequencies need the scores' predicted classes (score the pool with score_pool)")
-    classes = scores.ratio_by_class.shape[1]
-    weight = scores.pixels.double() if by == "pixels" else torch.ones_like(scores.pixels, dtype=torch.float64)
-    total = torch.zeros(classes, dtype=torch.float64, device=weight.device).index_add_(0, scores.predicted, weight)
-    return total / total.sum().clamp_(min=1e-300)
-
-
-def predicted_classes(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dominant class (S,) int64, impurity (S,) float32) of per-superpixel predicted-class
-    histograms ``counts`` (S, C): the mode (ties: the lower class, as ``np.unique`` + ``argmax``)
-    and the histogram's entropy over log C (RIPU's region impurity; 0 log 0 = 0)."""
-    counts = counts.float()
-    dist = counts / counts.sum(1, keepdim=True).clamp_(min=1)
-    impurity = -(dist * torch.log(torch.where(dist > 0, dist, torch.ones_like(dist)))).sum(1)
-    return counts.argmax(1), impurity / math.log(max(counts.shape[1], 2))
+    def class_frequency(self, by: str = "regions") -> torch.Tensor:
+        """(C,) share of the scored pool whose dominant predicted class is each class, counted by
+        ``"regions"`` or ``"pixels"`` (:func:`fastal.select.region_scores.class_frequency`)."""
+        if self.predicted is None or self.pixels is None or self.ratio_by_class is None:
+            raise FastalError("class frequencies need the pool's predicted classes (score the pool with score_pool)")
+        return class_frequency(self.predicted, self.pixels, self.ratio_by_class.shape[1], by)
 
 
 def per_pixel_entropy(scores: PoolScores, sizes: np.ndarray) -> PoolScores:

@@ -25,7 +25,8 @@ from fastal.errors import FastalError
 from fastal.select.cluster_budget import clusters_for, fit_clusters, representatives_padded, stable_partition
 from fastal.select.engines import make_kmeans, make_umap, resolve_engine
 from fastal.select.profiling import stage_range
-from fastal.select.scoring import PoolScores, class_frequency
+from fastal.select.region_scores import class_balanced_ratio, pixel_weighted_ratio
+from fastal.select.scoring import PoolScores
 from fastal.select.umap_params import UMAPParams
 
 
@@ -301,15 +302,14 @@ def _contrastive(c: Candidates) -> torch.Tensor:
 # ---- the field's region strategies: one score per superpixel from the fused scoring pass --------
 
 
-def class_balanced_ratio(c: Candidates, by: str) -> torch.Tensor:
-    """(Nc,) mean pixel p2/p1, min-max normalised over every scored region (labelled ones too, as
-    the authors' script normalises before zeroing them), times exp(-p) of the region's dominant
-    predicted class, p its share of the scored pool counted ``by`` "regions" or "pixels"."""
+def cai_score(c: Candidates, by: str) -> torch.Tensor:
+    """(Nc,) :func:`~fastal.select.region_scores.class_balanced_ratio` of the candidates, normalised
+    over every scored region (labelled ones too, as the authors' script normalises before zeroing
+    them), class shares of the whole scored pool counted ``by`` "regions" or "pixels"."""
     mine = c.column("ratio")  # raises when the scores lack it
-    low, high = c.scores.ratio.min(), c.scores.ratio.max()
-    norm = (mine - low) / (high - low).clamp(min=1e-12)
-    weight = torch.exp(-class_frequency(c.scores, by)).to(norm.dtype)
-    return norm * weight[c.column("predicted")]
+    everything = c.scores.ratio
+    return class_balanced_ratio(mine, everything.min(), everything.max(), c.column("predicted"),
+                                c.scores.class_frequency(by))  # fmt: skip
 
 
 def pick_top(c: Candidates, score: torch.Tensor) -> torch.Tensor:
@@ -330,7 +330,7 @@ def _cb_ratio(c: Candidates) -> torch.Tensor:
     argmax), p[c] the share of the scored pool's regions whose dominant class is c. No knobs
     (``is_bal`` is this strategy; ``cost_type`` is fastal's pixel budget)."""
     with c.stage("score"):
-        score = class_balanced_ratio(c, "regions")
+        score = cai_score(c, "regions")
     return pick_top(c, score)
 
 
@@ -346,7 +346,7 @@ def _cb_ratio_pixels(c: Candidates) -> torch.Tensor:
     "check !!"; here both are the same pixels.) The paper's adaptive superpixels and sieving are
     out of scope. No knobs."""
     with c.stage("score"):
-        score = class_balanced_ratio(c, "pixels")
+        score = cai_score(c, "pixels")
     return pick_top(c, score)
 
 
@@ -366,14 +366,12 @@ def _impurity_entropy(c: Candidates) -> torch.Tensor:
     return pick_top(c, score)
 
 
-def pixel_weighted_ratio(c: Candidates) -> torch.Tensor:
-    """(Nc,) MulActSeg's score: the region's mean of p2/p1 x w[class], each pixel weighted by its
-    predicted class, w = (coeff x pool-mean probability + 1)^-2."""
+def mulactseg_score(c: Candidates) -> torch.Tensor:
+    """(Nc,) :func:`~fastal.select.region_scores.pixel_weighted_ratio` of the candidates."""
     prob = c.scores.class_prob if c.scores is not None else None
     if prob is None:
-        raise FastalError("weighted-ratio needs the pool's mean class probability (score the pool with score_pool)")
-    weight = (c.weighted_ratio_coeff * prob.float() + 1.0) ** -2  # (C,)
-    return (c.column("ratio_by_class") @ weight) / c.column("pixels").clamp(min=1)
+        raise FastalError("this strategy needs the pool's mean class probability (score the pool with score_pool)")
+    return pixel_weighted_ratio(c.column("ratio_by_class"), c.column("pixels"), prob, c.weighted_ratio_coeff)
 
 
 @register("weighted-ratio")
@@ -390,7 +388,7 @@ def _weighted_ratio(c: Candidates) -> torch.Tensor:
     fastal's classifier trains at 1, so the selection's is 1. (The script's + 1e-8 per pixel does
     not change the order.)"""
     with c.stage("score"):
-        score = pixel_weighted_ratio(c)
+        score = mulactseg_score(c)
     return pick_top(c, score)
 
 
@@ -408,7 +406,7 @@ def _contrastive_balanced(c: Candidates) -> torch.Tensor:
     a cluster (and the order of the picks) prefer rare-class regions, while the clusters keep the
     paper's diversity. Same knobs as ``contrastive`` plus ``weighted_ratio_coeff``."""
     with c.stage("score"):
-        score = pixel_weighted_ratio(c)
+        score = mulactseg_score(c)
     c.fitted["score"] = score
     emb = bank_embedding(c, c.features)
     c.fitted["embedding"] = emb
