@@ -77,7 +77,7 @@ class Candidates:
     pixels: float | None = None
     # What a clustering strategy's final KMeans fit was (set by it; see Selection): k, the fits
     # its search took, and in ``fitted`` what the fit gave each candidate: "cluster" (Nc,) int64
-    # and, with UMAP, "embedding" (Nc, d).
+    # and, with UMAP, "embedding" (Nc, d); a strategy with a score of its own puts it in "score" (Nc,).
     k: int | None = None
     kmeans_fits: int = 0
     fitted: dict[str, torch.Tensor] = field(default_factory=dict)
