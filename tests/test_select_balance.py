@@ -13,6 +13,7 @@ import torch
 from fastal.config import RunConfig, make_config
 from fastal.errors import FastalError
 from fastal.select import PoolScores, select
+from fastal.select.scoring import with_pool_statistics
 from fastal.select.table import selection_table
 
 BALANCED = ("cb-ratio", "cb-ratio-pixels", "impurity-entropy", "weighted-ratio")
@@ -25,9 +26,9 @@ def _pool(predicted: list[int], ratio: list[float], pixels: list[float], classes
     r, px = torch.tensor(ratio), torch.tensor(pixels)
     rows = {"impurity": torch.zeros(n), "mean_entropy": torch.zeros(n), "class_prob": torch.full((classes,), 1 / classes)}
     rows.update(extra)
-    return PoolScores(features=torch.zeros(n, 2), entropy=torch.ones(n), margin=torch.ones(n), gids=np.arange(n),
-                      pixels=px, predicted=pred, ratio=r,
-                      ratio_by_class=torch.nn.functional.one_hot(pred, classes) * (r * px)[:, None], **rows)  # fmt: skip
+    return with_pool_statistics(PoolScores(
+        features=torch.zeros(n, 2), entropy=torch.ones(n), margin=torch.ones(n), gids=np.arange(n), pixels=px,
+        predicted=pred, ratio=r, ratio_by_class=torch.nn.functional.one_hot(pred, classes) * (r * px)[:, None], **rows))
 
 
 def _pick(strategy: str, scores: PoolScores, budget: int = 1, labelled: list[int] = (), **kw):

@@ -55,6 +55,7 @@ def synthetic_selection_inputs(
     import torch
 
     from fastal.select import PoolScores
+    from fastal.select.scoring import with_pool_statistics
 
     g = torch.Generator().manual_seed(seed)
     means = torch.nn.functional.normalize(torch.randn(classes, dim, generator=g), dim=1)
@@ -71,10 +72,10 @@ def synthetic_selection_inputs(
             "mean_entropy": entropy / 100, "ratio": ratio,
             "ratio_by_class": torch.nn.functional.one_hot(pool_labels, classes) * (ratio * pixels)[:, None],
             "class_prob": torch.full((classes,), 1 / classes)}  # fmt: skip
-    scores = PoolScores(
+    scores = with_pool_statistics(PoolScores(
         features=feats.to(device), entropy=entropy.to(device), margin=margin.to(device),
         gids=np.arange(superpixels, dtype=np.int64), **{k: v.to(device) for k, v in rows.items()},
-    )  # fmt: skip
+    ))  # fmt: skip
     return scores, bank_feat.to(device), bank_labels.to(device)
 
 

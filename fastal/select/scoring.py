@@ -36,9 +36,10 @@ class PoolScores:
     (N,) the entropy of its predicted-class histogram over log C (0: pure, 1: uniform);
     ``mean_entropy`` (N,) its mean pixel entropy over log2 C; ``ratio`` (N,) its mean pixel p2/p1
     (second-best over best probability, 1 = undecided); ``ratio_by_class`` (N, C) the pixels'
-    summed p2/p1 by predicted class. Pool statistics, once per scoring over every scored pixel:
-    ``class_prob`` (C,) the mean softmax probability of each class; :meth:`class_frequency`
-    counts the dominant classes by regions or pixels.
+    summed p2/p1 by predicted class. Pool statistics, once per scoring over every scored region:
+    ``class_prob`` (C,) the mean softmax probability of each class over the pixels;
+    ``class_regions``, ``class_pixels`` (C,) float64 the share of the regions (of the pixels)
+    whose dominant predicted class is each class (:meth:`class_frequency`).
     """
 
     features: torch.Tensor
@@ -52,16 +53,26 @@ class PoolScores:
     ratio: torch.Tensor | None = None
     ratio_by_class: torch.Tensor | None = None
     class_prob: torch.Tensor | None = None
+    class_regions: torch.Tensor | None = None
+    class_pixels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.gids.shape[0])
 
     def class_frequency(self, by: str = "regions") -> torch.Tensor:
-        """(C,) share of the scored pool whose dominant predicted class is each class, counted by
-        ``"regions"`` or ``"pixels"`` (:func:`fastal.select.region_scores.class_frequency`)."""
-        if self.predicted is None or self.pixels is None or self.ratio_by_class is None:
+        """``class_regions`` or, ``by="pixels"``, ``class_pixels``; FastalError when not scored."""
+        share = self.class_pixels if by == "pixels" else self.class_regions
+        if share is None:
             raise FastalError("class frequencies need the pool's predicted classes (score the pool with score_pool)")
-        return class_frequency(self.predicted, self.pixels, self.ratio_by_class.shape[1], by)
+        return share
+
+
+def with_pool_statistics(scores: PoolScores) -> PoolScores:
+    """``scores`` with ``class_regions`` and ``class_pixels`` computed from its rows (the pool's
+    dominant predicted classes and region sizes; :func:`fastal.select.region_scores.class_frequency`)."""
+    classes = scores.ratio_by_class.shape[1]
+    return dataclasses.replace(scores, **{f"class_{by}": class_frequency(scores.predicted, scores.pixels, classes, by)
+                                          for by in ("regions", "pixels")})  # fmt: skip
 
 
 def per_pixel_entropy(scores: PoolScores, sizes: np.ndarray) -> PoolScores:
@@ -214,4 +225,6 @@ def score_pool(
     total = None if prob_sum is None else rows["pixels"].double().sum().clamp(min=1)
     class_prob = None if prob_sum is None else (prob_sum / total).float()
     scores = PoolScores(features=features, gids=gids, class_prob=class_prob, **rows)
+    if class_prob is not None:
+        scores = with_pool_statistics(scores)
     return per_pixel_entropy(scores, cache.sizes) if region_entropy == "mean" else scores
