@@ -26,6 +26,9 @@ from typing import Any, Literal
 
 from fastal.errors import FastalError
 
+if typing.TYPE_CHECKING:
+    from fastal.select.umap.params import UMAPParams
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on 3.10
@@ -110,6 +113,17 @@ class RunConfig:
     def budget_pct(self) -> float:
         """Total % of pixels the run may label."""
         return self.schedule()[-1]
+
+    def umap_params(self) -> UMAPParams:
+        """The UMAP settings of the run's contrastive selection (the flat ``umap_*`` keys)."""
+        from fastal.select.umap.params import UMAPParams
+
+        return UMAPParams(n_neighbors=self.umap_neighbors, n_components=self.umap_components,
+                          min_dist=self.umap_min_dist)  # fmt: skip
+
+    def strategy_knobs(self) -> dict[str, float]:
+        """The knobs of the field's strategies, as ``fastal.select.select`` takes them."""
+        return {"weighted_ratio_coeff": self.weighted_ratio_coeff, "cluster_shortlist": self.cluster_shortlist}
 
 
 # The other spelling of the schedule, which `budgets` replaces.

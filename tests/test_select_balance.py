@@ -14,7 +14,7 @@ from fastal.config import RunConfig, make_config
 from fastal.errors import FastalError
 from fastal.select import PoolScores, select
 from fastal.select.scoring import with_pool_statistics
-from fastal.select.table import selection_table
+from fastal.select.selection_table import selection_table
 
 BALANCED = ("cb-ratio", "cb-ratio-pixels", "impurity-entropy", "weighted-ratio")
 
@@ -157,7 +157,7 @@ def test_a_run_spends_each_cycles_pixels_and_tables_the_score(strategy: str, tin
     from fastal.config import SCHEDULE_KEYS
     from fastal.loop import run_experiment
     from fastal.pool import RegionPool
-    from fastal.select.table import read_table
+    from fastal.select.selection_table import read_table
 
     values = {k: v for k, v in tiny.items() if k not in SCHEDULE_KEYS}
     values.update(strategy=strategy, budgets=[25.0, 30.0], selection_plot=False, epochs=1)

@@ -50,8 +50,8 @@ from fastal.select.strategies import Selection
 
 SCHEMA: dict[str, torch.dtype] = {
     "superpixel": torch.int64, "image": torch.int32, "pixels": torch.int32, "entropy": torch.float32,
-    "margin": torch.float32, "score": torch.float32, "predicted": torch.int32, "x": torch.float32, "y": torch.float32, "cluster": torch.int32,
-    "rank": torch.int32, "round": torch.int32, "class": torch.int32,
+    "margin": torch.float32, "score": torch.float32, "predicted": torch.int32, "x": torch.float32,
+    "y": torch.float32, "cluster": torch.int32, "rank": torch.int32, "round": torch.int32, "class": torch.int32,
 }  # fmt: skip
 KEEP = ("all", "picked", "none")  # the run config's `selection_table`
 BACKENDS = ("auto", "pandas", "cudf")
