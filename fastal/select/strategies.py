@@ -397,8 +397,8 @@ def _contrastive_uncertain(c: Candidates) -> torch.Tensor:
     Why: clustering the whole pool gives every cluster a pick, however certain its best member,
     and the frequent classes' clusters (sky, road) are many; clustering only the uncertain share
     keeps the diversity among regions the model is unsure of. Knob: ``cluster_shortlist`` (>= 1;
-    1 is plain ``entropy`` with clusters breaking ties; 10 by default, Cluster-Margin's k_m /
-    k_t order of magnitude)."""
+    1 takes the ``entropy`` picks, in cluster order; 10 by default, this project's choice, to be
+    tuned on val)."""
     n = c.entropy.shape[0]
     size = min(n, max(c.budget, math.ceil(c.cluster_shortlist * c.budget)))  # the pixel search's first guess is budget
     with c.stage("shortlist"):
