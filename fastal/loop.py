@@ -90,8 +90,9 @@ def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, 
     scores = score_pool(trainer.teacher, setup.train, setup.cache, images, setup.device, amp=cfg.amp,
                         region_entropy=cfg.region_entropy)
     return rank(scores, trainer.bank.features(), labelled, seed, strategy=cfg.strategy, engine=cfg.engine,
-                umap=cfg.umap_params(), clusters=cfg.clusters, cluster_budget=cfg.cluster_budget, knobs=cfg.strategy_knobs(),
-                sizes=None if pixels is None else setup.cache.sizes, budget=budget, pixels=pixels)  # fmt: skip
+                umap=cfg.umap_params(), clusters=cfg.clusters, cluster_budget=cfg.cluster_budget,
+                knobs=cfg.strategy_knobs(), sizes=None if pixels is None else setup.cache.sizes, budget=budget,
+                pixels=pixels)  # fmt: skip
 
 
 def _new_trainer(setup: Setup, seed: int) -> Any:
