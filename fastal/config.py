@@ -77,6 +77,10 @@ class RunConfig:
     umap_components: int = 2  # UMAP's n_components (contrastive selection)
     umap_neighbors: int = 15  # UMAP's n_neighbors; the memory bank must hold more features
     umap_min_dist: float = 0.1  # UMAP's min_dist, in [0, 1] (spread is 1)
+    # weighted-ratio, contrastive-balanced: class weight (coeff x pool-mean class probability + 1)^-2
+    # (MulActSeg's cls_weight_coeff: 6 on Cityscapes, 12 on VOC)
+    weighted_ratio_coeff: float = 6.0
+    cluster_shortlist: float = 10.0  # contrastive-uncertain clusters the cluster_shortlist x picks most uncertain regions
     # --- method (training) ---
     contrastive_weight: float = 0.1  # lambda, the InfoNCE term's weight; 0 = cross-entropy only
     temperature: float = 0.1  # tau of the InfoNCE loss
@@ -118,6 +122,10 @@ class RunConfig:
 
         return UMAPParams(**{name: getattr(self, key) for key, name in UMAP_KEYS.items()})
 
+    def strategy_knobs(self) -> dict[str, float]:
+        """The knobs of the field's strategies, as ``fastal.select.select`` takes them."""
+        return {"weighted_ratio_coeff": self.weighted_ratio_coeff, "cluster_shortlist": self.cluster_shortlist}
+
 
 # The other spelling of the schedule, which `budgets` replaces.
 SCHEDULE_KEYS = ("initial", "budget_per_cycle", "cycles")
@@ -136,7 +144,7 @@ NOT_REFERENCE_KEYS = ("strategy", "labels", "superpixels", "cache_dir", "initial
                       "budgets", "target_ratio", "full_shared", "full_epochs", "epochs", "retrain", "engine",
                       "region_entropy", "clusters", "keep_checkpoints", "cluster_budget", "umap_components",
                       "umap_neighbors", "umap_min_dist", "bank_lifetime", "selection_table", "selection_plot",
-                      "nproc", "log")  # fmt: skip
+                      "weighted_ratio_coeff", "cluster_shortlist", "log", "nproc")  # fmt: skip
 
 
 def _hints() -> dict[str, Any]:
@@ -218,6 +226,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     key_of = {name: key for key, name in UMAP_KEYS.items()}
     for name, rule in range_problems({name: getattr(cfg, key) for key, name in UMAP_KEYS.items()}):
         need(False, f"{key_of[name]} = {getattr(cfg, key_of[name])}: {rule}")
+    need(math.isfinite(cfg.weighted_ratio_coeff) and cfg.weighted_ratio_coeff >= 0,
+         f"weighted_ratio_coeff = {cfg.weighted_ratio_coeff}: must be >= 0 (0: no class weighting)")  # fmt: skip
+    need(math.isfinite(cfg.cluster_shortlist) and cfg.cluster_shortlist >= 1,
+         f"cluster_shortlist = {cfg.cluster_shortlist}: must be >= 1 (regions clustered per pick)")  # fmt: skip
     need(math.isfinite(cfg.contrastive_weight) and cfg.contrastive_weight >= 0,
          f"contrastive_weight = {cfg.contrastive_weight}: must be >= 0 (0: cross-entropy only)")  # fmt: skip
     need(math.isfinite(cfg.temperature) and cfg.temperature > 0, f"temperature = {cfg.temperature}: must be > 0")

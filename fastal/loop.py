@@ -93,7 +93,8 @@ def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, 
     scores, bank = collective(score_teacher, setup, str(checkpoint), images)
     return rank(scores, bank, labelled, seed, strategy=cfg.strategy, engine=cfg.engine,
                 umap=cfg.umap_params(), clusters=cfg.clusters, cluster_budget=cfg.cluster_budget,
-                sizes=None if pixels is None else setup.cache.sizes, budget=budget, pixels=pixels)  # fmt: skip
+                knobs=cfg.strategy_knobs(), sizes=None if pixels is None else setup.cache.sizes, budget=budget,
+                pixels=pixels)  # fmt: skip
 
 
 def score_teacher(setup: Setup, checkpoint: str, images: np.ndarray) -> tuple[Any, Any] | None:
