@@ -10,7 +10,7 @@ import sys
 
 from rich.markup import escape
 
-from fastal.cli import bench, prepare, query, report, run, sweep, train  # noqa: F401 - each registers its commands
+from fastal.cli import bench, generate, prepare, query, report, run, sweep, train  # noqa: F401 - each registers its commands
 from fastal.cli.app import app, bench_app
 from fastal.errors import FastalError
 from fastal.progress import console
