@@ -65,6 +65,7 @@ from fastal.rundir import (
     open_run,
 )
 from fastal.runlock import run_lock
+from fastal.stages import measured, overall_peak_gb
 
 if TYPE_CHECKING:
     from fastal.select import Selection, UMAPParams
@@ -113,7 +114,8 @@ def umap_params(cfg: RunConfig) -> UMAPParams:
 
 
 def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, seed: int,
-                    budget: int | None = None, pixels: float | None = None) -> Ranking:
+                    budget: int | None = None, pixels: float | None = None,
+                    stages: dict[str, Any] | None = None) -> Ranking:
     """Score the unlabelled pool with the teacher of ``checkpoint`` and choose from it with the
     run's strategy: ``budget`` superpixels (`fastal select`), or regions worth ``pixels`` (a cycle
     of the loop).
@@ -125,24 +127,28 @@ def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, 
 
     ``labelled``: bool mask over global ids (not modified). Returns the Ranking: ``.selection``
     (global ids, most wanted first, and, for the clustering strategies, k and the clusters the
-    ids represent) with what the selection table needs to explain it.
+    ids represent) with what the selection table needs to explain it. ``stages`` receives the
+    time and peak memory of "load" (the teacher), "score" and "select" (:mod:`fastal.stages`).
     """
     from fastal.pool import take_until
     from fastal.select import CLUSTER_STRATEGIES, score_pool, select
     from fastal.train import Trainer
 
-    cfg = setup.cfg
-    trainer = Trainer.load(checkpoint, setup.device, num_classes=setup.train.num_classes)
+    cfg, stages = setup.cfg, {} if stages is None else stages
+    with measured(stages, "load"):
+        trainer = Trainer.load(checkpoint, setup.device, num_classes=setup.train.num_classes)
     images = np.unique(setup.cache.image_of(np.flatnonzero(~labelled)))
-    scores = score_pool(trainer.teacher, setup.train, setup.cache, images, setup.device, amp=cfg.amp,
-                        region_entropy=cfg.region_entropy)
+    with measured(stages, "score"):
+        scores = score_pool(trainer.teacher, setup.train, setup.cache, images, setup.device, amp=cfg.amp,
+                            region_entropy=cfg.region_entropy)
     bank = trainer.bank.features()
     umap = umap_params(cfg)
     calls: list[Selection] = []
 
     def choose(k: int, taken: np.ndarray, seed: int, **pixel_budget: Any) -> Selection:
-        calls.append(select(cfg.strategy, scores, bank, budget=k, labelled_mask=taken, seed=seed, engine=cfg.engine,
-                            umap=umap, clusters=cfg.clusters, **pixel_budget))  # fmt: skip
+        with measured(stages, "select"):  # summed over the calls
+            calls.append(select(cfg.strategy, scores, bank, budget=k, labelled_mask=taken, seed=seed,
+                                engine=cfg.engine, umap=umap, clusters=cfg.clusters, **pixel_budget))  # fmt: skip
         return calls[-1]
 
     def whole(sel: Selection) -> Ranking:  # one call, every id kept
@@ -247,25 +253,29 @@ def select(run: RunDir, cycle: int) -> None:
     from fastal.oracle import SimulatedOracle
     from fastal.pool import random_initial
 
-    cfg, pool = run.cfg, run.pool
+    cfg, pool, stages = run.cfg, run.pool, {}
     seed = seed_everything(cfg.seed, cycle, PHASE_SELECT)
     t0 = time.perf_counter()
     if cycle == 1:  # the pool's RNG is seeded with this phase's seed (RunDir)
-        ids, ranking = np.sort(random_initial(pool, cfg.schedule()[0] / 100)), None
+        with measured(stages, "select"):
+            ids, ranking = np.sort(random_initial(pool, cfg.schedule()[0] / 100)), None
     else:
         missing = cfg.schedule()[cycle - 1] / 100 * pool.total_pixels - pool.labelled_pixels
-        ranking = rank_unlabelled(run.s, run.ckpt(cycle - 1), pool.labelled_mask, seed, pixels=missing)
+        ranking = rank_unlabelled(run.s, run.ckpt(cycle - 1), pool.labelled_mask, seed, pixels=missing, stages=stages)
         ids, sel = ranking.ids, ranking.selection
         if sel.k is not None:  # before the commit: a resumed run finds it with the cycle's labels
             stats = {"k": sel.k, "clusters_kept": sel.clusters_kept(), "kmeans_fits": sel.kmeans_fits}
             atomic_write_json(run.dir / CLUSTERS, {**(run.read_json(CLUSTERS) or {}), str(cycle): stats})
     seconds = time.perf_counter() - t0
     oracle = SimulatedOracle(run.s.train, run.s.cache, mode=cfg.labels)
-    answer = oracle.query(ids)
+    with measured(stages, "oracle"):
+        answer = oracle.query(ids)
     if ranking is not None:
-        _write_selection(run, cycle, ranking, answer.classes, oracle)
-    run.commit(answer, cycle)
-    run.set_timing(cycle, "select_seconds", seconds)
+        with measured(stages, "write"):  # the selection table and the embedding plot
+            _write_selection(run, cycle, ranking, answer.classes, oracle)
+    with measured(stages, "commit"):  # queries.jsonl and pool.npz
+        run.commit(answer, cycle)
+    run.set_timing(cycle, "select_seconds", seconds, stages)
 
 
 def _write_selection(run: RunDir, cycle: int, ranking: Ranking, classes: np.ndarray, oracle: Any) -> None:
@@ -296,20 +306,21 @@ def train(run: RunDir, cycle: int) -> None:
     from fastal.train import Trainer
 
     seed = seed_everything(run.cfg.seed, cycle, PHASE_TRAIN)
-    t0 = time.perf_counter()
-    if cycle > 1 and run.cfg.retrain == "finetune":
-        trainer = Trainer.load(run.ckpt(cycle - 1), run.s.device)
-        if run.cfg.bank_lifetime == "cycle":
-            # The bank checkpoint K-1 holds served cycle K's selection; cycle K trains with a new one.
-            trainer.bank.clear()
-    else:
-        trainer = _new_trainer(run.s, seed)
-    trainer.fit(LabelledSamples(run.s.train, run.s.cache, run.pool, run.truth), run.cfg.epochs, progress=True)
+    t0, stages = time.perf_counter(), {}
+    with measured(stages, "train"):
+        if cycle > 1 and run.cfg.retrain == "finetune":
+            trainer = Trainer.load(run.ckpt(cycle - 1), run.s.device)
+            if run.cfg.bank_lifetime == "cycle":
+                # The bank checkpoint K-1 holds served cycle K's selection; cycle K trains with a new one.
+                trainer.bank.clear()
+        else:
+            trainer = _new_trainer(run.s, seed)
+        trainer.fit(LabelledSamples(run.s.train, run.s.cache, run.pool, run.truth), run.cfg.epochs, progress=True)
     seconds = time.perf_counter() - t0
     crash_point(f"trained:{cycle}")
     trainer.save(run.ckpt(cycle))  # atomic
     crash_point(f"ckpt:{cycle}")
-    run.set_timing(cycle, "train_seconds", seconds)
+    run.set_timing(cycle, "train_seconds", seconds, stages)
 
 
 def evaluate(run: RunDir, cycle: int) -> dict[str, Any]:
@@ -319,9 +330,11 @@ def evaluate(run: RunDir, cycle: int) -> dict[str, Any]:
 
     cfg, pool = run.cfg, run.pool
     seed_everything(cfg.seed, cycle, PHASE_EVAL)
-    m = _evaluate(run.s, Trainer.load(run.ckpt(cycle), run.s.device))
-    labelled = (pool.state > 0) & (pool.state <= cycle)  # a later import may exist
     t = run.timings.get(str(cycle), {})
+    stages = dict(t.get("stages", {}))
+    with measured(stages, "evaluate"):
+        m = _evaluate(run.s, Trainer.load(run.ckpt(cycle), run.s.device))
+    labelled = (pool.state > 0) & (pool.state <= cycle)  # a later import may exist
     clusters = (run.read_json(CLUSTERS) or {}).get(str(cycle), {})
     sched = cfg.schedule()
     rec = {
@@ -338,6 +351,10 @@ def evaluate(run: RunDir, cycle: int) -> dict[str, Any]:
         "per_class_iou": m["per_class_iou"],
         "train_seconds": t.get("train_seconds"),
         "select_seconds": t.get("select_seconds"),
+        # Per stage of the cycle, seconds and this process's peak resident memory (fastal.stages);
+        # a stage redone after a kill reports its last run.
+        "stages": stages,
+        "peak_rss_gb": overall_peak_gb(stages),
     }
     full = run.read_json(FULL)
     run.results["full_miou"] = None if full is None else full["miou"]
@@ -414,6 +431,7 @@ def _run(run_dir: Path, setup: Setup, changes: dict[str, list[Any]]) -> dict[str
         # Deterministic kernels where torch has them; a resumed run must redo a phase bit for bit.
         torch.use_deterministic_algorithms(True, warn_only=True)
     run = RunDir(setup, run_dir)
+    run.results["setup"] = setup.stages  # this process's: written with the next cycle's results
     if changes:
         _record_config_change(run, changes)
     if run.results["cycles"]:

@@ -27,6 +27,8 @@ CYCLE_KEYS = (
     "per_class_iou",
     "train_seconds",
     "select_seconds",
+    "stages",
+    "peak_rss_gb",
 )
 
 

@@ -12,7 +12,8 @@ The layout (see :mod:`fastal.loop` for the order in which a cycle writes it)::
     full.json            the fully supervised reference (trained here, or copied from ``full_shared``)
     checkpoints/cycle-K.pt   Trainer state after training cycle K
     checkpoints/reference-partial.pt   the reference's trainer after its last epoch, while it trains
-    timings.json         seconds spent per cycle (the only thing a resumed run may not reproduce)
+    timings.json         seconds (and peak memory) per cycle and stage (the only thing a resumed run
+                         may not reproduce)
     clusters.json        per cycle, the clustering strategies' k, clusters_kept and kmeans_fits
     results.json         one record per evaluated cycle
     labels/<image id>.png    masks people returned (`fastal label import`), read in full label mode
@@ -283,8 +284,12 @@ class RunDir:
         if have != want:
             atomic_write_text(path, "".join(line + "\n" for line in want))
 
-    def set_timing(self, cycle: int, key: str, seconds: float) -> None:
-        self.timings.setdefault(str(cycle), {})[key] = round(seconds, 3)
+    def set_timing(self, cycle: int, key: str, seconds: float, stages: dict[str, Any] | None = None) -> None:
+        """Record ``key``'s seconds of ``cycle`` and, merged into the cycle's, ``stages``
+        (:func:`fastal.stages.measured`'s records)."""
+        record = self.timings.setdefault(str(cycle), {})
+        record[key] = round(seconds, 3)
+        record["stages"] = {**record.get("stages", {}), **(stages or {})}
         atomic_write_json(self.dir / TIMINGS, self.timings)
 
     def commit(self, answer: OracleAnswer, cycle: int) -> None:

@@ -32,11 +32,12 @@ from fastal.report import CYCLE_KEYS, RESULT_KEYS
 from fastal.select.table import SCHEMA, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMINGS = ("train_seconds", "select_seconds")
+TIMINGS = ("train_seconds", "select_seconds", "stages", "peak_rss_gb")
 
 
 def strip_timings(results: dict) -> dict:
     out = json.loads(json.dumps(results))
+    out.pop("setup", None)
     for c in out["cycles"]:
         for k in TIMINGS:
             c.pop(k)
@@ -80,6 +81,12 @@ def test_run_end_to_end(reference: Path, tiny: dict) -> None:
         assert c["cost_clicks"] == mine.sum()  # dominant labels: one click per superpixel
         assert 0.0 <= c["miou"] <= 1.0 and len(c["per_class_iou"]) == 11
         assert c["train_seconds"] > 0 and c["select_seconds"] >= 0
+        # Every stage of the cycle: seconds and this process's peak memory (a test process: > 50 MB).
+        want = {"select", "oracle", "commit", "train", "evaluate"} | ({"load", "score", "write"} if c["cycle"] > 1 else set())
+        assert set(c["stages"]) == want
+        assert all(st["seconds"] >= 0 and 0.05 < st["peak_rss_gb"] <= c["peak_rss_gb"] for st in c["stages"].values())
+        assert c["peak_rss_gb"] == max(st["peak_rss_gb"] for st in c["stages"].values())
+    assert {"data", "superpixels", "check"} <= set(res["setup"])
     per_cycle = np.bincount(pool.state, minlength=3)[1:]
     assert per_cycle[0] >= 1 and per_cycle[1] >= 1 and res["superpixels_per_cycle"] == round(0.05 * pool.num_superpixels)
     # Each cycle reaches its cumulative % of pixels (25, then 30) with its last superpixel,

@@ -193,6 +193,9 @@ def generate_cityscapes(
     atomic_write_json(out / MANIFEST, params)
     counts = {"train": int(train), "val": int(val)}
     tasks = [(out, int(seed), split, i, n, (h, w)) for split, n in counts.items() for i in range(n)]
+    # Both splits advance together: an unfinished tree already holds the first images of each
+    # (a run with --train-images/--val-images limits can start on it).
+    tasks.sort(key=lambda t: (t[3] / t[4], t[2]))
     workers = min(workers or len(os.sched_getaffinity(0)), len(tasks))
     bar = progress() if show_progress else contextlib.nullcontext()
     with bar:
