@@ -39,6 +39,7 @@ def prepare(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the summary here as JSON."),
 ) -> None:
     """Compute (or reuse) the SEEDS superpixel cache of a dataset split and summarise it."""
+    import resource
     import time
 
     import numpy as np
@@ -71,6 +72,7 @@ def prepare(
     seconds = time.perf_counter() - start
 
     pixels = int(sp.sizes.sum())
+    cache_bytes = sum(f.stat().st_size for f in sp.path.iterdir())
     summary = {
         "dataset": ds.name,
         "split": ds.split,
@@ -90,6 +92,10 @@ def prepare(
         "size": list(ds.size) if ds.size else None,
         "image_shapes": sorted({f"{h}x{w}" for h, w in sp.shapes.tolist()}),
         "cache": str(sp.path),
+        "cache_bytes_per_pixel": round(cache_bytes / pixels, 4),
+        # This process's and its workers' (the SEEDS processes') highest resident memory.
+        "peak_rss_gb": {who: round(resource.getrusage(w).ru_maxrss / 2**20, 3)
+                        for who, w in (("main", resource.RUSAGE_SELF), ("worker", resource.RUSAGE_CHILDREN))},
     }
 
     table = Table(title=f"superpixels of {ds.name}/{ds.split}", show_header=False)
@@ -102,7 +108,7 @@ def prepare(
         ("purity", f"{sp.purity:.4f}"),
         ("seconds", f"{seconds:.2f}" + (" (reused)" if sp.reused else f" (built with {sp.manifest['workers']} workers)")),
         ("reused", "yes" if sp.reused else "no"),
-        ("cache", str(sp.path)),
+        ("cache", f"{sp.path} ({summary['cache_bytes_per_pixel']:.2f} bytes a pixel)"),
     ]
     for k, v in rows:
         table.add_row(k, v)
