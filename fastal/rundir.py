@@ -267,7 +267,7 @@ class RunDir:
         from fastal.data.base import read_label
 
         path = self.dir / LABELS / f"{self.s.train.image_id(i)}.png"
-        return read_label(path) if path.exists() else self.s.train[i][1]
+        return read_label(path) if path.exists() else self.s.train.label(i)
 
     def _query_lines(self, gids: np.ndarray) -> list[str]:
         lines = []

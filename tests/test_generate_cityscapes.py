@@ -109,3 +109,22 @@ def test_a_killed_generation_goes_on_and_other_parameters_are_refused(tree, tmp_
         code, out = cli("--out", str(tmp_path / "new"), *bad)
         assert code == 2 and out.count("error:") == 1
     assert not (tmp_path / "new").exists()
+
+
+def test_label_alone_equals_the_pairs_label_resized_or_not(tree):
+    for scale in (None, 0.5, 0.37):
+        ds = load_dataset("cityscapes", root=tree, split="val", scale=scale)
+        for i in range(len(ds)):
+            assert np.array_equal(ds.label(i), ds[i][1])
+
+
+def test_label_alone_checks_the_images_size(tmp_path):
+    from fastal.errors import FastalError
+
+    root = tmp_path / "cs"
+    generate_cityscapes(root, train=1, val=1, size=SIZE, seed=0, workers=1, show_progress=False)
+    label = next(root.glob("gtFine/val/*/*.png"))
+    cv2.imwrite(str(label), np.zeros((32, 128), np.uint8))
+    ds = load_dataset("cityscapes", root=root, split="val")
+    with pytest.raises(FastalError, match="image is 64x128 but its label is 32x128"):
+        ds.label(0)
