@@ -60,6 +60,9 @@ def main() -> None:
     cfg = read_toml(CONFIG)
     for n in a.images:
         run_dir = a.runs / f"cityscapes_scale{cfg['scale']}_{n or 'all'}"
+        result_path = a.results / f"{run_dir.name}.json"
+        if result_path.exists():  # measured already
+            continue
         command = ["fastal", "run", str(CONFIG.relative_to(ROOT)), "--data-root", a.data_root, "--out", str(run_dir)]
         # train_images has no option of its own: the environment's copy of the config carries it.
         cfg_n = a.runs / f"{run_dir.name}.toml"
@@ -67,6 +70,8 @@ def main() -> None:
         a.runs.mkdir(parents=True, exist_ok=True)
         cfg_n.write_text(text)
         argv = [sys.executable, "-m", "fastal", "run", str(cfg_n), "--data-root", a.data_root, "--out", str(run_dir)]
+        if (run_dir / "config.toml").exists():  # an interrupted measurement: go on (peak and seconds of this part)
+            argv = [sys.executable, "-m", "fastal", "run", "--resume", str(run_dir)]
         start = time.perf_counter()
         proc = subprocess.Popen(argv)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -91,7 +96,7 @@ def main() -> None:
             "command": shlex.join(command) + f"  # with train_images = {n}",
             "machine": machine_info(),
         }
-        atomic_write_json(a.results / f"cityscapes_scale{cfg['scale']}_{n or 'all'}.json", out)
+        atomic_write_json(result_path, out)
         print(f"{n}: {seconds:.0f} s, peak {out['peak_rss_gb']} GB", flush=True)
 
 
