@@ -76,9 +76,9 @@ def main() -> None:
                     # Opened fresh each time, as a worker would: the memory map is part of the cost.
                     t = time.perf_counter()
                     if version == "v1":
-                        perm, _ = v1_csr(np.load(order_path, mmap_mode="r"), cache, i)
+                        v1_csr(np.load(order_path, mmap_mode="r"), cache, i)
                     else:
-                        perm, _ = type(cache)(cache.path).csr(i)
+                        type(cache)(cache.path).csr(i)
                     times[f"{version}_{'cold' if cold else 'warm'}"].append(time.perf_counter() - t)
     order_path.unlink()
     ms = {k: round(1000 * float(np.median(v)), 3) for k, v in times.items()}

@@ -65,7 +65,7 @@ def main() -> None:
     torch.set_num_threads(1)
     h, w = (int(v) for v in a.measure_size.split("x"))
     act = activation_bytes_per_pixel(a.backbone, (h, w), 19)
-    n_sp, dim, classes, pixels = 2975 * 2000, 128, 19, 1024 * 2048
+    n_sp, dim, pixels = 2975 * 2000, 128, 1024 * 2048
     k = round(0.01 * 2975 * pixels / (pixels / 2000))  # 1 % of the pixels at the mean region size: ~60,000
     bf16 = 0.5  # activations in bf16 autocast: about half of fp32 (some layers stay fp32: an optimistic factor)
     weights = act["weights_bytes"]

@@ -24,9 +24,8 @@ _open: list[dict[str, Any]] = []  # the stages entered and not left, outermost f
 
 
 def _reset_peak() -> None:
-    with contextlib.suppress(OSError):
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # "5": reset the peak RSS (Linux >= 4.0)
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # "5": reset the peak RSS (Linux >= 4.0)
 
 
 def peak_rss_bytes() -> int:

@@ -311,7 +311,7 @@ class FileDataset(SegDataset):
 
     def label(self, i: int) -> np.ndarray:
         i = self._check_index(i)
-        _, image_path, label_path = self.pairs[i]
+        label_path = self.pairs[i][2]
         label = apply_lut(read_label(label_path), self.lut, label_path)
         raw = self._raw_shape(i)  # the image's, from its header: the check __getitem__ makes
         if label.shape != tuple(raw):
