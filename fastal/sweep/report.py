@@ -6,7 +6,7 @@ difference to a baseline strategy, seed by seed at the same budget (the seed-to-
 the data and the initial set cancels in part): mean ± standard error (std / sqrt(n)) and how
 many seeds are ahead of / behind the baseline.
 
-    >>> from fastal.analysis import load_cycles, summary, paired
+    >>> from fastal.sweep.report import load_cycles, summary, paired
     >>> df, settings = load_cycles("sweeps/camvid_cpu")
     >>> paired(df, settings, baseline="random")
 
@@ -37,7 +37,7 @@ def load_cycles(sweep_dir: str | Path) -> tuple[Any, list[str]]:
 
     from fastal.atomic import read_json
     from fastal.sweep.spec import SPEC
-    from fastal.sweep.table import TABLE
+    from fastal.sweep.cycles import TABLE
 
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / TABLE
@@ -206,8 +206,8 @@ def markdown(table: Table) -> str:
 
 def plot(df: Any, settings: list[str], path: str | Path) -> None:
     """mIoU against % of pixels, one line per (settings, strategy), ± std band; each distinct
-    fully supervised mIoU once, dashed (fastal.report's plot)."""
-    from fastal.report import Group, plot_curves
+    fully supervised mIoU once, dashed (fastal.run_report's plot)."""
+    from fastal.run_report import Group, plot_curves
 
     full = fully_supervised(df, settings)
     groups, drawn = [], set()
