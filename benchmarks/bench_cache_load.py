@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from fastal.atomic import atomic_write_json
 from fastal.data import load_dataset
 from fastal.data.superpixels import build_cache
-from fastal.machine import machine_info
+from fastal.machine import command_line, machine_info
 
 
 def drop_pages(path: Path) -> None:
@@ -93,7 +92,7 @@ def main() -> None:
         "cache_bytes_per_pixel": {"v2": round(disk / pixels, 4), "v1": round((disk + 4 * pixels + 128) / pixels, 4)},
         "note": "v1: np.load(order.npy, mmap) slice .astype(int64) + indptr; v2: SuperpixelCache(path).csr(i) "
         "(counting sort of the uint16 labels); cold: posix_fadvise DONTNEED on the file before each read",
-        "command": shlex.join(["python", *sys.argv]),
+        "command": command_line(["python", *sys.argv]),
         "machine": machine_info(),
     }
     atomic_write_json(a.out, result)

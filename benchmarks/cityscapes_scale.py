@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fastal.atomic import atomic_write_json, read_json
 from fastal.config import read_toml
-from fastal.machine import machine_info
+from fastal.machine import command_line, machine_info, portable_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "cityscapes_scale.toml"
@@ -92,8 +92,8 @@ def main() -> None:
             "seconds": round(seconds, 1),
             "miou": [c["miou"] for c in res["cycles"]],
             "config": cfg | {"train_images": n},
-            "run_dir": str(run_dir),
-            "command": shlex.join(command) + f"  # with train_images = {n}",
+            "run_dir": portable_path(run_dir),
+            "command": command_line(command) + f"  # with train_images = {n}",
             "machine": machine_info(),
         }
         atomic_write_json(result_path, out)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import shlex
 import sys
 from pathlib import Path
 
 import torch
 
 from fastal.atomic import atomic_write_json
-from fastal.machine import machine_info
+from fastal.machine import command_line, machine_info
 from fastal.model.network import build_model
 from fastal.stages import measured
 
@@ -91,7 +90,7 @@ def main() -> None:
         "activation_bytes_per_pixel_cpu_fp32": act,
         "bf16_factor": bf16,
         "stages_gb": {s: round(v / GB, 2) for s, v in stages.items()},
-        "command": shlex.join(["python", *sys.argv]),
+        "command": command_line(["python", *sys.argv]),
         "machine": machine_info(),
     }
     atomic_write_json(a.out, out)

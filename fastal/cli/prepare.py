@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from fastal.cli.app import app, command_line
+from fastal.machine import portable_path
 
 
 @app.command()
@@ -81,7 +82,7 @@ def prepare(
         "scale": ds.scale,
         "size": list(ds.size) if ds.size else None,
         "image_shapes": sorted({f"{h}x{w}" for h, w in sp.shapes.tolist()}),
-        "cache": str(sp.path),
+        "cache": portable_path(sp.path),
         "cache_bytes_per_pixel": round(cache_bytes / pixels, 4),
         # This process's and its workers' (the SEEDS processes') highest resident memory.
         "peak_rss_gb": {who: round(resource.getrusage(w).ru_maxrss / 2**20, 3)
