@@ -91,7 +91,8 @@ def cases(
     scores = torch.randn(n, generator=gen).to(device, dtype)
     elt = torch.finfo(dtype).bits // 8
     yield "superpixel_mean_features", f"feat {list(feat.shape)}", (feat, sp, num), 8 * n + elt * feat.numel() + 4 * num * FEATURE_DIM
-    yield "superpixel_entropy_sum", f"logits {list(logits.shape)}", (logits, sp, num), 8 * n + elt * logits.numel() + 4 * num
+    yield ("superpixel_prediction_stats", f"logits {list(logits.shape)}", (logits, sp, num),
+           8 * n + elt * logits.numel() + 4 * num * (1 + 2 * classes))  # entropy, counts and ratios out
     yield "segment_sum", f"values {list(values.shape)}", (values, seg, num), (elt * SEGMENT_DIM + 8) * n + 4 * num * SEGMENT_DIM
     yield "segment_mean", f"values {list(values.shape)}", (values, seg, num), (elt * SEGMENT_DIM + 8) * n + 4 * num * SEGMENT_DIM
     yield "segment_sum", f"values {list(scores.shape)}", (scores, seg, num), (elt + 8) * n + 4 * num

@@ -77,6 +77,10 @@ class RunConfig:
     umap_components: int = 2  # UMAP's n_components (contrastive selection)
     umap_neighbors: int = 15  # UMAP's n_neighbors; the memory bank must hold more features
     umap_min_dist: float = 0.1  # UMAP's min_dist, in [0, 1] (spread is 1)
+    # weighted-ratio, contrastive-balanced: class weight (coeff x pool-mean class probability + 1)^-2
+    # (MulActSeg's cls_weight_coeff: 6 on Cityscapes, 12 on VOC)
+    weighted_ratio_coeff: float = 6.0
+    cluster_shortlist: float = 10.0  # contrastive-uncertain clusters the cluster_shortlist x picks most uncertain regions
     # --- method (training) ---
     contrastive_weight: float = 0.1  # lambda, the InfoNCE term's weight; 0 = cross-entropy only
     temperature: float = 0.1  # tau of the InfoNCE loss
@@ -90,6 +94,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     keep_checkpoints: bool = False  # keep every cycle's checkpoint, not only the latest
+    log: Literal["none", "tensorboard"] = "none"  # tensorboard: RUN_DIR/tensorboard/ (needs fastal[log])
 
     def schedule(self) -> list[float]:
         """Cumulative % of pixels labelled at each evaluated cycle (cycle k: entry k - 1); the
@@ -116,6 +121,10 @@ class RunConfig:
 
         return UMAPParams(**{name: getattr(self, key) for key, name in UMAP_KEYS.items()})
 
+    def strategy_knobs(self) -> dict[str, float]:
+        """The knobs of the field's strategies, as ``fastal.select.select`` takes them."""
+        return {"weighted_ratio_coeff": self.weighted_ratio_coeff, "cluster_shortlist": self.cluster_shortlist}
+
 
 # The other spelling of the schedule, which `budgets` replaces.
 SCHEDULE_KEYS = ("initial", "budget_per_cycle", "cycles")
@@ -132,7 +141,8 @@ REFERENCE_KEYS = (*DATA_KEYS, "full_reference", "backbone", "weights", "batch_si
 NOT_REFERENCE_KEYS = ("strategy", "labels", "superpixels", "cache_dir", "initial", "budget_per_cycle", "cycles",
                       "budgets", "target_ratio", "full_shared", "full_epochs", "epochs", "retrain", "engine",
                       "region_entropy", "clusters", "keep_checkpoints", "cluster_budget", "umap_components",
-                      "umap_neighbors", "umap_min_dist", "bank_lifetime", "selection_table", "selection_plot")  # fmt: skip
+                      "umap_neighbors", "umap_min_dist", "bank_lifetime", "selection_table", "selection_plot",
+                      "weighted_ratio_coeff", "cluster_shortlist", "log")  # fmt: skip
 
 
 def _hints() -> dict[str, Any]:
@@ -172,6 +182,9 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
 def validate(cfg: RunConfig) -> RunConfig:
     """Every check of a configuration that needs no data (the one place for them): ranges, names
     of strategies and backbones, and a budget that fits in 100% of the pixels."""
+    from fastal.model import BACKBONES
+    from fastal.select import STRATEGIES
+    from fastal.select.umap.params import range_problems
 
     def need(cond: bool, msg: str) -> None:
         if not cond:
@@ -206,15 +219,15 @@ def validate(cfg: RunConfig) -> RunConfig:
         need(0 <= getattr(cfg, name) < 2**63, f"{name} = {getattr(cfg, name)}: must be in 0..2**63-1")
     need(math.isfinite(cfg.lr) and cfg.lr > 0, f"lr = {cfg.lr}: must be > 0")
     need(math.isfinite(cfg.clusters) and cfg.clusters >= 1, f"clusters = {cfg.clusters}: must be >= 1 (KMeans clusters per queried region)")
-    from fastal.model import BACKBONES
-    from fastal.select import STRATEGIES
-    from fastal.select.umap.params import range_problems
-
     need(cfg.strategy in STRATEGIES, f"strategy {cfg.strategy!r}: choose one of {', '.join(STRATEGIES)}")
     need(cfg.backbone in BACKBONES, f"backbone {cfg.backbone!r}: choose one of {', '.join(BACKBONES)}")
     key_of = {name: key for key, name in UMAP_KEYS.items()}
     for name, rule in range_problems({name: getattr(cfg, key) for key, name in UMAP_KEYS.items()}):
         need(False, f"{key_of[name]} = {getattr(cfg, key_of[name])}: {rule}")
+    need(math.isfinite(cfg.weighted_ratio_coeff) and cfg.weighted_ratio_coeff >= 0,
+         f"weighted_ratio_coeff = {cfg.weighted_ratio_coeff}: must be >= 0 (0: no class weighting)")  # fmt: skip
+    need(math.isfinite(cfg.cluster_shortlist) and cfg.cluster_shortlist >= 1,
+         f"cluster_shortlist = {cfg.cluster_shortlist}: must be >= 1 (regions clustered per pick)")  # fmt: skip
     need(math.isfinite(cfg.contrastive_weight) and cfg.contrastive_weight >= 0,
          f"contrastive_weight = {cfg.contrastive_weight}: must be >= 0 (0: cross-entropy only)")  # fmt: skip
     need(math.isfinite(cfg.temperature) and cfg.temperature > 0, f"temperature = {cfg.temperature}: must be > 0")

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import torch
 
-from fastal.select.scoring import PoolScores
+from fastal.select.scoring import PoolScores, with_pool_statistics
 
 
 def synthetic_selection_inputs(
@@ -19,7 +19,8 @@ def synthetic_selection_inputs(
 
     Class means are random unit vectors; bank entries are L2-normalised noisy copies (like the
     model's projection features); pool rows are noisy means (superpixel means are not unit length).
-    Entropy and margin are random; every superpixel is unlabelled.
+    Entropy, margin and the predicted-class scores are random (each region's dominant class its
+    mixture class); every superpixel is unlabelled.
     """
     g = torch.Generator().manual_seed(seed)
     means = torch.nn.functional.normalize(torch.randn(classes, dim, generator=g), dim=1)
@@ -30,10 +31,16 @@ def synthetic_selection_inputs(
     feats = 0.8 * torch.nn.functional.normalize(means[pool_labels] + noise * torch.randn(superpixels, dim, generator=g), dim=1)
     entropy = torch.rand(superpixels, generator=g) * 100
     margin = torch.rand(superpixels, generator=g)
-    scores = PoolScores(
+    pixels = torch.randint(50, 150, (superpixels,), generator=g).float()
+    ratio = torch.rand(superpixels, generator=g)
+    rows = {"pixels": pixels, "predicted": pool_labels, "impurity": torch.rand(superpixels, generator=g),
+            "mean_entropy": entropy / 100, "ratio": ratio,
+            "ratio_by_class": torch.nn.functional.one_hot(pool_labels, classes) * (ratio * pixels)[:, None],
+            "class_prob": torch.full((classes,), 1 / classes)}  # fmt: skip
+    scores = with_pool_statistics(PoolScores(
         features=feats.to(device), entropy=entropy.to(device), margin=margin.to(device),
-        gids=np.arange(superpixels, dtype=np.int64),
-    )  # fmt: skip
+        gids=np.arange(superpixels, dtype=np.int64), **{k: v.to(device) for k, v in rows.items()},
+    ))  # fmt: skip
     return scores, bank_feat.to(device), bank_labels.to(device)
 
 

@@ -96,3 +96,36 @@ def test_missing_results_file(tmp_path: Path, capsys) -> None:
     assert al_camvid.main(["--json", str(tmp_path / "none.json")]) == 2
     err = capsys.readouterr().err
     assert "none.json: not found" in err and len(err.strip().splitlines()) == 1
+
+
+def test_issue28_probe_and_verdict_sweeps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The probe: entropy and random at 4 and 8 epochs, three seeds, no reference; the verdict: the
+    # field's strategies, the contrastive variants, contrastive, entropy and random, five seeds, one
+    # reference per seed, one pick per cluster. Both the protocol file but for these keys.
+    from fastal.select import CLUSTER_STRATEGIES, STRATEGIES
+
+    monkeypatch.chdir(ROOT)
+    probe = load_sweep("configs/sweep_camvid_probe_epochs.toml").runs(tmp_path / "p")
+    verdict = load_sweep("configs/sweep_camvid_verdict.toml").runs(tmp_path / "v")
+    data_root = str(ROOT / "../shared/data/CamVid")
+    assert sorted((r.cfg.epochs, r.cfg.seed, r.cfg.strategy) for r in probe) == [
+        (e, s, k) for e in (4, 8) for s in range(3) for k in ("entropy", "random")]
+    assert {r.reference for r in probe} == {None}
+    for r in probe:
+        assert r.cfg == load_config("configs/al_camvid_cpu.toml", {**r.point, "data_root": data_root,
+                                                                    "cluster_budget": "fit",
+                                                                    "full_reference": False}), r.name
+    field = {"cb-ratio", "cb-ratio-pixels", "impurity-entropy", "weighted-ratio"}
+    variants = {"contrastive-balanced", "contrastive-uncertain"}
+    strategies = field | variants | {"contrastive", "entropy", "random"}
+    assert strategies <= set(STRATEGIES) and variants <= set(CLUSTER_STRATEGIES)
+    assert sorted((r.cfg.seed, r.cfg.strategy) for r in verdict) == [(s, k) for s in range(5) for k in sorted(strategies)]
+    assert len({r.reference for r in verdict}) == 5  # one per seed, shared by its strategies
+    epochs = {r.cfg.epochs for r in verdict}
+    assert len(epochs) == 1 and epochs <= {2, 4, 8} and {r.cfg.full_epochs for r in verdict} == {4 * epochs.pop()}
+    for r in verdict:
+        ref = str(tmp_path / "v" / "references" / f"{r.reference}.json")
+        want = load_config("configs/al_camvid_cpu.toml", {**r.point, "data_root": data_root, "full_shared": ref,
+                                                          "cluster_budget": "fit", "epochs": r.cfg.epochs,
+                                                          "full_epochs": r.cfg.full_epochs})  # fmt: skip
+        assert r.cfg == want, r.name

@@ -20,8 +20,11 @@ import fastal.kernels as K
 from fastal.errors import FastalError
 from fastal.kernels import reference
 
-OPS = ("segment_sum", "segment_mean", "segment_argmax", "superpixel_mean_features", "superpixel_entropy_sum")
-COMPOSED = ("segment_mean",)  # composed once in ops.py from segment_sum and the segment sizes: no backend function
+OPS = ("segment_sum", "segment_mean", "segment_argmax", "superpixel_mean_features", "superpixel_entropy_sum",
+       "superpixel_prediction_stats")  # fmt: skip
+# Composed once in ops.py, no backend function: segment_mean from segment_sum and the segment sizes,
+# superpixel_entropy_sum from superpixel_prediction_stats.
+COMPOSED = ("segment_mean", "superpixel_entropy_sum")
 
 
 def _simulated() -> bool:
@@ -45,11 +48,14 @@ def run(device: str, op: str, *args):
         from fastal.kernels import cuda
         from fastal.kernels.ops import divide_by_counts
 
-        if op in COMPOSED:  # segment_mean, as ops.py composes it, over the simulated segment_sum
+        if op == "segment_mean":  # as ops.py composes it, over the simulated segment_sum
             return divide_by_counts(cuda.segment_sum(*args), args[1], args[2])
+        if op == "superpixel_entropy_sum":
+            return cuda.superpixel_prediction_stats(*args)[0]
         return getattr(cuda, op)(*args)
     moved = [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
-    return getattr(K, op)(*moved).cpu()
+    out = getattr(K, op)(*moved)
+    return tuple(t.cpu() for t in out) if isinstance(out, tuple) else out.cpu()
 
 
 def tol(dtype: torch.dtype) -> dict:
@@ -114,6 +120,30 @@ def naive_entropy_sum(logits: np.ndarray, sp: np.ndarray, n: int) -> np.ndarray:
     return naive_segment_sum(entropy.reshape(-1), sp.reshape(-1), n)
 
 
+def naive_prediction_stats(logits: np.ndarray, sp: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
+    """(entropy (n,), pixels by predicted class (n, C), summed p2/p1 by predicted class (n, C))."""
+    z = naive_upsample(logits, *sp.shape[1:])  # (B, C, H, W)
+    classes = z.shape[1]
+    predicted = z.argmax(axis=1)  # the first maximum
+    top2 = np.sort(z, axis=1)[:, -2:] if classes > 1 else None
+    ratio = np.exp(top2[:, 0] - top2[:, 1]) if classes > 1 else np.zeros(predicted.shape)
+    counts, ratios = np.zeros((n, classes)), np.zeros((n, classes))
+    for s, k, r in zip(sp.reshape(-1), predicted.reshape(-1), ratio.reshape(-1)):
+        counts[s, k] += 1
+        ratios[s, k] += r
+    return naive_entropy_sum(logits, sp, n), counts, ratios
+
+
+def check_prediction_stats(got: tuple[torch.Tensor, ...], logits: torch.Tensor, sp: torch.Tensor, n: int) -> None:
+    entropy, counts, ratio = got
+    assert (entropy.dtype, counts.dtype, ratio.dtype) == (torch.float32, torch.int32, torch.float32)
+    assert counts.shape == ratio.shape == (n, logits.shape[1])
+    want = naive_prediction_stats(as64(logits), sp.numpy(), n)
+    torch.testing.assert_close(entropy.double(), torch.from_numpy(want[0]), rtol=2e-5, atol=2e-5)
+    assert counts.tolist() == want[1].astype(int).tolist()
+    torch.testing.assert_close(ratio.double(), torch.from_numpy(want[2]), rtol=2e-5, atol=2e-5)
+
+
 def as64(t: torch.Tensor) -> np.ndarray:
     return t.double().numpy()
 
@@ -160,6 +190,21 @@ def test_entropy_by_hand(device):
     torch.testing.assert_close(out, torch.tensor([5 * bits, 0.0, 7 * bits]))
     uniform = run(device, "superpixel_entropy_sum", torch.zeros(1, 4, 2, 2), torch.zeros(1, 5, 3, dtype=torch.int64), 1)
     torch.testing.assert_close(uniform, torch.tensor([30.0]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_prediction_stats_by_hand(device):
+    # Constant logits [0, log 3]: every pixel predicts class 1 with p2/p1 = (1/4) / (3/4) = 1/3.
+    two = torch.tensor([0.0, math.log(3.0)]).view(1, 2, 1, 1).expand(1, 2, 2, 3)
+    sp = torch.tensor([[[0, 0, 0, 2], [0, 0, 2, 2], [2, 2, 2, 2]]])
+    entropy, counts, ratio = run(device, "superpixel_prediction_stats", two, sp, 3)
+    assert counts.tolist() == [[0, 5], [0, 0], [0, 7]]
+    torch.testing.assert_close(ratio, torch.tensor([[0.0, 5 / 3], [0.0, 0.0], [0.0, 7 / 3]]))
+    # A tie predicts the lower class, with ratio 1; one class has no runner-up: ratio 0.
+    _, counts, ratio = run(device, "superpixel_prediction_stats", torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.int64), 1)
+    assert counts.tolist() == [[4, 0, 0]] and ratio.tolist() == [[4.0, 0.0, 0.0]]
+    _, counts, ratio = run(device, "superpixel_prediction_stats", torch.ones(1, 1, 2, 2), torch.zeros(1, 2, 2, dtype=torch.int64), 1)
+    assert counts.tolist() == [[4]] and ratio.tolist() == [[0.0]]
 
 
 # ---------------------------------------------------------------- random comparisons
@@ -221,6 +266,11 @@ def test_superpixel_functions_random(device, dtype, low, high):
     expected = naive_entropy_sum(as64(logits), sp.numpy(), num)
     torch.testing.assert_close(entropy.double(), torch.from_numpy(expected), rtol=2e-5, atol=2e-5)
     torch.testing.assert_close(entropy, reference.superpixel_entropy_sum(logits, sp, num), rtol=1e-5, atol=1e-4)
+    stats = run(device, "superpixel_prediction_stats", logits, sp, num)
+    check_prediction_stats(stats, logits, sp, num)
+    ref = reference.superpixel_prediction_stats(logits, sp, num)
+    assert torch.equal(stats[1], ref[1])
+    torch.testing.assert_close(stats[2], ref[2], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -260,6 +310,8 @@ def test_empty_inputs(device):
     no_pixels = torch.zeros(1, 0, 4, dtype=torch.int64)
     assert run(device, "superpixel_mean_features", torch.ones(1, 3, 2, 2), no_pixels, 2).tolist() == [[0] * 3] * 2
     assert run(device, "superpixel_entropy_sum", torch.ones(1, 3, 2, 2), no_pixels, 2).tolist() == [0, 0]
+    _, counts, ratio = run(device, "superpixel_prediction_stats", torch.ones(1, 3, 2, 2), no_pixels, 2)
+    assert counts.tolist() == [[0] * 3] * 2 and ratio.tolist() == [[0.0] * 3] * 2
 
 
 def test_cpu_matches_reference_at_moderate_size():
@@ -272,9 +324,10 @@ def test_cpu_matches_reference_at_moderate_size():
     torch.testing.assert_close(
         K.superpixel_mean_features(feat, sp, 400), reference.superpixel_mean_features(feat, sp, 400), rtol=1e-5, atol=1e-5
     )
-    torch.testing.assert_close(
-        K.superpixel_entropy_sum(logits, sp, 400), reference.superpixel_entropy_sum(logits, sp, 400), rtol=1e-5, atol=1e-3
-    )
+    got, want = K.superpixel_prediction_stats(logits, sp, 400), reference.superpixel_prediction_stats(logits, sp, 400)
+    torch.testing.assert_close(got.entropy, want[0], rtol=1e-5, atol=1e-3)
+    assert torch.equal(got.counts, want[1])
+    torch.testing.assert_close(got.ratio, want[2], rtol=1e-5, atol=1e-4)
     values = torch.from_numpy(rng.normal(size=(70_000, 16))).float()  # > 2**20 elements: threaded
     many = torch.from_numpy(rng.integers(0, 60_000, 70_000))
     # S ~ N: counting-sort path; S << N: per-thread private sums; one column: the 1-D path
@@ -295,6 +348,8 @@ def test_results_are_bitwise_repeatable(device):
         ("segment_sum", (values, seg, 6)),
     ):
         assert torch.equal(run(device, op, *args), run(device, op, *args)), op
+    first, again = (run(device, "superpixel_prediction_stats", maps, sp, 6) for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
 @pytest.mark.gpu
@@ -326,9 +381,7 @@ def test_superpixel_functions_match_naive_for_any_sizes(low, high, num, seed):
     expected = naive_mean_features(as64(maps), sp.numpy(), num)
     got = K.superpixel_mean_features(maps, sp, num).double()
     torch.testing.assert_close(got, torch.from_numpy(expected), rtol=2e-5, atol=2e-5)
-    expected = naive_entropy_sum(as64(maps), sp.numpy(), num)
-    got = K.superpixel_entropy_sum(maps, sp, num).double()
-    torch.testing.assert_close(got, torch.from_numpy(expected), rtol=2e-5, atol=2e-5)
+    check_prediction_stats(K.superpixel_prediction_stats(maps, sp, num), maps, sp, num)
 
 
 # ---------------------------------------------------------------- API contract

@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent(
             "segment_sum": (arr(dtype, 2), i64, i64, arr(acc, 2)),
             "segment_argmax": (arr(dtype, 1), i64, i64, i64),
             "pool_features": (arr(dtype, 2), *pixels, arr(np.float32, 2)),
-            "entropy_sum": (arr(dtype, 2), *pixels, f32),
+            "prediction_stats": (arr(dtype, 2), *pixels, f32, arr(np.int32, 2), arr(np.float32, 2)),
         }
         for name, signature in signatures.items():
             try:
@@ -74,7 +74,7 @@ def test_cuda_module_without_gpu_raises_one_clear_error():
         if cuda.is_available():
             raise SystemExit(77)
         try:
-            K.superpixel_entropy_sum(torch.zeros(1, 2, 2, 2), torch.zeros(1, 4, 4, dtype=torch.int64), 1)
+            K.superpixel_prediction_stats(torch.zeros(1, 2, 2, 2), torch.zeros(1, 4, 4, dtype=torch.int64), 1)
         except FastalError as e:
             print(e)
         """

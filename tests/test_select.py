@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from fastal.errors import FastalError
 from fastal.select import STRATEGIES, PoolScores, select
+from fastal.select.scoring import with_pool_statistics
 from fastal.select.strategies import Candidates, k_center_greedy, pick_per_cluster
 from fastal.select.umap.params import UMAPParams
 
@@ -31,12 +32,20 @@ def pool() -> tuple[PoolScores, torch.Tensor, torch.Tensor, np.ndarray]:
     rng = np.random.default_rng(0)
     x, _ = _clustered(800, 8, 5, seed=1)
     bank, bank_lab = _clustered(150, 8, 5, seed=1)
-    scores = PoolScores(
+    pixels = torch.from_numpy(rng.integers(20, 200, 800)).float()
+    predicted = torch.from_numpy(rng.integers(0, 4, 800))
+    ratio = torch.from_numpy(rng.random(800).astype(np.float32))
+    scores = with_pool_statistics(PoolScores(
         features=torch.from_numpy(x),
         entropy=torch.from_numpy(rng.random(800).astype(np.float32)),
         margin=torch.from_numpy(rng.random(800).astype(np.float32)),
         gids=np.arange(800, dtype=np.int64) + OFFSET,
-    )
+        pixels=pixels, predicted=predicted, ratio=ratio,
+        impurity=torch.from_numpy(rng.random(800).astype(np.float32)),
+        mean_entropy=torch.from_numpy(rng.random(800).astype(np.float32)),
+        ratio_by_class=torch.nn.functional.one_hot(predicted, 4) * (ratio * pixels)[:, None],
+        class_prob=torch.tensor([0.4, 0.3, 0.2, 0.1]),
+    ))
     mask = np.zeros(OFFSET + 800, dtype=bool)
     mask[rng.choice(np.arange(OFFSET, OFFSET + 800), 200, replace=False)] = True
     mask[:OFFSET] = True  # ids outside the scored pool: labelled or not, never candidates

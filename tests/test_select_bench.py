@@ -18,7 +18,7 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
-@pytest.mark.parametrize("strategy", ["contrastive", "entropy"])
+@pytest.mark.parametrize("strategy", ["contrastive", "entropy", "weighted-ratio"])
 def test_json_keys(tmp_path: Path, strategy: str) -> None:
     out = tmp_path / "r.json"
     argv = ["bench", "selection", "--superpixels", "1500", "--dim", "16", "--bank", "40", "--classes", "3",

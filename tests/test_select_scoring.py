@@ -96,6 +96,48 @@ def test_scores_match_reference(batch_size: int) -> None:
     assert teacher.training  # restored after scoring
 
 
+def test_prediction_outputs_and_pool_statistics_match_reference() -> None:
+    # Per pixel in float64: the softmax of the upsampled logits (predicted class, p2/p1) and the
+    # upsampled low-res softmax (the pool's mean class probability, as the margin's means).
+    ds = Images([(16, 20), (12, 24), (16, 20)])
+    cache = Cache(ds)
+    teacher = TinyTeacher(classes=5)
+    scores = score_pool(teacher, ds, cache, [2, 0, 1], "cpu", batch_size=2, show_progress=False)
+    rows: dict[str, list] = {k: [] for k in ("pixels", "predicted", "impurity", "mean_entropy", "ratio", "by_class")}
+    prob_sum, total = np.zeros(5), 0
+    with torch.no_grad():
+        for i in [2, 0, 1]:
+            logits = teacher(to_tensor_batch(ds.images[i], "cpu"))[0].double()
+            size = ds.images[i].shape[:2]
+            p = torch.softmax(F.interpolate(logits, size, mode="bilinear", align_corners=False)[0], 0).numpy()
+            prob_sum += F.interpolate(torch.softmax(logits, 1), size, mode="bilinear", align_corners=False)[0].sum((1, 2)).numpy()
+            total += size[0] * size[1]
+            top = np.sort(p, 0)
+            ratio, pred = top[-2] / top[-1], p.argmax(0)
+            ent = -(p * np.log2(p)).sum(0)
+            sp = cache.local(i).astype(np.int64)
+            for s in range(int(cache.counts[i])):
+                m = sp == s
+                hist = np.bincount(pred[m], minlength=5)
+                dist = hist[hist > 0] / m.sum()
+                rows["pixels"].append(m.sum())
+                rows["predicted"].append(hist.argmax())
+                rows["impurity"].append(-(dist * np.log(dist)).sum() / np.log(5))
+                rows["mean_entropy"].append(ent[m].mean() / np.log2(5))
+                rows["ratio"].append(ratio[m].mean())
+                rows["by_class"].append(np.bincount(pred[m], weights=ratio[m], minlength=5))
+    assert scores.pixels.tolist() == rows["pixels"] and scores.predicted.tolist() == rows["predicted"]
+    for name in ("impurity", "mean_entropy", "ratio"):
+        np.testing.assert_allclose(getattr(scores, name).numpy(), rows[name], rtol=1e-4, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(scores.ratio_by_class.numpy(), np.array(rows["by_class"]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(scores.class_prob.numpy(), prob_sum / total, rtol=1e-5)
+    # Class frequencies of the dominant predicted classes, by regions and by pixels.
+    pred, pixels = np.array(rows["predicted"]), np.array(rows["pixels"], float)
+    np.testing.assert_allclose(scores.class_frequency().numpy(), np.bincount(pred, minlength=5) / pred.size)
+    np.testing.assert_allclose(scores.class_frequency("pixels").numpy(),
+                               np.bincount(pred, weights=pixels, minlength=5) / pixels.sum())  # fmt: skip
+
+
 @pytest.mark.parametrize("amp", ["fp32", False, "auto", None])
 def test_amp_settings_that_mean_fp32_on_cpu_give_exact_scores(amp) -> None:
     ds = Images([(16, 20)] * 2)

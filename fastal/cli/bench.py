@@ -145,7 +145,7 @@ def scoring(
     from fastal.data.base import parse_size
     from fastal.data.superpixels import seeds_grid, seeds_superpixels
     from fastal.device import resolve_device
-    from fastal.kernels import superpixel_entropy_sum, superpixel_mean_features
+    from fastal.kernels import superpixel_mean_features, superpixel_prediction_stats
     from fastal.machine import machine_info
     from fastal.model.network import build_model
     from fastal.model.precision import autocast, resolve_amp, to_tensor_batch
@@ -207,7 +207,7 @@ def scoring(
         t2 = time.perf_counter()
         with torch.inference_mode():  # what score_pool does per batch
             superpixel_mean_features(emb.float(), sp, n_sp)
-            superpixel_entropy_sum(logits.float(), sp, n_sp)
+            superpixel_prediction_stats(logits.float(), sp, n_sp)
             probs = superpixel_mean_features(torch.softmax(logits.float(), 1), sp, n_sp)
             torch.topk(probs, 2, dim=1)  # the margin
         sync()

@@ -8,14 +8,18 @@ from fastal.kernels.ops import (
     segment_argmax,
     segment_mean,
     segment_sum,
+    PredictionStats,
     superpixel_entropy_sum,
     superpixel_mean_features,
+    superpixel_prediction_stats,
 )
 
 __all__ = [
+    "PredictionStats",
     "segment_argmax",
     "segment_mean",
     "segment_sum",
     "superpixel_entropy_sum",
     "superpixel_mean_features",
+    "superpixel_prediction_stats",
 ]

@@ -3,8 +3,8 @@
 Inputs arrive validated (``fastal.kernels.ops``). Work is split without races: segment sums give
 each thread a private (S, D) accumulator over its chunk of rows (or, when S is close to N, own
 whole segments through a counting sort); the argmax and the feature pooling walk each segment's
-elements in counting-sort order, one thread per segment; the entropy kernel gives every thread a
-private row of per-superpixel sums. Results are deterministic for a fixed thread count.
+elements in counting-sort order, one thread per segment; the softmax kernel (entropy, predicted classes) gives every thread
+private rows of per-superpixel sums. Results are deterministic for a fixed thread count.
 numba has no fp16/bf16 arithmetic on the CPU, so half inputs are converted to float32 first (one
 pass over the input; for the superpixel functions that input is the small low-resolution map).
 """
@@ -213,37 +213,42 @@ def _exp2_parts(t):  # pragma: no cover - compiled
 
 
 @nb.njit(parallel=True, cache=True, fastmath=True)
-def _entropy_rows(logits, sp, y0, y1, ly, x0, x1, lx, partial):  # pragma: no cover - compiled
-    """Per-thread sums of base-2 softmax entropy of upsampled ``logits`` (B, C, h, w) per superpixel.
+def _softmax_rows(logits, sp, y0, y1, ly, x0, x1, lx, entropy, counts, ratio):  # pragma: no cover - compiled
+    """Per-thread sums over the softmax of upsampled ``logits`` (B, C, h, w), per superpixel.
 
     Works one full-res row at a time in small buffers: blend the two source rows (C x w), blend
-    columns (C x W), softmax entropy per pixel, add into this thread's row of ``partial`` (T, S).
+    columns (C x W), softmax per pixel, then add into this thread's rows: ``entropy`` (T, S) base-2
+    entropy; ``counts`` (T, S, C) pixels by predicted class (argmax, ties to the lower class) and
+    ``ratio`` (T, S, C) the pixels' p2/p1 (second-best over best probability) by predicted class.
     """
     nb_, nc, h, w = logits.shape
     height, width = sp.shape[1], sp.shape[2]
     rows = nb_ * height
-    nt = partial.shape[0]
+    nt = entropy.shape[0]
     chunk = (rows + nt - 1) // nt
     log2e = np.float32(1.0 / _LN2)
+    lowest = np.float32(-3.0e38)  # finite: fastmath assumes no infinities
     for t in nb.prange(nt):
         blend = np.empty((nc, w), np.float32)
         z = np.empty((nc, width), np.float32)
         zmax = np.empty(width, np.float32)
+        second = np.empty(width, np.float32)
+        top = np.empty(width, np.int64)
         mantissa = np.empty(width, np.float32)
         bits = np.empty(width, np.int32)
         scale = bits.view(np.float32)
         total = np.empty(width, np.float32)
         weighted = np.empty(width, np.float32)
-        acc = partial[t]
+        acc, count_acc, ratio_acc = entropy[t], counts[t], ratio[t]
         for r in range(t * chunk, min(rows, (t + 1) * chunk)):
             b = r // height
             y = r - b * height
             wy = ly[y]
             for c in range(nc):
-                top = logits[b, c, y0[y]]
-                bottom = logits[b, c, y1[y]]
+                src_top = logits[b, c, y0[y]]
+                src_bottom = logits[b, c, y1[y]]
                 for i in range(w):
-                    blend[c, i] = top[i] + wy * (bottom[i] - top[i])
+                    blend[c, i] = src_top[i] + wy * (src_bottom[i] - src_top[i])
             for c in range(nc):
                 src = blend[c]
                 dst = z[c]
@@ -268,6 +273,21 @@ def _entropy_rows(logits, sp, y0, y1, ly, x0, x1, lx, partial):  # pragma: no co
             labels = sp[b, y]
             for x in range(width):
                 acc[labels[x]] += math.log2(total[x]) - weighted[x] / total[x]
+            # The predicted class is the first reaching the maximum; the runner-up the largest other
+            # logit (equal to the maximum on a tie: ratio 1). p2/p1 = 2**(z2 - z1) in base 2.
+            top[:] = -1
+            second[:] = lowest
+            for c in range(nc):
+                for x in range(width):
+                    if top[x] < 0 and z[c, x] == zmax[x]:
+                        top[x] = c
+                    elif z[c, x] > second[x]:
+                        second[x] = z[c, x]
+            for x in range(width):
+                k = top[x]
+                count_acc[labels[x], k] += 1
+                if nc > 1:
+                    ratio_acc[labels[x], k] += 2.0 ** np.float64(second[x] - zmax[x])
 
 
 def _numpy(t: torch.Tensor, dtype: type | None = None) -> np.ndarray:
@@ -344,10 +364,15 @@ def superpixel_mean_features(feat: torch.Tensor, sp: torch.Tensor, num_sp: int) 
     return torch.from_numpy(out)
 
 
-def superpixel_entropy_sum(logits: torch.Tensor, sp: torch.Tensor, num_sp: int) -> torch.Tensor:
+def superpixel_prediction_stats(logits: torch.Tensor, sp: torch.Tensor, num_sp: int) -> tuple[torch.Tensor, ...]:
     src = _numpy(logits, np.float32)  # (B, C, h, w)
     labels = _numpy(sp, np.int64)  # (B, H, W)
     threads = max(1, min(nb.get_num_threads(), labels.shape[0] * labels.shape[1]))
-    partial = np.zeros((threads, num_sp), np.float64)
-    _entropy_rows(src, labels, *_taps(logits, sp), partial)
-    return torch.from_numpy(partial.sum(axis=0).astype(np.float32))
+    nc = src.shape[1]
+    entropy = np.zeros((threads, num_sp), np.float64)
+    counts = np.zeros((threads, num_sp, nc), np.int64)
+    ratio = np.zeros((threads, num_sp, nc), np.float64)
+    _softmax_rows(src, labels, *_taps(logits, sp), entropy, counts, ratio)
+    return (torch.from_numpy(entropy.sum(axis=0).astype(np.float32)), torch.from_numpy(counts.sum(axis=0).astype(np.int32)),
+            torch.from_numpy(ratio.sum(axis=0).astype(np.float32)))
+

@@ -29,7 +29,7 @@ import torch
 if not hasattr(np, "row_stack"):
     np.row_stack = np.vstack
 
-from numba import cuda  # noqa: E402
+from numba import cuda, float32  # noqa: E402
 from numba.core import config  # noqa: E402
 
 from fastal.errors import FastalError  # noqa: E402
@@ -40,6 +40,9 @@ SIMULATED = bool(config.ENABLE_CUDASIM)
 MAX_THREADS = 256  # threads per block on a GPU; shared buffers are sized for it
 # The simulator runs every thread as a Python thread: small blocks keep CI fast.
 THREADS = 32 if SIMULATED else MAX_THREADS
+# Dynamic shared memory of the prediction kernel's per-thread class slots: under the 48 KiB a
+# block may use without opting in, beside the kernels' static 2 KiB.
+_DYNAMIC_SHARED = 40 * 1024
 _INV_LN2 = np.float32(1 / math.log(2))  # nats to bits, a float32 constant (kernels stay in float32)
 
 _better = cuda.jit(device=True)(argmax_better)
@@ -160,18 +163,30 @@ def kernels(kind: str) -> SimpleNamespace:
             cuda.syncthreads()
 
     @cuda.jit
-    def entropy_sum(cells, rows, cols, indptr, row_top, row_bottom, row_weight, x0, x1, lx, out):  # pragma: no cover
+    def prediction_stats(cells, rows, cols, indptr, row_top, row_bottom, row_weight, x0, x1, lx,
+                         entropy, counts, ratio):  # pragma: no cover
         # cells (B*h*w, C) channel-last logits; one thread per full-res pixel of the segment, an
-        # online softmax over the C interpolated logits (one pass, nothing stored per pixel).
+        # online softmax over the C interpolated logits (one pass, nothing stored per pixel) that
+        # also tracks the predicted class and the runner-up's logit. entropy (S,); counts, ratio
+        # (S, C) by predicted class, summed in this thread's own slots of the dynamic shared
+        # array (2 x threads x C float32: counts, then ratios), then reduced over threads.
         s = cuda.blockIdx.x
         tid, nthreads = cuda.threadIdx.x, cuda.blockDim.x
         classes = cells.shape[1]
         buf = cuda.shared.array(MAX_THREADS, np.float64)
+        per_class = cuda.shared.array(0, float32)  # a numba type: the simulator needs one for dynamic arrays  # a numba type: the simulator needs one for dynamic arrays
+        mine = tid * classes
+        ratios = nthreads * classes  # where the ratio slots start
+        for c in range(classes):
+            per_class[mine + c] = 0
+            per_class[ratios + mine + c] = 0
         acc = np.float32(0)
         for k in range(indptr[s] + tid, indptr[s + 1], nthreads):
             c00, c01, c10, c11, wy, wx = _corners(rows[k], cols[k], row_top, row_bottom, row_weight, x0, x1, lx)
-            # total = sum e_c, weighted = sum e_c (z_c - zmax), e_c = exp(z_c - zmax), zmax running.
+            # total = sum e_c, weighted = sum e_c (z_c - zmax), e_c = exp(z_c - zmax), zmax running;
+            # top: the first class reaching zmax, second: the largest other logit.
             zmax, total, weighted = np.float32(0), np.float32(0), np.float32(0)
+            second, top = np.float32(-math.inf), 0
             for c in range(classes):
                 a = load(cells[c00, c])
                 upper = a + wx * (load(cells[c01, c]) - a)
@@ -185,20 +200,37 @@ def kernels(kind: str) -> SimpleNamespace:
                     scale = math.exp(shift)
                     weighted = scale * (weighted + shift * total)
                     total = scale * total + np.float32(1)
-                    zmax = z
+                    second, zmax, top = zmax, z, c
                 else:
                     e = math.exp(z - zmax)
                     total += e
                     weighted += e * (z - zmax)
+                    if z > second:  # not max(): numba-cuda types max(a, b) as max(iterable) here
+                        second = z
             if classes > 0:
                 acc += (math.log(total) - weighted / total) * _INV_LN2
+                per_class[mine + top] += np.float32(1)
+                per_class[ratios + mine + top] += math.exp(second - zmax)
         buf[tid] = acc
         _tree_sum(buf, 0, tid, 1, nthreads)
         if tid == 0:
-            out[s] = buf[0]
+            entropy[s] = buf[0]
+        half = nthreads // 2
+        while half > 0:
+            if tid < half:
+                for c in range(classes):
+                    per_class[mine + c] += per_class[mine + half * classes + c]
+                    per_class[ratios + mine + c] += per_class[ratios + mine + half * classes + c]
+            cuda.syncthreads()
+            half //= 2
+        if tid == 0:
+            for c in range(classes):
+                counts[s, c] = np.int32(per_class[c])
+                ratio[s, c] = per_class[ratios + c]
 
     return SimpleNamespace(
-        segment_sum=segment_sum, segment_argmax=segment_argmax, pool_features=pool_features, entropy_sum=entropy_sum
+        segment_sum=segment_sum, segment_argmax=segment_argmax, pool_features=pool_features,
+        prediction_stats=prediction_stats,
     )
 
 
@@ -226,8 +258,9 @@ def _device_array(t):
     return cuda.as_cuda_array(t)  # strided views are fine: kernels index through the strides
 
 
-def _launch(kernel, grid: int, block: tuple[int, ...], device: torch.device, *args) -> None:
-    """Run ``kernel`` on torch's current stream; outputs must come pre-filled (0, or -1 for argmax).
+def _launch(kernel, grid: int, block: tuple[int, ...], device: torch.device, *args, shared: int = 0) -> None:
+    """Run ``kernel`` on torch's current stream with ``shared`` bytes of dynamic shared memory;
+    outputs must come pre-filled (0, or -1 for argmax).
 
     With no blocks or an empty input there is nothing to reduce, and nothing is launched (empty
     tensors may carry a null pointer that numba refuses).
@@ -235,11 +268,11 @@ def _launch(kernel, grid: int, block: tuple[int, ...], device: torch.device, *ar
     if grid == 0 or any(isinstance(a, torch.Tensor) and a.numel() == 0 for a in args):
         return
     if SIMULATED:
-        kernel[grid, block](*map(_device_array, args))
+        kernel[grid, block, 0, shared](*map(_device_array, args))
         return
     with cuda.gpus[device.index if device.index is not None else torch.cuda.current_device()]:
         stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
-        kernel[grid, block, stream](*map(_device_array, args))
+        kernel[grid, block, stream, shared](*map(_device_array, args))
 
 
 def _csr(seg: torch.Tensor, num_segments: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,9 +343,24 @@ def superpixel_mean_features(feat: torch.Tensor, sp: torch.Tensor, num_sp: int) 
     return out.div_(counts[:, None])
 
 
-def superpixel_entropy_sum(logits: torch.Tensor, sp: torch.Tensor, num_sp: int) -> torch.Tensor:
+def _class_threads(classes: int) -> int:
+    """Threads per block of the prediction kernel: a power of two whose per-thread class slots
+    (2 x C float32 each) fit ``_DYNAMIC_SHARED`` bytes."""
+    fit = _DYNAMIC_SHARED // (8 * max(classes, 1))
+    if fit < 1:
+        raise FastalError(f"{classes} classes: the prediction kernel's shared memory holds at most "
+                          f"{_DYNAMIC_SHARED // 8}")
+    return min(THREADS, 1 << (fit.bit_length() - 1))
+
+
+def superpixel_prediction_stats(logits: torch.Tensor, sp: torch.Tensor, num_sp: int) -> tuple[torch.Tensor, ...]:
     _require_gpu()
     args = _upsampling_args(logits, sp, num_sp)
-    out = torch.zeros(num_sp, dtype=torch.float32, device=logits.device)
-    _launch(kernels(_kind(args[0])).entropy_sum, num_sp, (THREADS,), logits.device, *args, out)
-    return out
+    classes = logits.shape[1]
+    entropy = torch.zeros(num_sp, dtype=torch.float32, device=logits.device)
+    counts = torch.zeros((num_sp, classes), dtype=torch.int32, device=logits.device)
+    ratio = torch.zeros((num_sp, classes), dtype=torch.float32, device=logits.device)
+    threads = _class_threads(classes)
+    _launch(kernels(_kind(args[0])).prediction_stats, num_sp, (threads,), logits.device, *args, entropy, counts, ratio,
+            shared=8 * threads * classes)  # fmt: skip
+    return entropy, counts, ratio

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import operator
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
 
@@ -151,18 +152,46 @@ def superpixel_mean_features(feat: torch.Tensor, sp: torch.Tensor, num_sp: int) 
     return impl.superpixel_mean_features(feat, sp, num_sp)
 
 
+class PredictionStats(NamedTuple):
+    """Per-superpixel sums over the softmax of upsampled logits (:func:`superpixel_prediction_stats`)."""
+
+    entropy: torch.Tensor  # (S,) float32: summed base-2 pixel entropy
+    counts: torch.Tensor  # (S, C) int32: pixels by predicted class (the histogram of the argmax)
+    ratio: torch.Tensor  # (S, C) float32: summed p2/p1 (second-best over best) of the pixels predicted as each class
+
+
+def superpixel_prediction_stats(logits: torch.Tensor, sp: torch.Tensor, num_sp: int) -> PredictionStats:
+    """What each superpixel's pixels predict, in one fused pass over upsampled ``logits``.
+
+    ``logits`` [B, C, h, w] (any float dtype), ``sp`` [B, H, W] ids in ``[0, num_sp)``. For each
+    full-resolution pixel the C logits are interpolated (``align_corners=False``) and softmaxed;
+    its superpixel gains the pixel's base-2 entropy (``entropy`` [S]), one count for its predicted
+    class (``counts`` [S, C], the argmax, ties to the lower class) and its ratio p2/p1 of
+    second-best to best probability, in the column of its predicted class (``ratio`` [S, C]).
+    No full-resolution map is written. ``counts.sum(1)`` is the superpixel's size,
+    ``ratio.sum(1) / size`` its mean ratio, ``ratio @ w / size`` its mean ratio with each pixel
+    weighted by ``w`` of its predicted class. Accumulates in float32 (float64 per-thread totals on
+    the CPU); the CUDA kernel holds 2 x C floats per thread in shared memory (C <= 5120).
+    Deterministic.
+
+    >>> logits = torch.tensor([1.0, 3.0]).log().view(1, 2, 1, 1).expand(1, 2, 2, 2)  # p = [1/4, 3/4]
+    >>> superpixel_prediction_stats(logits, torch.zeros(1, 4, 4, dtype=torch.int64), 1).ratio
+    tensor([[0.0000, 5.3333]])
+    """
+    impl = _backend(logits, sp)
+    _check_maps("logits", logits, sp, num_sp)
+    return PredictionStats(*impl.superpixel_prediction_stats(logits, sp, num_sp))
+
+
 def superpixel_entropy_sum(logits: torch.Tensor, sp: torch.Tensor, num_sp: int) -> torch.Tensor:
     """Per-superpixel sum of the base-2 softmax entropy of upsampled ``logits`` -> float32 [num_sp].
 
-    ``logits`` [B, C, h, w] (any float dtype), ``sp`` [B, H, W] ids in ``[0, num_sp)``. For each
-    full-resolution pixel the C logits are interpolated (``align_corners=False``), softmaxed and
-    ``-sum p log2 p`` is added to its superpixel, fused: no full-resolution map is written.
-    Accumulates in float32 (float64 per-thread totals on the CPU). Deterministic.
+    ``logits`` [B, C, h, w] (any float dtype), ``sp`` [B, H, W] ids in ``[0, num_sp)``: the
+    ``entropy`` of :func:`superpixel_prediction_stats` (composed here, for every device).
+    Deterministic.
 
     >>> logits, sp = torch.zeros(1, 4, 2, 2), torch.zeros(1, 8, 8, dtype=torch.int64)
     >>> superpixel_entropy_sum(logits, sp, 1)  # 64 pixels of uniform 4-way softmax: 2 bits each
     tensor([128.])
     """
-    impl = _backend(logits, sp)
-    _check_maps("logits", logits, sp, num_sp)
-    return impl.superpixel_entropy_sum(logits, sp, num_sp)
+    return superpixel_prediction_stats(logits, sp, num_sp).entropy

@@ -60,8 +60,21 @@ def superpixel_mean_features(feat: torch.Tensor, sp: torch.Tensor, num_sp: int) 
     return segment_mean(rows, sp.reshape(-1), num_sp)
 
 
-def superpixel_entropy_sum(logits: torch.Tensor, sp: torch.Tensor, num_sp: int) -> torch.Tensor:
-    """Upsample ``logits`` (B, C, h, w), base-2 softmax entropy per pixel, sum per superpixel."""
+def superpixel_prediction_stats(logits: torch.Tensor, sp: torch.Tensor, num_sp: int) -> tuple[torch.Tensor, ...]:
+    """Upsample ``logits`` (B, C, h, w), softmax per pixel; per superpixel the summed base-2 entropy
+    (S,), the pixels by predicted class (S, C) int32 and their summed p2/p1 by predicted class (S, C)."""
+    classes = logits.shape[1]
     logp = torch.log_softmax(_upsample(logits, tuple(sp.shape[-2:])), dim=1)  # (B, C, H, W)
     entropy = -(logp.exp() * logp).sum(dim=1) / math.log(2.0)  # (B, H, W)
-    return segment_sum(entropy.reshape(-1), sp.reshape(-1), num_sp)
+    top = torch.topk(logp, min(2, classes), dim=1).values  # (B, k, H, W)
+    ratio = (top[:, 1] - top[:, 0]).exp() if classes > 1 else torch.zeros_like(entropy)
+    predicted = logp.argmax(dim=1)  # ties to the lower class
+    cell = sp.reshape(-1).long() * classes + predicted.reshape(-1)  # (superpixel, predicted class)
+    counts = torch.bincount(cell, minlength=num_sp * classes).view(num_sp, classes).int()
+    ratios = segment_sum(ratio.reshape(-1), cell, num_sp * classes).view(num_sp, classes)
+    return segment_sum(entropy.reshape(-1), sp.reshape(-1), num_sp), counts, ratios
+
+
+def superpixel_entropy_sum(logits: torch.Tensor, sp: torch.Tensor, num_sp: int) -> torch.Tensor:
+    """Upsample ``logits`` (B, C, h, w), base-2 softmax entropy per pixel, sum per superpixel."""
+    return superpixel_prediction_stats(logits, sp, num_sp)[0]

@@ -3,8 +3,8 @@
 :func:`rank` asks the strategy for the missing pixels' worth of regions at the mean free region
 size and keeps the shortest prefix of its ranked picks that reaches the budget
 (:func:`fastal.pool.take_until`), asked again while its picks fall short; so a strategy that
-prefers large regions labels fewer of them, not more pixels. ``contrastive`` and
-``kmeans-entropy`` under ``cluster_budget = "fit"`` instead choose k so that every cluster's
+prefers large regions labels fewer of them, not more pixels. The clustering strategies
+(``CLUSTER_STRATEGIES``) under ``cluster_budget = "fit"`` instead choose k so that every cluster's
 most uncertain region fits (:mod:`fastal.select.cluster_budget`), and keep all k picks.
 """
 
@@ -48,7 +48,8 @@ class Ranking:
 
 def rank(scores: PoolScores, bank: torch.Tensor | None, labelled: np.ndarray, seed: int, *, strategy: str,
          engine: str, umap: UMAPParams, clusters: float = 1.0, cluster_budget: str = "fit",
-         sizes: np.ndarray | None = None, budget: int | None = None, pixels: float | None = None) -> Ranking:
+         sizes: np.ndarray | None = None, budget: int | None = None, pixels: float | None = None,
+         knobs: dict[str, float] | None = None) -> Ranking:
     """Choose from the scored pool with ``strategy``: ``budget`` superpixels, or regions worth
     ``pixels`` (``sizes``: pixels of every superpixel, by global id).
 
@@ -57,7 +58,8 @@ def rank(scores: PoolScores, bank: torch.Tensor | None, labelled: np.ndarray, se
     other strategies, and ``"prefix"``, are asked for the missing pixels' worth at the mean free
     region size and keep the prefix that reaches them, asked again while their picks fall short.
 
-    ``labelled``: bool mask over global ids (not modified).
+    ``labelled``: bool mask over global ids (not modified). ``knobs``: the strategies' knobs,
+    passed to :func:`fastal.select.strategies.select` (``weighted_ratio_coeff``, ``cluster_shortlist``).
     """
     from fastal.pool import take_until
 
@@ -65,7 +67,7 @@ def rank(scores: PoolScores, bank: torch.Tensor | None, labelled: np.ndarray, se
 
     def choose(k: int, taken: np.ndarray, seed: int, **pixel_budget: Any) -> Selection:
         calls.append(select(strategy, scores, bank, budget=k, labelled_mask=taken, seed=seed, engine=engine,
-                            umap=umap, clusters=clusters, **pixel_budget))  # fmt: skip
+                            umap=umap, clusters=clusters, **(knobs or {}), **pixel_budget))  # fmt: skip
         return calls[-1]
 
     def whole(sel: Selection) -> Ranking:  # one call, every id kept

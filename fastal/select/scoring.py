@@ -11,6 +11,7 @@ superpixel ``gids[r]``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from fastal.errors import FastalError
+from fastal.select.region_scores import class_frequency, predicted_classes
 
 
 @dataclass
@@ -27,15 +29,50 @@ class PoolScores:
     ``features`` (N, D) float32 mean projection feature; ``entropy`` (N,) summed base-2 pixel
     entropy; ``margin`` (N,) top-1 minus top-2 of the superpixel's mean softmax (small = uncertain);
     ``gids`` (N,) np.int64 global superpixel ids of the rows.
+
+    What the pixels predict (:func:`fastal.kernels.superpixel_prediction_stats`, the same pass;
+    None where a caller built scores without them): ``pixels`` (N,) float32 region size;
+    ``predicted`` (N,) int64 its dominant predicted class (ties: the lower class); ``impurity``
+    (N,) the entropy of its predicted-class histogram over log C (0: pure, 1: uniform);
+    ``mean_entropy`` (N,) its mean pixel entropy over log2 C; ``ratio`` (N,) its mean pixel p2/p1
+    (second-best over best probability, 1 = undecided); ``ratio_by_class`` (N, C) the pixels'
+    summed p2/p1 by predicted class. Pool statistics, once per scoring over every scored region:
+    ``class_prob`` (C,) the mean softmax probability of each class over the pixels;
+    ``class_regions``, ``class_pixels`` (C,) float64 the share of the regions (of the pixels)
+    whose dominant predicted class is each class (:meth:`class_frequency`).
     """
 
     features: torch.Tensor
     entropy: torch.Tensor
     margin: torch.Tensor
     gids: np.ndarray
+    pixels: torch.Tensor | None = None
+    predicted: torch.Tensor | None = None
+    impurity: torch.Tensor | None = None
+    mean_entropy: torch.Tensor | None = None
+    ratio: torch.Tensor | None = None
+    ratio_by_class: torch.Tensor | None = None
+    class_prob: torch.Tensor | None = None
+    class_regions: torch.Tensor | None = None
+    class_pixels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.gids.shape[0])
+
+    def class_frequency(self, by: str = "regions") -> torch.Tensor:
+        """``class_regions`` or, ``by="pixels"``, ``class_pixels``; FastalError when not scored."""
+        share = self.class_pixels if by == "pixels" else self.class_regions
+        if share is None:
+            raise FastalError("class frequencies need the pool's predicted classes (score the pool with score_pool)")
+        return share
+
+
+def with_pool_statistics(scores: PoolScores) -> PoolScores:
+    """``scores`` with ``class_regions`` and ``class_pixels`` computed from its rows (the pool's
+    dominant predicted classes and region sizes; :func:`fastal.select.region_scores.class_frequency`)."""
+    classes = scores.ratio_by_class.shape[1]
+    return dataclasses.replace(scores, **{f"class_{by}": class_frequency(scores.predicted, scores.pixels, classes, by)
+                                          for by in ("regions", "pixels")})  # fmt: skip
 
 
 def per_pixel_entropy(scores: PoolScores, sizes: np.ndarray) -> PoolScores:
@@ -94,7 +131,7 @@ def score_pool(
     show_progress: bool = True,
     region_entropy: str = "sum",
 ) -> PoolScores:
-    """Mean feature, summed entropy and margin of every superpixel of ``image_indices``.
+    """Mean feature, summed entropy, margin and predicted classes of every superpixel of ``image_indices``.
 
     ``teacher(x)`` returns ``(logits (B, C, h, w), emb (B, D, h, w))``. ``amp``: autocast for
     the forward pass, the run config's setting as :func:`fastal.model.precision.resolve_amp`
@@ -108,7 +145,7 @@ def score_pool(
         scores = score_pool(trainer.teacher, ds, cache, np.arange(len(ds)), "cpu")
         scores.features.shape  # (cache.num_superpixels, 128)
     """
-    from fastal.kernels import superpixel_entropy_sum, superpixel_mean_features
+    from fastal.kernels import superpixel_mean_features, superpixel_prediction_stats
     from fastal.model.precision import autocast, resolve_amp, to_tensor_batch
     from fastal.progress import progress
 
@@ -130,8 +167,8 @@ def score_pool(
         or [np.zeros(0, np.int64)]
     )
     features: torch.Tensor | None = None
-    entropy = torch.zeros(n, dtype=torch.float32, device=device)
-    margin = torch.zeros(n, dtype=torch.float32, device=device)
+    rows: dict[str, torch.Tensor] = {}  # per-row outputs other than features, allocated on the first batch
+    prob_sum: torch.Tensor | None = None  # (C,) float64 summed softmax over the pool's pixels
     loader = torch.utils.data.DataLoader(
         _ImagesWithSuperpixels(ds, cache, image_indices),
         batch_sampler=_same_shape_batches(ds, image_indices, batch_size),
@@ -155,25 +192,39 @@ def score_pool(
                 sp = sps.to(device, non_blocking=True) + shift[:, None, None]
                 num_sp = int(local_counts.sum())
                 f = superpixel_mean_features(emb, sp, num_sp)  # (num_sp, D)
-                e = superpixel_entropy_sum(logits, sp, num_sp)  # (num_sp,)
+                stats = superpixel_prediction_stats(logits, sp, num_sp)  # entropy, (num_sp, C) by class
                 # Margin from the superpixel's mean softmax: one more C-channel mean, no extra map kept.
                 p = superpixel_mean_features(torch.softmax(logits, 1), sp, num_sp)  # (num_sp, C)
                 top2 = torch.topk(p, 2, dim=1).values if p.shape[1] > 1 else torch.cat([p, 0 * p], 1)
-                m = top2[:, 0] - top2[:, 1]
+                size = stats.counts.sum(1).float()  # (num_sp,)
+                predicted, impurity = predicted_classes(stats.counts)
+                batch = {"entropy": stats.entropy, "margin": top2[:, 0] - top2[:, 1], "pixels": size,
+                         "predicted": predicted, "impurity": impurity,
+                         "mean_entropy": stats.entropy / size.clamp(min=1) / math.log2(max(p.shape[1], 2)),
+                         "ratio": stats.ratio.sum(1) / size.clamp(min=1), "ratio_by_class": stats.ratio}  # fmt: skip
+                # The pool's mean class probability (MulActSeg's label distribution), from the same means.
+                prob = (p.double() * size.double()[:, None]).sum(0)
+                prob_sum = prob if prob_sum is None else prob_sum + prob
                 if features is None:
                     features = torch.zeros(n, f.shape[1], dtype=torch.float32, device=device)
+                    rows = {k: torch.zeros((n, *v.shape[1:]), dtype=v.dtype, device=device) for k, v in batch.items()}
                 off = 0
                 for q in pos:  # rows of each image: the batch's images need not be adjacent in the pool
                     c = int(counts[q])
                     r = int(row_start[q])
                     features[r : r + c] = f[off : off + c]
-                    entropy[r : r + c] = e[off : off + c]
-                    margin[r : r + c] = m[off : off + c]
+                    for k, v in batch.items():
+                        rows[k][r : r + c] = v[off : off + c]
                     off += c
                 bar.advance(task, len(pos))
     finally:
         teacher.train(was_training)
     if features is None:
         features = torch.zeros(0, 0, dtype=torch.float32, device=device)
-    scores = PoolScores(features=features, entropy=entropy, margin=margin, gids=gids)
+        rows = {k: torch.zeros(0, dtype=torch.float32, device=device) for k in ("entropy", "margin")}
+    total = None if prob_sum is None else rows["pixels"].double().sum().clamp(min=1)
+    class_prob = None if prob_sum is None else (prob_sum / total).float()
+    scores = PoolScores(features=features, gids=gids, class_prob=class_prob, **rows)
+    if class_prob is not None:
+        scores = with_pool_statistics(scores)
     return per_pixel_entropy(scores, cache.sizes) if region_entropy == "mean" else scores

@@ -4,7 +4,9 @@ Columns (:data:`SCHEMA`, in this order):
 
 - ``superpixel`` global id; ``image`` its image index; ``pixels`` its size;
 - ``entropy``, ``margin``: the scores the strategy saw (``entropy`` per-pixel when the run says
-  ``region_entropy = "mean"``);
+  ``region_entropy = "mean"``); ``score``: the strategy's own score where it has one (``cb-ratio``,
+  ``weighted-ratio``, ...; larger is picked first), null otherwise; ``predicted``: the region's
+  dominant predicted class (-1 where the scores lack it);
 - ``x``, ``y``: the first two coordinates of the strategy's embedding (UMAP for ``contrastive``),
   null for strategies without one; ``cluster``: its KMeans cluster, -1 without;
 - ``rank``: pick order among the kept picks (0 first), -1 if not picked; ``round``: which call of
@@ -48,8 +50,8 @@ from fastal.select.strategies import Selection
 
 SCHEMA: dict[str, torch.dtype] = {
     "superpixel": torch.int64, "image": torch.int32, "pixels": torch.int32, "entropy": torch.float32,
-    "margin": torch.float32, "x": torch.float32, "y": torch.float32, "cluster": torch.int32,
-    "rank": torch.int32, "round": torch.int32, "class": torch.int32,
+    "margin": torch.float32, "score": torch.float32, "predicted": torch.int32, "x": torch.float32,
+    "y": torch.float32, "cluster": torch.int32, "rank": torch.int32, "round": torch.int32, "class": torch.int32,
 }  # fmt: skip
 KEEP = ("all", "picked", "none")  # the run config's `selection_table`
 BACKENDS = ("auto", "pandas", "cudf")
@@ -104,6 +106,8 @@ def table_columns(scores: PoolScores, rounds: list[Selection], kept: list[np.nda
         "pixels": sizes_t[gids],
         "entropy": scores.entropy[rows],
         "margin": scores.margin[rows],
+        "score": first.fitted.get("score", nan),
+        "predicted": unset(torch.int64) if scores.predicted is None else scores.predicted[rows],
         "x": nan if emb is None else emb[:, 0],
         "y": nan if emb is None or emb.shape[1] < 2 else emb[:, 1],
         "cluster": first.fitted.get("cluster", unset(torch.int64)),
@@ -118,7 +122,7 @@ def table_columns(scores: PoolScores, rounds: list[Selection], kept: list[np.nda
 def _pandas_frame(cols: dict[str, torch.Tensor]) -> Any:
     import pandas as pd
 
-    # device -> host: the table itself, for the host's parquet writer. NaN in x/y is written as null.
+    # device -> host: the table itself, for the host's parquet writer. NaN in score/x/y is written as null.
     return pd.DataFrame({name: col.cpu().numpy() for name, col in cols.items()})
 
 
@@ -127,7 +131,7 @@ def _cudf_frame(cols: dict[str, torch.Tensor]) -> Any:
     import cupy
 
     df = cudf.DataFrame({name: cupy.from_dlpack(col) for name, col in cols.items()})  # views, on the device
-    for name in ("x", "y"):  # null, as the pandas path writes them, not NaN
+    for name in ("score", "x", "y"):  # null, as the pandas path writes them, not NaN
         df[name] = df[name].nans_to_nulls()
     return df
 
