@@ -108,6 +108,11 @@ def check_round(q: Any, qpath: Path, num_images: int) -> None:
             raise FastalError(f"{qpath}: query {r!r} lacks an integer superpixel, image or local")
         if not 0 <= r["image"] < num_images:
             raise FastalError(f"{qpath}: query {r!r}: image {r['image']} is not in 0..{num_images - 1}")
+    gids = [r["superpixel"] for r in rows]
+    twice = next((g for k, g in enumerate(gids) if g in gids[:k]), None)
+    if twice is not None:
+        raise FastalError(f"{qpath}: superpixel {twice} is queried twice (rows {gids.index(twice) + 1} and "
+                          f"{gids.index(twice, gids.index(twice) + 1) + 1})")
 
 
 def check_round_fits(q: dict[str, Any], qpath: Path, run_dir: Path, run_id: str, cache: Any) -> None:
@@ -128,6 +133,16 @@ def check_round_fits(q: dict[str, Any], qpath: Path, run_dir: Path, run_id: str,
                               f"selected on other superpixels")  # fmt: skip
 
 
+def check_answered(answer: Any, rows: list[dict[str, Any]], masks: Path, ds: Any) -> None:
+    """FastalError naming the mask when a queried superpixel was left without a labelled pixel
+    (all 255): taken in, it would count as labelled, with no class, and never be asked again."""
+    empty = set(np.asarray(answer.ids)[np.asarray(answer.valid) == 0].tolist())
+    for number, r in enumerate(rows, start=1):
+        if r["superpixel"] in empty:
+            raise FastalError(f"{masks / ds.image_id(r['image'])}.png: query {number} of queries.csv (superpixel "
+                              f"{r['superpixel']}) has no labelled pixel (all 255); give it its class")
+
+
 def import_masks(round_dir: str | Path, run_dir: str | Path) -> tuple[int, int]:
     """Label the superpixels of a `fastal select` round from the masks people put in ``round_dir/masks``.
 
@@ -142,6 +157,8 @@ def import_masks(round_dir: str | Path, run_dir: str | Path) -> tuple[int, int]:
     from fastal.oracle import MaskOracle
 
     round_dir, run_dir = Path(round_dir), Path(run_dir)
+    if round_dir.is_file():
+        raise FastalError(f"{round_dir}: a file, not a round directory (give the directory that holds queries.json)")
     qpath = round_dir / "queries.json"
     q = read_json(qpath, f"is {round_dir} a round written by `fastal select`?")
     open_run(run_dir)  # a run directory, before its lock file is made in it
@@ -154,7 +171,6 @@ def import_masks(round_dir: str | Path, run_dir: str | Path) -> tuple[int, int]:
             raise FastalError(f"{qpath}: the round was selected on other data than the run {run_dir} uses")
         check_round_fits(q, qpath, run_dir, run_record(run_dir)["run_id"], cache)
         run = RunDir(setup, run_dir)
-        run.trained_checkpoint()  # people's labels go after the cycles the run has trained
         gids = np.array([r["superpixel"] for r in q["queries"]], dtype=np.int64)
         images = sorted({r["image"] for r in q["queries"]})
         masks = {}
@@ -171,11 +187,13 @@ def import_masks(round_dir: str | Path, run_dir: str | Path) -> tuple[int, int]:
                 raise FastalError(f"{path}: value {int(m[bad][0])} is no class (0..{ds.num_classes - 1}, 255 = none)")
             masks[i] = m
         answer = MaskOracle(masks, cache, ds.num_classes, mode=cfg.labels).query(gids)
+        check_answered(answer, q["queries"], round_dir / "masks", ds)
         cycle = run.pool.current_cycle + 1
         try:
             run.pool.check_answer(answer, cycle)  # e.g. already labelled: refused before labels/ changes
         except FastalError as e:
             raise FastalError(f"{qpath}: {e}") from None
+        run.trained_checkpoint()  # people's labels go after the cycles the run has trained
         if cfg.labels == "full":
             # Keep the returned pixels inside the queried superpixels; training reads them from labels/.
             # Written before the pool commit: a kill in between leaves masks of unlabelled superpixels,

@@ -27,10 +27,12 @@ def report(
     (`fastal sweep`), per strategy and budget, with paired differences to a baseline; a strategy
     a later sweep shares with an earlier one is named "<strategy> @ <sweep name>"."""
     from fastal.analysis import is_sweep_dir, sweep_report
-    from fastal.errors import FastalError
+    from fastal.errors import FastalError, check_path_names
     from fastal.progress import console
     from fastal.report import write_report
 
+    for d in run_dirs:
+        check_path_names(d)
     sweeps = [is_sweep_dir(d) for d in run_dirs]
     if all(sweeps):
         out = out or (run_dirs[0] / "report.png" if len(run_dirs) == 1 else Path("report.png"))
