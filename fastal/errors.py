@@ -26,23 +26,23 @@ class RunDirLocked(FastalError):
 
 
 def path_error(e: OSError, doing: str = "") -> FastalError:
-    """The one line for an OSError about a path: ``doing`` (e.g. "cannot write ") the path, and why."""
-    path = e.filename if e.filename is not None else ""
+    """The one line for an OSError about the path ``e.filename``: ``doing`` (e.g. "cannot write ")
+    the path, and why."""
     why = e.strerror or str(e)
     if e.errno == errno.ENAMETOOLONG:
         why = f"a name in the path is longer than the file system allows ({NAME_MAX} bytes)"
-    return FastalError(f"{doing}{path}: {why}" if path != "" else f"{doing.strip()}: {why}")
+    return FastalError(f"{doing}{e.filename}: {why}")
 
 
 def check_path_names(path: str | os.PathLike, written: bool = False) -> None:
     """FastalError naming ``path`` when one of its components is longer than a file name may be
     (``written``: the last one leaves room for the temp sibling of an atomic write)."""
-    parts = list(os.fspath(path).split(os.sep))
+    parts = os.fspath(path).split(os.sep)
     for k, part in enumerate(parts):
         size = len(os.fsencode(part))
-        limit = NAME_MAX - TEMP_ROOM if written and k == len(parts) - 1 else NAME_MAX
+        last = written and k == len(parts) - 1
+        limit = NAME_MAX - TEMP_ROOM if last else NAME_MAX
         if size > limit:
             short = part if len(part) <= 24 else f"{part[:12]}…{part[-8:]}"
-            raise FastalError(f"{path}: the name {short!r} is {size} bytes; a file name may have at most {limit}"
-                              + (f" here ({NAME_MAX} less {TEMP_ROOM} for the temp file of an atomic write)"
-                                 if limit < NAME_MAX else ""))
+            why = f" here ({NAME_MAX} less {TEMP_ROOM} for the temp file of an atomic write)" if last else ""
+            raise FastalError(f"{path}: the name {short!r} is {size} bytes; a file name may have at most {limit}{why}")

@@ -16,9 +16,8 @@ from test_run_guard import one_line, snapshot
 
 from fastal.cli import main
 from fastal.config import dumps_toml
-from fastal.errors import NAME_MAX, FastalError
+from fastal.errors import FastalError
 from fastal.sweep import load_sweep, open_sweep_dir
-from fastal.sweep.driver import check_placeable
 from fastal.sweep.spec import RUNS
 
 # T of the issue (no run is trained here: only its configuration is read).
@@ -84,6 +83,8 @@ def test_a_cuda_run_without_a_gpu_is_refused_at_once(tmp_path: Path, capsys) -> 
 
 
 def test_a_cluster_without_the_resource_is_refused(tmp_path: Path) -> None:
+    from fastal.sweep.driver import check_placeable
+
     # A running cluster: its workers' resources, as the scheduler reports them.
     runs = load_sweep(sweep_file(tmp_path, {"device": ["cpu", "cuda:0"]})).runs()
     with pytest.raises(FastalError, match="device=cuda_0: device = 'cuda:0' needs a worker with a GPU .* the "
@@ -123,7 +124,7 @@ def test_run_names_of_long_axis_values_fit_a_file_name(tmp_path: Path) -> None:
     out = tmp_path / "S"
     open_sweep_dir(out, sweep)
     for name in names:  # a run's directory and what is written beside it: its temp sibling, lock and log
-        assert len(name.encode()) <= NAME_MAX - 14
+        assert len(name.encode()) <= 255 - 14  # a file name's bytes, less a temp sibling's additions
         for path in (out / RUNS / name, out / RUNS / f".{name}.abcdefgh.tmp", out / RUNS / f"{name}.lock"):
             path.mkdir()
 

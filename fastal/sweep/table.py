@@ -22,11 +22,11 @@ FIXED = ("strategy", "seed", "cycle", "budget_pct", "pixel_pct", "superpixels", 
 
 
 def read_results(run_dir: Path) -> dict[str, Any] | None:
-    """A run's results.json, or None before its first evaluated cycle."""
-    from fastal.atomic import read_json
+    """A run's results.json, checked (:func:`fastal.report.read_results`), or None before its first
+    evaluated cycle."""
+    from fastal.report import read_results as checked_results
 
-    path = run_dir / "results.json"
-    return read_json(path) if path.is_file() else None
+    return checked_results(run_dir) if (run_dir / "results.json").is_file() else None
 
 
 def is_finished(run_dir: Path) -> bool:
