@@ -299,7 +299,7 @@ def query_classes(run_dir: str | Path) -> dict[int, float] | None:
     tables = [read_table(p) for p in paths]
     names = res.get("classes") or []
     for p, t in zip(paths, tables):
-        bad = t["class"][(t["class"] < -1) | (t["class"] >= len(names))] if names else t["class"][t["class"] < -1]
+        bad = t["class"][(t["class"] < -1) | (t["class"] >= (len(names) if names else 2**31))]
         if len(bad):
             raise FastalError(f"{p}: class {int(bad.iloc[0])} is no class of the run (0..{len(names) - 1}, "
                               f"-1 = no labelled pixel)")

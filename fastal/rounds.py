@@ -108,11 +108,11 @@ def check_round(q: Any, qpath: Path, num_images: int) -> None:
             raise FastalError(f"{qpath}: query {r!r} lacks an integer superpixel, image or local")
         if not 0 <= r["image"] < num_images:
             raise FastalError(f"{qpath}: query {r!r}: image {r['image']} is not in 0..{num_images - 1}")
-    gids = [r["superpixel"] for r in rows]
-    twice = next((g for k, g in enumerate(gids) if g in gids[:k]), None)
-    if twice is not None:
-        raise FastalError(f"{qpath}: superpixel {twice} is queried twice (rows {gids.index(twice) + 1} and "
-                          f"{gids.index(twice, gids.index(twice) + 1) + 1})")
+    first: dict[int, int] = {}  # superpixel -> its first row
+    for k, r in enumerate(rows, start=1):
+        if first.setdefault(r["superpixel"], k) != k:
+            raise FastalError(f"{qpath}: superpixel {r['superpixel']} is queried twice (rows "
+                              f"{first[r['superpixel']]} and {k})")
 
 
 def check_round_fits(q: dict[str, Any], qpath: Path, run_dir: Path, run_id: str, cache: Any) -> None:

@@ -231,8 +231,9 @@ def run_sweep(sweep: Sweep, out: Path, scheduler: str = "local", workers: int | 
     say(f"sweep {out}: {len(runs)} runs, {len(outcome.finished)} finished before, {len(todo)} to run")
     if todo:
         with connect(scheduler, workers, threads) as (client, t, gpu):
-            workers_resources = [w.get("resources", {}) for w in client.scheduler_info()["workers"].values()]
-            check_placeable(todo, workers_resources, f"the cluster at {client.scheduler.address}", gpu)
+            resources = [w.get("resources", {}) for w in client.scheduler_info()["workers"].values()]
+            if resources:  # none yet (batch jobs still queued): the tasks wait for workers, as Dask's do
+                check_placeable(todo, resources, f"the cluster at {client.scheduler.address}", gpu)
             say(f"Dask scheduler {client.scheduler.address}; {t} torch threads per run")
             events: queue.SimpleQueue = queue.SimpleQueue()
             client.subscribe_topic(TOPIC, lambda event: events.put(event[1]))  # event: (time, message)
