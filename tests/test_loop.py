@@ -246,7 +246,8 @@ def test_people_round_trip(reference: Path, tiny: dict, tmp_path: Path, capsys, 
     # (issue 27), not that the cycle is untrained.
     with pytest.raises(SystemExit) as e:
         main(["label", "import", str(round_dir), "--run", str(run_dir)])
-    assert e.value.code == 2 and "queries.json: superpixels already labelled (in cycles [3, 3, 3])" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "queries.json: superpixels already labelled (in cycles [3, 3, 3])" in err
     # The resumed run trains and evaluates the imported cycle, and selects nothing more.
     res = run_experiment(None, run_dir, resume=True)
     assert [c["cycle"] for c in res["cycles"]] == [1, 2, 3]
