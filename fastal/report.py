@@ -45,7 +45,8 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(res["cycles"], list):
         raise FastalError(f"{path}: 'cycles' is {type(res['cycles']).__name__}, expected a list")
     for key, ok, want in (("dataset", _is_str, "a string"), ("strategy", _is_str, "a string"),
-                          ("seed", _is_int, "an integer"), ("full_miou", _is_fraction_or_null, "a number in [0, 1] or null")):
+                          ("seed", _is_int, "an integer"),
+                          ("full_miou", _is_fraction_or_null, "a number in [0, 1] or null")):
         if not ok(res[key]):
             raise FastalError(f"{path}: {key} = {res[key]!r}, expected {want}")
     for c in res["cycles"]:
@@ -288,7 +289,8 @@ def query_classes(run_dir: str | Path) -> dict[int, float] | None:
 
     res = read_results(run_dir)
     # The strategy's cycles: 2.. (a cycle people added, no planned budget, has no table).
-    chosen = [c["cycle"] for c in res["cycles"] if c["cycle"] >= 2 and not ("budget_pct" in c and c["budget_pct"] is None)]
+    chosen = [c["cycle"] for c in res["cycles"]
+              if c["cycle"] >= 2 and not ("budget_pct" in c and c["budget_pct"] is None)]  # fmt: skip
     paths = [p for p in (cycle_table_path(run_dir, c) for c in chosen) if p.exists()]
     if not paths:
         return None

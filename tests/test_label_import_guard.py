@@ -51,7 +51,8 @@ def test_a_superpixel_left_all_255_is_refused(run_and_round, tiny: dict, capsys)
     write_masks(round_dir, tiny, paint=255)  # the first queried superpixel: every pixel 255
     mask = round_dir / "masks" / f"{rows[0]['image_id']}.png"
     line = refused(run_dir, round_dir, capsys)
-    assert f"{mask}: query 1 of queries.csv (superpixel {rows[0]['superpixel']}) has no labelled pixel (all 255)" in line
+    gid = rows[0]["superpixel"]
+    assert f"{mask}: query 1 of queries.csv (superpixel {gid}) has no labelled pixel (all 255)" in line
 
 
 # ---- item 9: JPEG bytes under a .png name -------------------------------------------------------

@@ -97,4 +97,5 @@ def test_two_runs_started_in_the_same_second_get_two_directories(config: Path, t
     for _ in range(2):
         code, err = cli(["run", config], capsys)
         assert code == 0, err
-    assert outs[0] != outs[1] and all(str(o).startswith("runs/synthetic-contrastive-seed3-20261207-150000") for o in outs)
+    assert outs[0] != outs[1]
+    assert all(str(o).startswith("runs/synthetic-contrastive-seed3-20261207-150000-") for o in outs)

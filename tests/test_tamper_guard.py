@@ -19,7 +19,8 @@ def test_a_deleted_run_json_does_not_let_an_edit_through(reference: Path, tmp_pa
     config.write_text(config.read_text().replace("epochs = 3\n", "epochs = 1\n"))
     before = snapshot(run_dir)
     code, err = cli(["run", "--resume", run_dir], capsys)
-    assert code == 2 and f"{run_dir / 'run.json'}: missing; it holds the run's id and the configuration" in one_line(err)
+    assert code == 2 and f"{run_dir / 'run.json'}: missing; it holds the run's id and the configuration" \
+        in one_line(err)  # fmt: skip
     assert snapshot(run_dir) == before
     # Asked for, the run goes on under config.toml as it is, under a new id, and says so.
     code, err = cli(["run", "--resume", run_dir, "--accept-config-change"], capsys)
