@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fastal.analysis import miou_cell
+from fastal.sweep.report import miou_cell
 from fastal.atomic import read_json
 from fastal.errors import FastalError
 from fastal.progress import console

@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_limits
 
 from fastal.atomic import atomic_write_json
 from fastal.machine import machine_info
-from fastal.select.kmeans_torch import TorchKMeans
+from fastal.select.kmeans.estimator import TorchKMeans
 
 
 def synthetic(n: int, d: int, seed: int) -> np.ndarray:

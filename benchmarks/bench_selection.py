@@ -50,9 +50,9 @@ def baseline(superpixels: int, subsample: int) -> dict:
     import umap
     from sklearn.cluster import KMeans
 
-    from fastal.cli.bench import synthetic_selection_inputs
-    from fastal.select.umap_params import UMAPParams, translate_umap_params
-    from fastal.select.umap_torch import TorchUMAP
+    from fastal.testing import synthetic_selection_inputs
+    from fastal.select.umap.params import UMAPParams, translate_umap_params
+    from fastal.select.umap.estimator import TorchUMAP
 
     scores, bank, _ = synthetic_selection_inputs(superpixels, 128, 1000, 11, 0, torch.device("cpu"))
     x = scores.features.numpy()

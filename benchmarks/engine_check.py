@@ -6,7 +6,7 @@ CamVid CPU table's contrastive runs (the previous engine), paired by seed at eac
 The new runs come from ``fastal sweep configs/sweep_camvid_engine.toml`` (same protocol, same
 seeds, prefix budget as the table was made). Cycle 1 is the same random draw in both, so its
 difference shows what the machine and library versions alone move. Prints the paired table
-(mean, standard error, seeds ahead / behind; :func:`fastal.analysis.paired`) and writes
+(mean, standard error, seeds ahead / behind; :func:`fastal.sweep.report.paired`) and writes
 benchmarks/results/camvid_engine_check.json with the machine and the command.
 """
 
@@ -35,7 +35,7 @@ def engine_pairs(new: Any, previous: Any) -> Any:
     that have a partner only)."""
     import pandas as pd
 
-    from fastal.analysis import paired
+    from fastal.sweep.report import paired
 
     both = pd.concat([new[["seed", "budget_pct", "miou"]].assign(strategy=NEW),
                       previous.assign(strategy=PREVIOUS)], ignore_index=True)  # fmt: skip
@@ -43,7 +43,7 @@ def engine_pairs(new: Any, previous: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastal.analysis import load_cycles
+    from fastal.sweep.report import load_cycles
     from fastal.atomic import atomic_write_json, read_json
     from fastal.errors import FastalError
     from fastal.machine import machine_info

@@ -160,7 +160,7 @@ def probe_checkpoint(setup: Any, checkpoint: Path, cycle: int, pool: Any, budget
                      anchor_samples: Any, anchor_batches: int, run_next: np.ndarray | None) -> dict[str, Any]:
     """Probes (a), (b), (c) of one checkpoint; ``pool`` holds the labelled set of cycles 1..``cycle``
     (None: nothing labelled); ``run_next`` the ids the run queried in cycle ``cycle + 1``, if any."""
-    from fastal.loop import rank_unlabelled, seed_everything, umap_params
+    from fastal.loop import rank_unlabelled, seed_everything
     from fastal.oracle import SimulatedOracle
     from fastal.run_setup import PHASE_SELECT
     from fastal.select import score_pool
@@ -199,7 +199,7 @@ def probe_checkpoint(setup: Any, checkpoint: Path, cycle: int, pool: Any, budget
              "softmax": scores.features[:, 2 * D :]}  # fmt: skip
     engine = resolve_engine(cfg.engine, setup.device)
     bank_x, bank_y = trainer.bank.features(), trainer.bank.labels().cpu().numpy()
-    reducer = make_umap(engine, umap_params(cfg)).fit(bank_x)  # the run's, as its selection uses
+    reducer = make_umap(engine, cfg.umap_params()).fit(bank_x)  # the run's, as its selection uses
     feats["umap"] = reducer.transform(feats["raw"])
     bank_in = {"raw": bank_x, "umap": reducer.transform(bank_x)}
     classes = SimulatedOracle(setup.train, cache, mode="dominant").query(scores.gids).classes.astype(np.int64)
@@ -248,7 +248,7 @@ def probe_checkpoint(setup: Any, checkpoint: Path, cycle: int, pool: Any, budget
         "unlabelled_regions": int(free.sum()),
         "scored_regions": int(scored.sum()),
         "engine": engine,
-        "umap": dataclasses.asdict(umap_params(cfg)),
+        "umap": dataclasses.asdict(cfg.umap_params()),
         "overlap": overlap,
         "majority": majority,
         "representations": rep,

@@ -26,6 +26,9 @@ from typing import Any, Literal
 
 from fastal.errors import FastalError, check_path_names
 
+if typing.TYPE_CHECKING:
+    from fastal.select.umap.params import UMAPParams
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on 3.10
@@ -106,6 +109,13 @@ class RunConfig:
     def budget_pct(self) -> float:
         """Total % of pixels the run may label."""
         return self.schedule()[-1]
+
+    def umap_params(self) -> UMAPParams:
+        """The UMAP settings of the run's contrastive selection (the flat ``umap_*`` keys)."""
+        from fastal.select.umap.params import UMAPParams
+
+        return UMAPParams(n_neighbors=self.umap_neighbors, n_components=self.umap_components,
+                          min_dist=self.umap_min_dist)  # fmt: skip
 
 
 # The other spelling of the schedule, which `budgets` replaces.

@@ -36,11 +36,9 @@ The fully supervised reference, and its sharing between runs, is :mod:`fastal.re
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,7 +65,7 @@ from fastal.rundir import (
 from fastal.runlock import run_lock
 
 if TYPE_CHECKING:
-    from fastal.select import Selection, UMAPParams
+    from fastal.select.pixel_budget import Ranking
 
 
 def seed_everything(seed: int, cycle: int, phase: int) -> int:
@@ -81,54 +79,14 @@ def seed_everything(seed: int, cycle: int, phase: int) -> int:
     return s
 
 
-@dataclass
-class Ranking:
-    """What :func:`rank_unlabelled` chose: the cycle's ``selection`` (its ``ids``, global, most
-    wanted first) and, to explain it in the selection table, the pool's scores, every call of the
-    strategy (``calls``) and the prefix of each call's ids that was kept (``ids`` is their
-    concatenation)."""
-
-    selection: Selection
-    scores: Any  # PoolScores
-    calls: list[Selection]
-    kept: list[np.ndarray]
-
-    @property
-    def ids(self) -> np.ndarray:
-        return self.selection.ids
-
-    def table(self, cache: Any, classes: np.ndarray | None = None, keep: str = "all") -> Any:
-        """The selection table (:func:`fastal.select.table.selection_table`); ``classes``: the
-        oracle's class of each of ``ids``, None before the oracle answered."""
-        from fastal.select.table import selection_table
-
-        return selection_table(self.scores, self.calls, self.kept, cache.offsets, cache.sizes, classes, keep)
-
-
-def umap_params(cfg: RunConfig) -> UMAPParams:
-    """The UMAP settings of run ``cfg``'s contrastive selection."""
-    from fastal.select import UMAPParams
-
-    return UMAPParams(n_neighbors=cfg.umap_neighbors, n_components=cfg.umap_components, min_dist=cfg.umap_min_dist)
-
-
 def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, seed: int,
                     budget: int | None = None, pixels: float | None = None) -> Ranking:
     """Score the unlabelled pool with the teacher of ``checkpoint`` and choose from it with the
-    run's strategy: ``budget`` superpixels (`fastal select`), or regions worth ``pixels`` (a cycle
-    of the loop).
-
-    With ``pixels``, ``contrastive`` and ``kmeans-entropy`` under ``cluster_budget = "fit"`` choose
-    k so that every cluster's pick fits (one round; what is left goes to the next cycle). The
-    other strategies, and ``"prefix"``, are asked for the missing pixels' worth at the mean free
-    region size and keep the prefix that reaches them, asked again while their picks fall short.
-
-    ``labelled``: bool mask over global ids (not modified). Returns the Ranking: ``.selection``
-    (global ids, most wanted first, and, for the clustering strategies, k and the clusters the
-    ids represent) with what the selection table needs to explain it.
-    """
-    from fastal.pool import take_until
-    from fastal.select import CLUSTER_STRATEGIES, score_pool, select
+    run's strategy (:func:`fastal.select.pixel_budget.rank`): ``budget`` superpixels (`fastal
+    select`), or regions worth ``pixels`` (a cycle of the loop). ``labelled``: bool mask over
+    global ids (not modified)."""
+    from fastal.select import score_pool
+    from fastal.select.pixel_budget import rank
     from fastal.train import Trainer
 
     cfg = setup.cfg
@@ -136,60 +94,9 @@ def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, 
     images = np.unique(setup.cache.image_of(np.flatnonzero(~labelled)))
     scores = score_pool(trainer.teacher, setup.train, setup.cache, images, setup.device, amp=cfg.amp,
                         region_entropy=cfg.region_entropy)
-    bank = trainer.bank.features()
-    umap = umap_params(cfg)
-    calls: list[Selection] = []
-
-    def choose(k: int, taken: np.ndarray, seed: int, **pixel_budget: Any) -> Selection:
-        calls.append(select(cfg.strategy, scores, bank, budget=k, labelled_mask=taken, seed=seed, engine=cfg.engine,
-                            umap=umap, clusters=cfg.clusters, **pixel_budget))  # fmt: skip
-        return calls[-1]
-
-    def whole(sel: Selection) -> Ranking:  # one call, every id kept
-        return Ranking(sel, scores, calls, [sel.ids])
-
-    if pixels is None:
-        return whole(choose(int(budget), labelled, seed))
-    sizes, taken, missing = np.asarray(setup.cache.sizes, dtype=np.int64), labelled.copy(), pixels
-
-    def first_guess() -> int:  # the missing pixels' worth of regions at the mean free size
-        return int(np.clip(round(max(missing, 0.0) / sizes[~taken].mean()), 1, (~taken).sum()))
-
-    if cfg.cluster_budget == "fit" and cfg.strategy in CLUSTER_STRATEGIES:
-        return whole(choose(first_guess(), taken, seed, pixels=missing, sizes=sizes))
-    rounds: list[Selection] = []
-    for round_ in range(taken.size):  # each round takes >= 1 region: it ends
-        sel = choose(first_guess(), taken, seed + round_)
-        # At least one region: the last cycle's overshoot can exceed a tiny step of the schedule.
-        ids = take_until(sizes, sel.ids, missing) if missing > 0 else sel.ids[:1]
-        rounds.append(_kept_prefix(sel, ids.size))
-        taken[ids] = True
-        missing -= sizes[ids].sum()
-        if missing <= 0 or taken.all():
-            break
-    return Ranking(_concat(rounds), scores, calls, [r.ids for r in rounds])
-
-
-def _kept_prefix(sel: Selection, n: int) -> Selection:
-    """``sel`` cut to its first ``n`` ids (its KMeans fit's k unchanged)."""
-    return dataclasses.replace(sel, ids=sel.ids[:n], clusters=None if sel.clusters is None else sel.clusters[:n])
-
-
-def _concat(rounds: list[Selection]) -> Selection:
-    """One Selection of a cycle's rounds: their ids in order, their k summed, their clusters numbered apart."""
-    from fastal.select import Selection
-
-    timings: dict[str, float] = {}
-    for r in rounds:
-        for name, seconds in r.timings.items():
-            timings[name] = timings.get(name, 0.0) + seconds
-    ids = np.concatenate([r.ids for r in rounds])
-    if rounds[0].k is None:
-        return Selection(ids=ids, timings=timings)
-    offsets = np.cumsum([0] + [r.k for r in rounds])
-    clusters = np.concatenate([np.where(r.clusters >= 0, r.clusters + o, -1) for r, o in zip(rounds, offsets)])
-    return Selection(ids=ids, timings=timings, k=int(offsets[-1]), clusters=clusters,
-                     kmeans_fits=sum(r.kmeans_fits for r in rounds))  # fmt: skip
+    return rank(scores, trainer.bank.features(), labelled, seed, strategy=cfg.strategy, engine=cfg.engine,
+                umap=cfg.umap_params(), clusters=cfg.clusters, cluster_budget=cfg.cluster_budget,
+                sizes=None if pixels is None else setup.cache.sizes, budget=budget, pixels=pixels)  # fmt: skip
 
 
 def _new_trainer(setup: Setup, seed: int) -> Any:
@@ -242,7 +149,7 @@ def _train_reference(run: RunDir) -> dict[str, Any]:
             "run": str(run.dir), "trained_with": reference_key(run.s)}  # fmt: skip
 
 
-def select(run: RunDir, cycle: int) -> None:
+def select_phase(run: RunDir, cycle: int) -> None:
     """Choose cycle ``cycle``'s superpixels, ask the oracle, commit to queries.jsonl + pool.npz."""
     from fastal.oracle import SimulatedOracle
     from fastal.pool import random_initial
@@ -272,8 +179,8 @@ def _write_selection(run: RunDir, cycle: int, ranking: Ranking, classes: np.ndar
     """``selection/cycle-K.parquet`` (and, when the run asks, ``embedding-cycle-K.png``) unless the
     run says ``selection_table = "none"``; before the pool commit: a cycle redone after a kill
     rewrites the same table."""
-    from fastal.report import embedding_sample, plot_embedding
-    from fastal.select.table import cycle_table_path, write_table
+    from fastal.run_report import embedding_sample, plot_embedding
+    from fastal.select.selection_table import cycle_table_path, write_table
 
     table = ranking.table(run.s.cache, classes, run.cfg.selection_table)
     if table is None:  # selection_table = "none"
@@ -290,7 +197,7 @@ def _write_selection(run: RunDir, cycle: int, ranking: Ranking, classes: np.ndar
     crash_point(f"table:{cycle}")
 
 
-def train(run: RunDir, cycle: int) -> None:
+def train_phase(run: RunDir, cycle: int) -> None:
     """Train on the labelled pixels (from checkpoint ``cycle - 1`` or anew); commit the checkpoint."""
     from fastal.pool import LabelledSamples
     from fastal.train import Trainer
@@ -312,9 +219,9 @@ def train(run: RunDir, cycle: int) -> None:
     run.set_timing(cycle, "train_seconds", seconds)
 
 
-def evaluate(run: RunDir, cycle: int) -> dict[str, Any]:
+def evaluate_phase(run: RunDir, cycle: int) -> dict[str, Any]:
     """Evaluate checkpoint ``cycle`` on the validation split; commit results.json and curve.png."""
-    from fastal.report import curve_for_results
+    from fastal.run_report import curve_for_results
     from fastal.train import Trainer
 
     cfg, pool = run.cfg, run.pool
@@ -408,7 +315,7 @@ def _run(run_dir: Path, setup: Setup, changes: dict[str, list[Any]]) -> dict[str
     """The cycles of the run in ``run_dir``, from where its files say it stands (lock held)."""
     import torch
 
-    from fastal.report import curve_for_results, cycle_table
+    from fastal.run_report import curve_for_results, cycle_table
 
     if setup.device.type == "cpu":
         # Deterministic kernels where torch has them; a resumed run must redo a phase bit for bit.
@@ -426,12 +333,12 @@ def _run(run_dir: Path, setup: Setup, changes: dict[str, list[Any]]) -> dict[str
             if run.results["stopped"]:
                 break
             console.rule(f"cycle {cycle}")
-            select(run, cycle)
+            select_phase(run, cycle)
         else:
             console.rule(f"cycle {cycle}")
         if not run.ckpt(cycle).exists():
-            train(run, cycle)
-        evaluate(run, cycle)
+            train_phase(run, cycle)
+        evaluate_phase(run, cycle)
         print_table(cycle_table(run.results))
         cycle += 1
     console.print(f"run directory: {run_dir} (results.json, curve.png)")

@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,9 +27,43 @@ import numpy as np
 from fastal.data.base import IGNORE
 from fastal.data.superpixels import class_histograms
 from fastal.errors import FastalError
-from fastal.pool import LABEL_MODES, OracleAnswer, check_ids, global_to_local
+from fastal.pool import LABEL_MODES, check_ids, global_to_local
 
 __all__ = ["MaskOracle", "Oracle", "OracleAnswer", "SimulatedOracle", "answer_from_histograms"]
+
+
+@dataclass(frozen=True)
+class OracleAnswer:
+    """What an oracle (:mod:`fastal.oracle`) revealed; one entry per queried superpixel, in query order.
+
+    ``classes`` is the majority non-ignore class (-1 when the superpixel is all ignore) in
+    both modes; ``noisy`` counts non-ignore pixels whose truth differs from the label given
+    (always 0 in full mode); ``valid`` counts non-ignore pixels.
+    """
+
+    mode: str
+    ids: np.ndarray  # int64 [k] global superpixel ids
+    classes: np.ndarray  # int16 [k]
+    pixels: np.ndarray  # int64 [k]
+    clicks: np.ndarray  # int64 [k]
+    noisy: np.ndarray  # int64 [k]
+    valid: np.ndarray  # int64 [k]
+
+    def __len__(self) -> int:
+        return int(self.ids.size)
+
+    @property
+    def noisy_pixels(self) -> int:
+        return int(self.noisy.sum())
+
+    @property
+    def valid_pixels(self) -> int:
+        return int(self.valid.sum())
+
+    @property
+    def noise(self) -> float:
+        """Fraction of labelled non-ignore pixels whose label is wrong."""
+        return self.noisy_pixels / self.valid_pixels if self.valid_pixels else 0.0
 
 
 def answer_from_histograms(mode: str, ids: np.ndarray, hist: np.ndarray) -> OracleAnswer:

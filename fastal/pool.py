@@ -1,5 +1,5 @@
 """Which superpixels are labelled, what they cost, how that state is saved, and the training
-view of it (:class:`LabelledSamples`); an oracle's answer (:class:`OracleAnswer`) is what grows it.
+view of it (:class:`LabelledSamples`); an oracle's answer (:class:`fastal.oracle.OracleAnswer`) is what grows it.
 
 Index spaces, named once and converted with the functions below:
 
@@ -26,7 +26,6 @@ import json
 import os
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,40 +45,6 @@ _STATE_ARRAYS = {
     "valid": np.int32,
     "order": np.int64,
 }
-
-
-@dataclass(frozen=True)
-class OracleAnswer:
-    """What an oracle (:mod:`fastal.oracle`) revealed; one entry per queried superpixel, in query order.
-
-    ``classes`` is the majority non-ignore class (-1 when the superpixel is all ignore) in
-    both modes; ``noisy`` counts non-ignore pixels whose truth differs from the label given
-    (always 0 in full mode); ``valid`` counts non-ignore pixels.
-    """
-
-    mode: str
-    ids: np.ndarray  # int64 [k] global superpixel ids
-    classes: np.ndarray  # int16 [k]
-    pixels: np.ndarray  # int64 [k]
-    clicks: np.ndarray  # int64 [k]
-    noisy: np.ndarray  # int64 [k]
-    valid: np.ndarray  # int64 [k]
-
-    def __len__(self) -> int:
-        return int(self.ids.size)
-
-    @property
-    def noisy_pixels(self) -> int:
-        return int(self.noisy.sum())
-
-    @property
-    def valid_pixels(self) -> int:
-        return int(self.valid.sum())
-
-    @property
-    def noise(self) -> float:
-        """Fraction of labelled non-ignore pixels whose label is wrong."""
-        return self.noisy_pixels / self.valid_pixels if self.valid_pixels else 0.0
 
 
 def _show(ids: np.ndarray, limit: int = 10) -> str:
@@ -293,7 +258,7 @@ class RegionPool:
         return self.records(self.order)
 
     # ---- growing the labelled set ---------------------------------------------------------
-    def add(self, answer: OracleAnswer, cycle: int) -> None:
+    def add(self, answer: Any, cycle: int) -> None:
         """Label the superpixels of an oracle answer in ``cycle`` (>= 1 and >= current cycle).
 
         All checks (:meth:`check_answer`) run before anything changes: a rejected answer leaves
@@ -307,7 +272,7 @@ class RegionPool:
         self.valid[ids] = answer.valid
         self.order = np.concatenate([self.order, ids])
 
-    def check_answer(self, answer: OracleAnswer, cycle: int) -> np.ndarray:
+    def check_answer(self, answer: Any, cycle: int) -> np.ndarray:
         """FastalError unless :meth:`add` would take ``answer`` in ``cycle``; returns its ids."""
         if answer.mode != self.label_mode:
             raise FastalError(f"oracle answered in {answer.mode!r} mode; this pool is {self.label_mode!r}")

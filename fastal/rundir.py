@@ -17,7 +17,7 @@ The layout (see :mod:`fastal.loop` for the order in which a cycle writes it)::
     results.json         one record per evaluated cycle
     labels/<image id>.png    masks people returned (`fastal label import`), read in full label mode
     curve.png            mIoU against % of pixels labelled
-    selection/cycle-K.parquet   the selection table of cycle K >= 2 (:mod:`fastal.select.table`)
+    selection/cycle-K.parquet   the selection table of cycle K >= 2 (:mod:`fastal.select.selection_table`)
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from fastal.errors import FastalError
 from fastal.select import PoolScores, select
 from fastal.select.cluster_budget import fit_clusters
-from fastal.select.kmeans_torch import TorchKMeans
+from fastal.select.kmeans.estimator import TorchKMeans
 
 
 def _pool(seed: int, n: int, groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -83,7 +83,7 @@ def test_fit_keeps_every_cluster_where_the_prefix_drops_the_least_uncertain() ->
 
 
 def test_contrastive_fits_umap_once_and_refits_only_kmeans(monkeypatch) -> None:
-    from fastal.select import umap_torch
+    from fastal.select.umap import estimator as umap_torch
 
     x, sizes, entropy = _pool(1, 300, 4)
     bank = np.random.default_rng(0).normal(size=(80, 3)).astype(np.float32)

@@ -18,7 +18,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from fastal.errors import FastalError
 from fastal.select import cuml_engine
 from fastal.select.cuml_engine import CumlKMeans, CumlUMAP, kmeans_batch_rows
-from fastal.select.umap_params import (
+from fastal.select.umap.params import (
     CUML_METRICS,
     UMAPParams,
     cuml_transform_params,
@@ -302,7 +302,7 @@ def _knn_accuracy(bank_emb: np.ndarray, bank_y: np.ndarray, emb: torch.Tensor, y
 @pytest.mark.cuml
 @pytest.mark.parametrize("chunk_size", [5000, 250])  # the pool in one chunk; chunks half the bank
 def test_cuml_bank_smaller_than_the_chunk_matches_the_torch_engine(blobs, chunk_size: int) -> None:
-    from fastal.select.umap_torch import TorchUMAP
+    from fastal.select.umap.estimator import TorchUMAP
 
     bank, bank_y, pool, pool_y = blobs
     params = UMAPParams(random_state=0)

@@ -18,18 +18,18 @@ import pandas as pd
 import pytest
 import torch
 
-import fastal.select
+import fastal.select.pixel_budget
 from fastal.cli import main
 from fastal.config import SCHEDULE_KEYS, dumps_toml, make_config
 from fastal.data import load_dataset
 from fastal.data.superpixels import build_cache
 from fastal.errors import FastalError
 from fastal.loop import run_experiment
-from fastal.rounds import check_round
+from fastal.labelling.query_round import check_round
 from fastal.oracle import SimulatedOracle
 from fastal.pool import RegionPool
-from fastal.report import CYCLE_KEYS, RESULT_KEYS
-from fastal.select.table import SCHEMA, read_table
+from fastal.run_report import CYCLE_KEYS, RESULT_KEYS
+from fastal.select.selection_table import SCHEMA, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMINGS = ("train_seconds", "select_seconds")
@@ -267,13 +267,13 @@ def test_budget_schedule_and_its_resume(reference: Path, tiny: dict, tmp_path: P
                   selection_plot=False)
     uninterrupted = tmp_path / "ref"
     budgets_asked: list[int] = []
-    real_select = fastal.select.select
+    real_select = fastal.select.pixel_budget.select
 
     def spy(*args, **kwargs):
         budgets_asked.append(kwargs["budget"])
         return real_select(*args, **kwargs)
 
-    monkeypatch.setattr(fastal.select, "select", spy)
+    monkeypatch.setattr(fastal.select.pixel_budget, "select", spy)  # what the policy calls
     res = run_experiment(make_config(values), uninterrupted)
     assert len(budgets_asked) > 2, budgets_asked  # 2 cycles, and at least one asked twice
     pool = RegionPool.load(uninterrupted / "pool.npz")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from fastal.errors import FastalError
 from fastal.select import STRATEGIES, PoolScores, select
 from fastal.select.strategies import Candidates, k_center_greedy, pick_per_cluster
-from fastal.select.umap_params import UMAPParams
+from fastal.select.umap.params import UMAPParams
 
 OFFSET = 1000  # scored rows hold global ids OFFSET.., so rows and ids differ
 
@@ -218,7 +218,7 @@ def test_stage_times_each_stage_on_the_cpu() -> None:
         with c.stage("pick"):
             time.sleep(0.01)
     assert c.timings["pick"] >= 0.02 and c.peak_memory_mib["pick"] > 0
-    c.finish_timings()  # nothing left to read on the CPU
+    c.timer.finish()  # nothing left to read on the CPU
     assert list(c.timings) == ["pick"] and c.timings["pick"] < 1.0
 
 

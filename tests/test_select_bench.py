@@ -80,7 +80,7 @@ def test_scoring_json_and_stages(tmp_path: Path) -> None:
 
 
 def test_grid_regions_are_near_square_and_cover_the_image() -> None:
-    from fastal.cli.bench import grid_regions
+    from fastal.testing import grid_regions
 
     g = grid_regions(1024, 2048, 2000)
     assert int(g.max()) + 1 == 32 * 62 and g.shape == (1024, 2048)  # 32 x 33-34 pixel cells

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastal.cli.bench import synthetic_selection_inputs
-from fastal.select.kmeans_torch import TorchKMeans
-from fastal.select.umap_params import UMAPParams
-from fastal.select.umap_torch import TorchUMAP
+from fastal.testing import synthetic_selection_inputs
+from fastal.select.kmeans.estimator import TorchKMeans
+from fastal.select.umap.params import UMAPParams
+from fastal.select.umap.estimator import TorchUMAP
 
 
 def test_estimators_have_the_protocol_shape() -> None:

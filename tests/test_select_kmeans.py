@@ -9,7 +9,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 
 from fastal.errors import FastalError
-from fastal.select.kmeans_torch import TorchKMeans, assignment_ops, full_assign
+from fastal.select.kmeans.estimator import TorchKMeans, assignment_ops, full_assign
 
 
 def _nearest_f64(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +78,7 @@ def _moves(centres: torch.Tensor, rounds: int) -> list[torch.Tensor]:
     [(120, 12, 0.0), (7, 1, 0.0), (30, 20, 0.0), (120, 12, 30.0)],
 )
 def test_group_bounds_find_the_nearest_centre_and_stay_lower_bounds(k: int, groups: int, offset: float) -> None:
-    from fastal.select.kmeans_bounds import GroupBounds
+    from fastal.select.kmeans.bounds import GroupBounds
 
     x = make_blobs(3000, 64, centers=30, cluster_std=2.0, random_state=6)[0] + offset
     x = torch.from_numpy(x.astype(np.float32))
@@ -164,10 +164,10 @@ def test_seeding_on_a_sample_keeps_quality(use_numba: bool) -> None:
 
 
 def test_kd_tree_neighbour_lists_match_the_tensor_ones() -> None:
-    # The CPU path's k-d tree lists (kmeans_cpu.near_centres_cpu) against the matmul + top-k ones
+    # The CPU path's k-d tree lists (kmeans.cpu.near_centres_cpu) against the matmul + top-k ones
     # (the CUDA path): the same m nearest centres, the centre itself included, and the same bound.
-    from fastal.select.kmeans_cpu import near_centres_cpu
-    from fastal.select.kmeans_torch import near_centres
+    from fastal.select.kmeans.cpu import near_centres_cpu
+    from fastal.select.kmeans.estimator import near_centres
 
     centres = torch.from_numpy(make_blobs(400, 2, centers=25, random_state=3)[0].astype(np.float32))
     tree_near, tree_bound = near_centres_cpu(centres, 9)

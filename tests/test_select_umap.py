@@ -15,10 +15,10 @@ from umap.umap_ import compute_membership_strengths, init_graph_transform
 from umap.umap_ import smooth_knn_dist as umap_smooth_knn_dist
 
 from fastal.errors import FastalError
-from fastal.select.knn import build_cell_index, knn_search, knn_search_cells
-from fastal.select.umap_graph import find_ab_params, fuzzy_simplicial_set
-from fastal.select.umap_params import UMAPParams, cuml_transform_params, translate_umap_params
-from fastal.select.umap_torch import TorchUMAP, init_from_neighbours, membership_weights, smooth_knn_dist
+from fastal.select.neighbors import build_cell_index, knn_search, knn_search_cells
+from fastal.select.umap.graph import find_ab_params, fuzzy_simplicial_set
+from fastal.select.umap.params import UMAPParams, cuml_transform_params, translate_umap_params
+from fastal.select.umap.estimator import TorchUMAP, init_from_neighbours, membership_weights, smooth_knn_dist
 
 
 def _sorted_dists(seed: int) -> np.ndarray:
@@ -221,12 +221,12 @@ def test_cuml_engine_returns_torch_on_cuda() -> None:
 
 
 def test_cpu_transform_sgd_moves_each_point_on_its_own(fitted, data) -> None:
-    # The numba SGD advances points side by side in groups (umap_sgd_cpu.LANES); a point's path
+    # The numba SGD advances points side by side in groups (umap.sgd_cpu.LANES); a point's path
     # must still depend only on its own row and index: a prefix of the rows (ending inside a
     # group) gives the same rows bitwise, and so does a second run on another thread count.
     import numba
 
-    from fastal.select.umap_sgd_cpu import LANES, optimize_transform_cpu
+    from fastal.select.umap.sgd_cpu import LANES, optimize_transform_cpu
 
     new = torch.from_numpy(data[2][: 4 * LANES + 5])
     dists, idx = knn_search(new, fitted.fit_data_, 15, "euclidean")
@@ -255,7 +255,7 @@ def test_sgd_coefficients_from_tables_match_umap_learns_formula() -> None:
     # of d2^-1.9), the formula itself (float32) outside it, where the tables cannot reach.
     import numba
 
-    from fastal.select.umap_sgd_cpu import TABLE_OCTAVES, _coefficient, coefficient_tables
+    from fastal.select.umap.sgd_cpu import TABLE_OCTAVES, _coefficient, coefficient_tables
 
     @numba.njit
     def read(table, d2, a, b, scale, repel):

@@ -1,4 +1,4 @@
-"""The selection table (fastal.select.table): schema, parquet round trip, the columns against the
+"""The selection table (fastal.select.selection_table): schema, parquet round trip, the columns against the
 selection that made them (two rounds, as a loop cycle asks), the cuDF backend, and `fastal report`'s
 per-class query statistics and embedding plot, checked by hand."""
 
@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from fastal.errors import FastalError
-from fastal.report import embedding_sample, group_runs, plot_embedding, query_class_stats, write_report
+from fastal.run_report import embedding_sample, group_runs, plot_embedding, query_class_stats, write_report
 from fastal.select import PoolScores, select
-from fastal.select.table import SCHEMA, read_table, selection_table, table_columns, write_table
+from fastal.select.selection_table import SCHEMA, read_table, selection_table, table_columns, write_table
 
 DTYPE = {name: str(d).removeprefix("torch.") for name, d in SCHEMA.items()}  # numpy's spelling
 NUM_IMAGES, PER_IMAGE = 12, 10  # 120 superpixels; images 2.. are scored (rows 20..119)

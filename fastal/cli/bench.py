@@ -44,36 +44,6 @@ def print_stages(title: str, stages: dict[str, float], total: float, count: int,
     print_table(table, Console())
 
 
-def synthetic_selection_inputs(
-    superpixels: int, dim: int, bank: int, classes: int, seed: int, device: Any
-) -> tuple[Any, Any, Any]:
-    """(PoolScores, bank features (classes*bank, dim), bank labels) drawn from one class mixture.
-
-    Class means are random unit vectors; bank entries are L2-normalised noisy copies (like the
-    model's projection features); pool rows are noisy means (superpixel means are not unit length).
-    Entropy and margin are random; every superpixel is unlabelled.
-    """
-    import numpy as np
-    import torch
-
-    from fastal.select import PoolScores
-
-    g = torch.Generator().manual_seed(seed)
-    means = torch.nn.functional.normalize(torch.randn(classes, dim, generator=g), dim=1)
-    bank_labels = torch.arange(classes).repeat_interleave(bank)
-    noise = 0.5 / dim**0.5  # per-coordinate noise: a noise vector of norm ~0.5 around unit means
-    bank_feat = torch.nn.functional.normalize(means[bank_labels] + noise * torch.randn(len(bank_labels), dim, generator=g), dim=1)
-    pool_labels = torch.randint(classes, (superpixels,), generator=g)
-    feats = 0.8 * torch.nn.functional.normalize(means[pool_labels] + noise * torch.randn(superpixels, dim, generator=g), dim=1)
-    entropy = torch.rand(superpixels, generator=g) * 100
-    margin = torch.rand(superpixels, generator=g)
-    scores = PoolScores(
-        features=feats.to(device), entropy=entropy.to(device), margin=margin.to(device),
-        gids=np.arange(superpixels, dtype=np.int64),
-    )  # fmt: skip
-    return scores, bank_feat.to(device), bank_labels.to(device)
-
-
 def check_fits(superpixels: int, dim: int, device: Any) -> None:
     """FastalError, before anything is allocated, when the synthetic pool's features alone
     (float32, ``dim`` + 2 scores each) exceed the device's memory."""
@@ -116,6 +86,7 @@ def selection(
     from fastal.device import resolve_device
     from fastal.machine import machine_info
     from fastal.select import STRATEGIES, resolve_engine, select
+    from fastal.testing import synthetic_selection_inputs
 
     if superpixels < 1 or dim < 1 or bank < 1 or classes < 1:
         raise FastalError("--superpixels, --dim, --bank and --classes must be positive")
@@ -174,19 +145,6 @@ def selection(
         })  # fmt: skip
 
 
-def grid_regions(height: int, width: int, regions: int) -> Any:
-    """A regular grid of about ``regions`` near-square cells: local ids (H, W) int64, row-major."""
-    import math
-
-    import torch
-
-    rows = max(1, round(math.sqrt(regions * height / width)))
-    cols = max(1, round(regions / rows))
-    r = torch.arange(height) * rows // height
-    c = torch.arange(width) * cols // width
-    return r[:, None] * cols + c[None, :]
-
-
 def _seeds_available() -> bool:
     try:
         import cv2
@@ -227,6 +185,7 @@ def scoring(
     from fastal.machine import machine_info
     from fastal.model.network import build_model
     from fastal.model.precision import autocast, resolve_amp, to_tensor_batch
+    from fastal.testing import grid_regions
 
     if images < 1 or batch_size < 1 or regions < 1 or distinct < 1:
         raise FastalError("--images, --batch-size, --regions and --distinct must be positive")

@@ -1,5 +1,5 @@
 """People as the oracle: `fastal select` writes one round of queries, `fastal label import` reads
-the masks back (the round directory's layout: :mod:`fastal.rounds`)."""
+the masks back (the round directory's layout: :mod:`fastal.labelling.query_round`)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def select_cmd(
     from fastal.errors import FastalError
     from fastal.loop import rank_unlabelled
     from fastal.progress import console
-    from fastal.rounds import query_rows, write_round
+    from fastal.labelling.query_round import query_rows, write_round
     from fastal.run_setup import prepare
     from fastal.rundir import RunDir, open_run, run_record
     from fastal.runlock import run_lock
@@ -105,7 +105,7 @@ def import_cmd(
 ) -> None:
     """Feed returned masks into a run's pool as its next cycle; `fastal run --resume RUN` then trains on them."""
     from fastal.progress import console
-    from fastal.rounds import import_masks
+    from fastal.labelling.query_round import import_masks
 
     cycle, n = import_masks(round_dir, run)
     console.print(f"cycle {cycle}: {n} superpixels labelled; continue with `fastal run --resume {run}`")

@@ -9,7 +9,7 @@
 from fastal.select.engines import ENGINES, Clusterer, Reducer, resolve_engine
 from fastal.select.scoring import PoolScores, score_pool
 from fastal.select.strategies import CLUSTER_STRATEGIES, STRATEGIES, Selection, select
-from fastal.select.umap_params import UMAPParams
+from fastal.select.umap.params import UMAPParams
 
 __all__ = [
     "CLUSTER_STRATEGIES", "ENGINES", "STRATEGIES", "Clusterer", "PoolScores", "Reducer", "Selection", "UMAPParams",

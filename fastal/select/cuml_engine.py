@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from fastal.errors import FastalError
-from fastal.select.umap_params import UMAPParams, cuml_transform_params, translate_umap_params
+from fastal.select.umap.params import UMAPParams, cuml_transform_params, translate_umap_params
 
 # cuML's default max_samples_per_batch; its KMeans holds a (rows x k) float32 distance block
 # (cuml/cluster/kmeans.pyx docstring), 6.5 GB at k = 50,000 with the default rows.
@@ -112,9 +112,9 @@ def to_torch(a: Any) -> torch.Tensor:
 class CumlUMAP:
     """``cuml.UMAP`` fitted on the bank, transforming the pool in chunks of at most ``chunk_size`` rows.
 
-    Same shape and checks as :class:`~fastal.select.umap_torch.TorchUMAP`. The transform runs the
+    Same shape and checks as :class:`~fastal.select.umap.estimator.TorchUMAP`. The transform runs the
     epochs umap-learn would choose for the whole pool, seeded by ``transform_seed``, in every
-    chunk (:func:`~fastal.select.umap_params.cuml_transform_params`). Chunks are of equal size
+    chunk (:func:`~fastal.select.umap.params.cuml_transform_params`). Chunks are of equal size
     (to a row) because cuML drops the edges lighter than (the chunk's heaviest edge) / epochs,
     where the torch engine takes the whole pool's heaviest edge: equal chunks leave no small
     remainder chunk whose threshold differs from the rest.
@@ -172,7 +172,7 @@ def kmeans_batch_rows(n_clusters: int, workspace_bytes: int = KMEANS_WORKSPACE_B
 
 
 class CumlKMeans:
-    """``cuml.KMeans`` with the shape of :class:`~fastal.select.kmeans_torch.TorchKMeans`.
+    """``cuml.KMeans`` with the shape of :class:`~fastal.select.kmeans.estimator.TorchKMeans`.
 
     Fitted attributes, torch on the input's device: ``labels_`` (N,) int64, ``cluster_centers_``
     (k, D) float32; and ``inertia_`` (float), ``n_iter_`` (int). ``init`` is one of

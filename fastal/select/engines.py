@@ -14,7 +14,7 @@ import torch
 
 from fastal.device import importable
 from fastal.errors import FastalError
-from fastal.select.umap_params import UMAPParams
+from fastal.select.umap.params import UMAPParams
 
 ENGINES = ("auto", "torch", "cuml")
 
@@ -60,7 +60,7 @@ def make_umap(engine: str, params: UMAPParams) -> Reducer:
         from fastal.select.cuml_engine import CumlUMAP
 
         return CumlUMAP(params)
-    from fastal.select.umap_torch import TorchUMAP
+    from fastal.select.umap.estimator import TorchUMAP
 
     return TorchUMAP(params)
 
@@ -71,6 +71,6 @@ def make_kmeans(engine: str, n_clusters: int, random_state: int) -> Clusterer:
         from fastal.select.cuml_engine import CumlKMeans
 
         return CumlKMeans(n_clusters=n_clusters, random_state=random_state)
-    from fastal.select.kmeans_torch import TorchKMeans
+    from fastal.select.kmeans.estimator import TorchKMeans
 
     return TorchKMeans(n_clusters, random_state=random_state)

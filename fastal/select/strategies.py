@@ -13,8 +13,8 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,10 +22,11 @@ import torch
 
 from fastal.errors import FastalError
 from fastal.select.cluster_budget import clusters_for, fit_clusters, representatives_padded, stable_partition
+from fastal.select.distances import sq_dists_to_row
 from fastal.select.engines import make_kmeans, make_umap, resolve_engine
-from fastal.select.profiling import stage_range
+from fastal.select.profiling import StageTimer
 from fastal.select.scoring import PoolScores
-from fastal.select.umap_params import UMAPParams
+from fastal.select.umap.params import UMAPParams
 
 
 @dataclass
@@ -35,7 +36,7 @@ class Selection:
     budget can keep a prefix) and stage seconds. The clustering strategies also report their
     final KMeans fit: ``k`` clusters, the ``clusters`` each id represents (-1: a fill-up pick, not
     a cluster's representative) and the ``kmeans_fits`` the choice of k took. For the selection
-    table (:mod:`fastal.select.table`): the scored ``rows`` it chose from and what its final fit
+    table (:mod:`fastal.select.selection_table`): the scored ``rows`` it chose from and what its final fit
     gave them (``Candidates.fitted``)."""
 
     ids: np.ndarray
@@ -81,40 +82,14 @@ class Candidates:
     fitted: dict[str, torch.Tensor] = field(default_factory=dict)
 
     peak_memory_mib: dict[str, float] = field(default_factory=dict)
-    # CUDA stages whose seconds are read by finish_timings: (name, start event, end event).
-    gpu_stages: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = field(default_factory=list, init=False, repr=False)
+    timer: StageTimer = field(init=False, repr=False)
 
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        """Time a stage, as a named profiler range (NVTX on CUDA) with its peak memory (:mod:`fastal.select.profiling`).
+    def __post_init__(self) -> None:
+        self.timer = StageTimer(self.features.device, self.timings, self.peak_memory_mib)
 
-        On the CPU: wall seconds, in ``timings`` at once. On CUDA nothing waits: two timing events
-        on the current stream bracket the stage's kernels (cuML's per-thread default stream is
-        ordered with torch's default one), and :meth:`finish_timings` adds the GPU seconds between
-        them once the caller holds the result on the host.
-        """
-        device = self.features.device
-        if device.type == "cuda":
-            stream = torch.cuda.current_stream(device)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            with stage_range(name, device, self.peak_memory_mib):
-                start.record(stream)
-                yield
-                end.record(stream)
-            self.gpu_stages.append((name, start, end))
-            return
-        t0 = time.perf_counter()
-        with stage_range(name, device, self.peak_memory_mib):
-            yield
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
-
-    def finish_timings(self) -> None:
-        """Add the CUDA stages' seconds to ``timings`` (waits for their end events: call it after
-        the ids reached the host, when they are done anyway). Nothing to do on the CPU."""
-        for name, start, end in self.gpu_stages:
-            end.synchronize()
-            self.timings[name] = self.timings.get(name, 0.0) + start.elapsed_time(end) / 1000  # ms
-        self.gpu_stages.clear()
+    def stage(self, name: str) -> AbstractContextManager[None]:
+        """Time a stage into ``timings`` and ``peak_memory_mib`` (:class:`fastal.select.profiling.StageTimer`)."""
+        return self.timer.stage(name)
 
 
 Strategy = Callable[[Candidates], torch.Tensor]
@@ -186,7 +161,7 @@ def k_center_greedy(x: torch.Tensor, centres: torch.Tensor, k: int, seed: int, c
 
     ``centres`` (labelled points) start the set; with none, the first pick is a seeded random row.
     """
-    from fastal.select.kmeans_torch import full_assign
+    from fastal.select.kmeans.estimator import full_assign
 
     x = x.float()
     n = x.shape[0]
@@ -198,13 +173,13 @@ def k_center_greedy(x: torch.Tensor, centres: torch.Tensor, k: int, seed: int, c
     else:
         first = int(np.random.default_rng(seed).integers(n))
         picks[0] = first
-        min_d2 = (x_sq - 2.0 * (x @ x[first]) + x_sq[first]).clamp_min_(0.0)
+        min_d2 = sq_dists_to_row(x, x_sq, first)
         min_d2[first] = -1.0
         start = 1
     for i in range(start, k):
         p = torch.argmax(min_d2)  # first maximum on ties
         picks[i] = p
-        d2 = (x_sq - 2.0 * (x @ x[p]) + x_sq[p]).clamp_min_(0.0)
+        d2 = sq_dists_to_row(x, x_sq, p)
         min_d2 = torch.minimum(min_d2, d2)
         min_d2[p] = -1.0  # never again
     return picks
@@ -336,7 +311,7 @@ def select(
     )
     pos = STRATEGIES[strategy](cand)
     rows = free_rows[pos].cpu().numpy()  # device -> host: the chosen rows only
-    cand.finish_timings()
+    cand.timer.finish()
     ids = gids[rows]
     want = budget if pixels is None else len(ids)
     if np.unique(ids).size != want:  # a strategy bug must not reach the oracle

@@ -2,7 +2,7 @@
 
 ``spec`` parses a sweep file into the grid of runs and the references they share; ``tasks`` is
 what a Dask worker runs (a reference, a run); ``driver`` submits them and follows them;
-``table`` writes ``DIR/cycles.parquet``. The sweep directory::
+``cycles`` writes ``DIR/cycles.parquet``. The sweep directory::
 
     sweep.json               the resolved sweep (base configuration + [set], axes)
     runs/<name>/             one fastal run directory per point of the grid (plus sweep.log, classes.json)

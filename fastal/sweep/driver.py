@@ -27,7 +27,7 @@ from rich.markup import escape
 from fastal.errors import FastalError
 from fastal.progress import console, progress
 from fastal.sweep.spec import REFERENCES, RUNS, RunSpec, Sweep
-from fastal.sweep.table import TABLE, is_finished, read_results, write_cycles
+from fastal.sweep.cycles import TABLE, is_finished, read_results, write_cycles
 from fastal.sweep.tasks import TOPIC, reference_task, run_task
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")

@@ -275,7 +275,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None, json_path: 
     return groups
 
 
-# ---- selection tables (RUN_DIR/selection/cycle-K.parquet, fastal.select.table) ---------------------
+# ---- selection tables (RUN_DIR/selection/cycle-K.parquet, fastal.select.selection_table) ---------------------
 def class_name(names: list[str], c: int) -> str:
     """The name of class id ``c`` (-1: a region with no labelled pixel)."""
     return "void" if c < 0 else names[c] if c < len(names) else f"class {c}"
@@ -285,7 +285,7 @@ def query_classes(run_dir: str | Path) -> dict[int, float] | None:
     """% of the pixels a run queried, by the regions' dominant class, over the selection tables of
     its evaluated cycles (the strategy's picks; the random initial set has none). None when the
     run wrote no table (``selection_table = "none"``, or a run older than the tables)."""
-    from fastal.select.table import cycle_table_path, read_table
+    from fastal.select.selection_table import cycle_table_path, read_table
 
     res = read_results(run_dir)
     # The strategy's cycles: 2.. (a cycle people added, no planned budget, has no table).

@@ -22,9 +22,9 @@ FIXED = ("strategy", "seed", "cycle", "budget_pct", "pixel_pct", "superpixels", 
 
 
 def read_results(run_dir: Path) -> dict[str, Any] | None:
-    """A run's results.json, checked (:func:`fastal.report.read_results`), or None before its first
+    """A run's results.json, checked (:func:`fastal.run_report.read_results`), or None before its first
     evaluated cycle."""
-    from fastal.report import read_results as checked_results
+    from fastal.run_report import read_results as checked_results
 
     return checked_results(run_dir) if (run_dir / "results.json").is_file() else None
 

@@ -24,6 +24,8 @@ import numba
 import numpy as np
 import torch
 
+from fastal.select.distances import sq_dists_less_row_norm
+
 APPROXIMATE_MIN_FIT = 4096  # umap-learn's transform queries its NNDescent index from this size
 BATCH = 256  # queries of a cell searched together (knn_search_cells; measured there)
 
@@ -43,7 +45,7 @@ def _finish(sq: torch.Tensor, metric: str) -> torch.Tensor:
 def _topk_sq(xc: torch.Tensor, ref: torch.Tensor, ref_sq: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """k smallest squared distances (n, k) from ``xc`` (n, D) to ``ref`` (m, D), and their columns."""
     # |x-r|^2 = |x|^2 - 2 x.r + |r|^2; only -2 x.r + |r|^2 decides the order.
-    top, ti = torch.topk(torch.addmm(ref_sq, xc, ref.T, alpha=-2.0), min(k, ref.shape[0]), dim=1, largest=False)
+    top, ti = torch.topk(sq_dists_less_row_norm(xc, ref.T, ref_sq), min(k, ref.shape[0]), dim=1, largest=False)
     return top + (xc * xc).sum(1, keepdim=True), ti
 
 
@@ -80,7 +82,7 @@ class CellIndex:
 
 def build_cell_index(ref: torch.Tensor, metric: str, points_per_cell: int = 64, seed: int = 0) -> CellIndex:
     """Partition ``ref`` (M, D) into about M / ``points_per_cell`` KMeans cells (CPU tensors)."""
-    from fastal.select.kmeans_torch import TorchKMeans
+    from fastal.select.kmeans.estimator import TorchKMeans
 
     pts = _prepare(ref, metric).contiguous()
     n_cells = max(1, min(pts.shape[0], pts.shape[0] // points_per_cell))
@@ -140,7 +142,7 @@ def knn_search_cells(x: torch.Tensor, index: CellIndex, k: int) -> tuple[torch.T
     q = _prepare(x, index.metric)
     n, off, n_cells = q.shape[0], index.offsets, len(index.offsets) - 1
     c_sq = (index.centroids * index.centroids).sum(1)
-    to_cell = torch.addmm(c_sq, q, index.centroids.T, alpha=-2.0)  # squared distance less |q|^2: same order
+    to_cell = sq_dists_less_row_norm(q, index.centroids.T, c_sq)
     nearest = to_cell.topk(min(2, n_cells), dim=1, largest=False).indices
     own = nearest[:, 0]
     order = torch.sort(own * n_cells + nearest[:, -1], stable=True).indices

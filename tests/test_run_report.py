@@ -10,7 +10,7 @@ import pytest
 
 from fastal.cli import main
 from fastal.errors import FastalError
-from fastal.report import group_runs
+from fastal.run_report import group_runs
 
 
 def fake_run(root: Path, name: str, strategy: str, seed: int, mious: list[float], full: float | None) -> Path:

@@ -17,11 +17,11 @@ that answer is exact whenever the nearest centre outside the list is at least 2 
 (triangle inequality). Points failing the test get a chunked full scan. On CPU tensors of low
 dimension (the UMAP embedding) the pruned assignment and the seeding's distance passes are numba
 loops, the full assignment and the centres' neighbour lists scipy k-d tree queries
-(:mod:`fastal.select.kmeans_cpu`: at D = 2 a matmul form spends its time writing (n, b) blocks);
+(:mod:`fastal.select.kmeans.cpu`: at D = 2 a matmul form spends its time writing (n, b) blocks);
 in high dimension the pruning rarely holds and the scalar loop loses to BLAS (one core, 40k
 points x 800 centres: a full numba scan 5.8 s at D = 128 against 0.24 s by matmul), so there
 Lloyd's iterations keep Yinyang group bounds and measure (numba, vectorised over D) only the
-groups of centres the bounds leave open (:mod:`fastal.select.kmeans_bounds`). The choice is made once per fit
+groups of centres the bounds leave open (:mod:`fastal.select.kmeans.bounds`). The choice is made once per fit
 (:func:`assignment_ops`).
 
 On CUDA nothing waits for the host: the points failing the pruning test are compacted by top-k
@@ -41,18 +41,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from fastal.errors import FastalError
+from fastal.select.distances import sq_dists, sq_dists_less_row_norm
 
 if TYPE_CHECKING:
-    from fastal.select.kmeans_bounds import GroupBounds
+    from fastal.select.kmeans.bounds import GroupBounds
 
 NUMBA_MAX_DIM = 4  # CPU tensors of more columns use the matmul paths (measured: module docstring)
 
 Assign = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-def _sq_dists(x: torch.Tensor, c: torch.Tensor, c_sq: torch.Tensor) -> torch.Tensor:
-    """Squared euclidean distances (n, k) by matmul, clamped at 0."""
-    return torch.addmm(c_sq, x, c.T, alpha=-2.0).add_((x * x).sum(1, keepdim=True)).clamp_min_(0.0)
 
 
 def full_assign(x: torch.Tensor, centers: torch.Tensor, chunk_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +60,7 @@ def full_assign(x: torch.Tensor, centers: torch.Tensor, chunk_size: int = 4096) 
     for s in range(0, x.shape[0], chunk_size):
         xs = x[s : s + chunk_size]
         # |c|^2 - 2 x.c orders the centres; |x|^2 is added to the minimum only.
-        best, arg = torch.addmm(c_sq, xs, c_t, alpha=-2.0).min(1)
+        best, arg = sq_dists_less_row_norm(xs, c_t, c_sq).min(1)
         labels[s : s + chunk_size] = arg
         d2[s : s + chunk_size] = (best + (xs * xs).sum(1)).clamp_min_(0.0)
     return labels, d2
@@ -92,7 +88,7 @@ class AssignmentOps:
     seed_gains: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     seed_update: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
     seed_dtype: torch.dtype = torch.float32  # of the seeding's squared distances
-    bounded: bool = False  # Lloyd's iterations through Yinyang group bounds (kmeans_bounds)
+    bounded: bool = False  # Lloyd's iterations through Yinyang group bounds (kmeans.bounds)
 
 
 def seed_in_rounds(x: torch.Tensor, k: int, generator: torch.Generator, ops: AssignmentOps, rounds: int = 32) -> torch.Tensor:
@@ -128,7 +124,7 @@ def _seed_gains(x: torch.Tensor, d2: torch.Tensor, cand: torch.Tensor, chunk_siz
     c_sq = (cand * cand).sum(1)
     gain = torch.zeros(cand.shape[0], dtype=x.dtype, device=x.device)
     for s in range(0, x.shape[0], chunk_size):
-        gain += (d2[s : s + chunk_size, None] - _sq_dists(x[s : s + chunk_size], cand, c_sq)).clamp_min_(0.0).sum(0)
+        gain += (d2[s : s + chunk_size, None] - sq_dists(x[s : s + chunk_size], cand.T, c_sq)).clamp_min_(0.0).sum(0)
     return gain
 
 
@@ -136,7 +132,7 @@ def _seed_update(x: torch.Tensor, d2: torch.Tensor, new: torch.Tensor, chunk_siz
     """``d2`` = min(d2, squared distance to the nearest row of ``new``), in place (chunked matmul)."""
     n_sq = (new * new).sum(1)
     for s in range(0, x.shape[0], chunk_size):
-        d2[s : s + chunk_size] = torch.minimum(d2[s : s + chunk_size], _sq_dists(x[s : s + chunk_size], new, n_sq).amin(1))
+        d2[s : s + chunk_size] = torch.minimum(d2[s : s + chunk_size], sq_dists(x[s : s + chunk_size], new.T, n_sq).amin(1))
 
 
 def near_centres(centers: torch.Tensor, m: int, chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,7 +143,7 @@ def near_centres(centers: torch.Tensor, m: int, chunk_size: int) -> tuple[torch.
     near = torch.empty(k, m, dtype=torch.int64, device=centers.device)
     bound = torch.empty(k, dtype=centers.dtype, device=centers.device)
     for s in range(0, k, chunk_size):
-        near_d, idx = torch.topk(_sq_dists(centers[s : s + chunk_size], centers, c_sq), m + 1, dim=1, largest=False)
+        near_d, idx = torch.topk(sq_dists(centers[s : s + chunk_size], centers.T, c_sq), m + 1, dim=1, largest=False)
         near[s : s + chunk_size] = idx[:, :m]
         bound[s : s + chunk_size] = near_d[:, m]  # nearest centre outside the list
     return near, bound
@@ -174,7 +170,7 @@ def assignment_ops(
     if use_numba and x.device.type == "cpu":
         if x.shape[1] > NUMBA_MAX_DIM:
             return AssignmentOps(full, None, near, gains, update, bounded=bounds)
-        from fastal.select import kmeans_cpu as cpu
+        from fastal.select.kmeans import cpu
 
         return AssignmentOps(cpu.assign_full_cpu, cpu.assign_pruned_cpu, cpu.near_centres_cpu, cpu.seed_gains_cpu,
                              cpu.seed_update_cpu, torch.float64)  # fmt: skip
@@ -298,7 +294,7 @@ class TorchKMeans:
     def _group_bounds(self, x: torch.Tensor, centers: torch.Tensor) -> GroupBounds:
         """Yinyang's state for ``x``: the seeds grouped by a short KMeans of their own (the paper's
         5 iterations), group ids made dense."""
-        from fastal.select.kmeans_bounds import GroupBounds, n_groups  # numba: CPU fits only
+        from fastal.select.kmeans.bounds import GroupBounds, n_groups  # numba: CPU fits only
 
         t = n_groups(x.shape[0], centers.shape[0])
         group = torch.zeros(centers.shape[0], dtype=torch.int64)

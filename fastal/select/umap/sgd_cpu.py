@@ -1,6 +1,6 @@
 """CPU versions of UMAP's SGD (transform and fit): numba loops, points in parallel.
 
-Measured on 2 cores: torch's eager version (:mod:`fastal.select.umap_sgd_torch`) spends
+Measured on 2 cores: torch's eager version (:mod:`fastal.select.umap.sgd_torch`) spends
 ~200 ns per edge or negative-sample update (a dozen tensor passes per epoch), these loops
 ~30 ns, and the transform's ~17 ns once each thread advances 8 points side by side (a point's
 updates are one dependency chain; see ``_sgd``), both before the coefficient tables below. The transform keeps umap-learn's exact update
@@ -249,7 +249,7 @@ def optimize_fit_cpu(
     negative_sample_rate: float = 5.0,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Same contract as :func:`fastal.select.umap_sgd_torch.sgd_epochs` with ``tail=None``, for
+    """Same contract as :func:`fastal.select.umap.sgd_torch.sgd_epochs` with ``tail=None``, for
     CPU tensors whose edges are sorted by ``src``. Returns ``emb`` (updated in place)."""
     indptr = torch.zeros(emb.shape[0] + 1, dtype=torch.int64)
     indptr[1:] = torch.cumsum(torch.bincount(src, minlength=emb.shape[0]), 0)
@@ -275,9 +275,9 @@ def optimize_transform_cpu(
     negative_sample_rate: float = 5.0,
     seed: int = 42,
 ) -> torch.Tensor:
-    """Same contract as :func:`fastal.select.umap_sgd_torch.optimize_transform` for CPU tensors."""
+    """Same contract as :func:`fastal.select.umap.sgd_torch.optimize_transform` for CPU tensors."""
     h = head.numpy()  # shares memory: updated in place
-    from fastal.select.umap_sgd_torch import epochs_per_sample
+    from fastal.select.umap.sgd_torch import epochs_per_sample
 
     eps = epochs_per_sample(w, n_epochs)
     f32 = np.float32

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fastal.analysis import load_cycles, load_sweeps, paired, summary
+from fastal.sweep.report import load_cycles, load_sweeps, paired, summary
 from fastal.cli import main
 
 STRATEGIES, SEEDS, BUDGETS, LABELS = ["contrastive", "random", "entropy"], [0, 1, 2], [1.0, 2.0], ["full", "dominant"]

@@ -6,7 +6,7 @@ difference to a baseline strategy, seed by seed at the same budget (the seed-to-
 the data and the initial set cancels in part): mean ± standard error (std / sqrt(n)) and how
 many seeds are ahead of / behind the baseline.
 
-    >>> from fastal.analysis import load_cycles, summary, paired
+    >>> from fastal.sweep.report import load_cycles, summary, paired
     >>> df, settings = load_cycles("sweeps/camvid_cpu")
     >>> paired(df, settings, baseline="random")
 
@@ -33,8 +33,8 @@ def is_sweep_dir(path: str | Path) -> bool:
 
 def load_cycles(sweep_dir: str | Path) -> tuple[Any, list[str]]:
     """``cycles.parquet`` of a sweep and its setting columns: the axes other than strategy and seed."""
+    from fastal.sweep.cycles import TABLE, read_cycles
     from fastal.sweep.spec import SPEC, kept_sweep
-    from fastal.sweep.table import TABLE, read_cycles
 
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / TABLE
@@ -60,7 +60,7 @@ def load_sweeps(sweep_dirs: list[str | Path]) -> tuple[Any, list[str]]:
     in the later ones. Column ``sweep``: "" for the first sweep's rows, the name for the others'."""
     import pandas as pd
 
-    from fastal.report import refuse_repeats
+    from fastal.run_report import refuse_repeats
 
     frames, names, seen, settings = [], {}, set(), []
     for d in sweep_dirs:
@@ -208,8 +208,8 @@ def markdown(table: Table) -> str:
 
 def plot(df: Any, settings: list[str], path: str | Path) -> None:
     """mIoU against % of pixels, one line per (settings, strategy), ± std band; each distinct
-    fully supervised mIoU once, dashed (fastal.report's plot)."""
-    from fastal.report import Group, plot_curves
+    fully supervised mIoU once, dashed (fastal.run_report's plot)."""
+    from fastal.run_report import Group, plot_curves
 
     full = fully_supervised(df, settings)
     groups, drawn = [], set()

@@ -2,7 +2,7 @@
 
 - :func:`find_ab_params`: the curve 1 / (1 + a d^(2b)) fitted to ``min_dist`` and ``spread`` (host;
   no tensor data involved),
-- :func:`fuzzy_simplicial_set`: kNN graph (exact, :mod:`fastal.select.knn`), ``smooth_knn_dist``,
+- :func:`fuzzy_simplicial_set`: kNN graph (exact, :mod:`fastal.select.neighbors`), ``smooth_knn_dist``,
   membership strengths (a point's own entry 0) and the fuzzy union P + P^T - P o P^T (mixed with
   the intersection by ``set_op_mix_ratio``), as a fixed-size edge list: no host sync on CUDA,
 - :func:`initial_layout`: umap-learn's ``init="pca"`` (the top principal axes by subspace
@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from fastal.select.knn import CellIndex
+from fastal.select.neighbors import CellIndex
 
 
 @lru_cache(maxsize=16)
@@ -59,8 +59,8 @@ def fuzzy_simplicial_set(
     ``x`` (CPU tensors) to search the neighbours with instead of the exact scan (the same answer
     up to float rounding; the whole fit of 11k x 128 on 2 cores: 2.5 s -> 2.1 s).
     """
-    from fastal.select.knn import knn_search, knn_search_cells
-    from fastal.select.umap_torch import membership_weights, smooth_knn_dist
+    from fastal.select.neighbors import knn_search, knn_search_cells
+    from fastal.select.umap.estimator import membership_weights, smooth_knn_dist
 
     m, k = x.shape[0], n_neighbors
     dists, idx = knn_search(x, x, k, metric) if index is None else knn_search_cells(x, index, k)

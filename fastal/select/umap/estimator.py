@@ -5,14 +5,14 @@ Why not umap-learn: its ``transform`` embeds new points one edge at a time in nu
 has no ``transform`` of new points (fastal fits on the bank and embeds the pool), and it
 optimises the whole affinity matrix rather than umap-learn's sampled-edge schedule.
 
-Fit (:meth:`TorchUMAP.fit`, :mod:`fastal.select.umap_graph`): exact kNN graph of the bank, the
+Fit (:meth:`TorchUMAP.fit`, :mod:`fastal.select.umap.graph`): exact kNN graph of the bank, the
 fuzzy simplicial set, the initial layout (PCA for ``init="spectral"``: see that module), the
 a/b curve from ``min_dist`` and ``spread``, umap-learn's epoch count (500 up to 10,000 points,
 else 200) and its SGD schedule.
 
 Transform (:meth:`TorchUMAP.transform`):
 
-1. kNN of each new point among the fitted points (:mod:`fastal.select.knn`: on the CPU a
+1. kNN of each new point among the fitted points (:mod:`fastal.select.neighbors`: on the CPU a
    cell-pruned search once 4,096 or more points were fitted, where umap-learn queries its
    approximate NNDescent index; the exact scan on CUDA, or with ``knn="exact"``),
 2. ``smooth_knn_dist`` (rho with ``local_connectivity - 1``, sigma by Newton then umap-learn's
@@ -22,8 +22,8 @@ Transform (:meth:`TorchUMAP.transform`):
    against the fixed bank embedding: edges below ``max / n_epochs`` dropped, learning rate
    ``lr / 4``.
 
-SGD: numba loops on the CPU (:mod:`fastal.select.umap_sgd_cpu`), tensor epochs elsewhere or with
-``sgd="torch"`` (:mod:`fastal.select.umap_sgd_torch`); each module says how its update order
+SGD: numba loops on the CPU (:mod:`fastal.select.umap.sgd_cpu`), tensor epochs elsewhere or with
+``sgd="torch"`` (:mod:`fastal.select.umap.sgd_torch`); each module says how its update order
 relates to umap-learn's. On CUDA nothing in fit or transform waits for the host: the loops run
 a number of iterations known in advance, and no count decides a tensor's size.
 """
@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from fastal.errors import FastalError
-from fastal.select.knn import APPROXIMATE_MIN_FIT, build_cell_index, knn_search, knn_search_cells
-from fastal.select.umap_graph import find_ab_params, fit_epochs, fuzzy_simplicial_set, initial_layout
-from fastal.select.umap_params import UMAPParams, transform_epochs, translate_umap_params
-from fastal.select.umap_sgd_torch import epochs_per_sample, optimize_transform, sgd_epochs
+from fastal.select.neighbors import APPROXIMATE_MIN_FIT, build_cell_index, knn_search, knn_search_cells
+from fastal.select.umap.graph import find_ab_params, fit_epochs, fuzzy_simplicial_set, initial_layout
+from fastal.select.umap.params import UMAPParams, transform_epochs, translate_umap_params
+from fastal.select.umap.sgd_torch import epochs_per_sample, optimize_transform, sgd_epochs
 
 _SMOOTH_K_TOLERANCE = 1e-5  # umap_.SMOOTH_K_TOLERANCE
 _MIN_K_DIST_SCALE = 1e-3  # umap_.MIN_K_DIST_SCALE
@@ -216,7 +216,7 @@ class TorchUMAP:
         kw = dict(gamma=params.repulsion_strength, initial_alpha=params.learning_rate,
                   negative_sample_rate=params.negative_sample_rate)  # fmt: skip
         if self._numba(x):
-            from fastal.select.umap_sgd_cpu import optimize_fit_cpu
+            from fastal.select.umap.sgd_cpu import optimize_fit_cpu
 
             optimize_fit_cpu(emb, src, dst, eps, n_epochs, a, b, seed=seed, **kw)
         else:
@@ -251,7 +251,7 @@ class TorchUMAP:
         kw = dict(gamma=p.repulsion_strength, initial_alpha=p.learning_rate / 4.0,
                   negative_sample_rate=p.negative_sample_rate)  # fmt: skip
         if self._numba(x):
-            from fastal.select.umap_sgd_cpu import optimize_transform_cpu
+            from fastal.select.umap.sgd_cpu import optimize_transform_cpu
 
             return optimize_transform_cpu(head, tail, idx, w, n_epochs, self.a_, self.b_, seed=p.transform_seed, **kw)
         gen = torch.Generator(device=x.device).manual_seed(p.transform_seed)

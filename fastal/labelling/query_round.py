@@ -8,7 +8,7 @@
     overlays/<image id>.png   the image with the chosen superpixels outlined and numbered
     masks/         where the person puts <image id>.png: single-channel 8-bit class ids
                    (0..C-1, 255 = not labelled); only pixels of queried superpixels are read
-    selection.parquet   the selection table (:mod:`fastal.select.table`; ``class`` is -1: nobody
+    selection.parquet   the selection table (:mod:`fastal.select.selection_table`; ``class`` is -1: nobody
                    has answered yet), unless the config says ``selection_table = "none"``
 
 and `fastal label import` (:func:`import_masks`) checks the masks and labels the round's
@@ -71,7 +71,7 @@ def write_round(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]], ds:
     selection table, written as ``selection.parquet`` when given."""
     import cv2
 
-    from fastal.select.table import write_table
+    from fastal.select.selection_table import write_table
 
     with atomic_dir(out) as tmp:
         if table is not None:

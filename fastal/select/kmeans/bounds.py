@@ -26,7 +26,8 @@ import numba
 import numpy as np
 import torch
 
-from fastal.select.kmeans_cpu import CHUNK
+from fastal.select.distances import sq_dists_less_row_norm
+from fastal.select.kmeans.cpu import CHUNK
 
 GROUP_SIZE = 10  # centres per group (the paper's k / 10 groups)
 BOUND_ENTRIES = 64 * 2**20  # most (points x groups) bounds kept: 256 MB of float32
@@ -70,7 +71,7 @@ class GroupBounds:
         slack = (2 * x.shape[1] + 3) * torch.finfo(x.dtype).eps / 2 * (x_sq + c_sq.max())
         rows = max(1, 2**24 // k)  # (rows, k) distances at a time
         for s in range(0, n, rows):
-            dots = torch.addmm(c_sq, x[s : s + rows], c_t, alpha=-2.0)  # |c|^2 - 2 x.c
+            dots = sq_dists_less_row_norm(x[s : s + rows], c_t, c_sq)  # |c|^2 - 2 x.c
             row_sq = x_sq[s : s + rows] - slack[s : s + rows]
             _first_scan(dots.numpy(), row_sq.numpy(), self.starts, self.a[s : s + rows].numpy(),
                         self.low[s : s + rows].numpy())  # fmt: skip
