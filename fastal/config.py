@@ -1,8 +1,8 @@
 """The typed configuration of one active-learning run: TOML file, then CLI overrides, validated.
 
-Budgets are percentages of the training pixels; the loop turns them into superpixel counts
-(``round(pct / 100 * num_superpixels)``, SEEDS regions being of near-equal size) and records
-the pixel fraction actually labelled.
+Budgets are percentages of the training pixels: every cycle spends pixels, not a count of
+regions (:mod:`fastal.select.pixel_budget`), and results.json records the pixel fraction
+actually labelled.
 
 The budget schedule has two spellings: ``initial`` + ``cycles`` x ``budget_per_cycle``, or
 ``budgets``, the cumulative % at each evaluated cycle (``[1, 2, 4, 8]``: a random 1 %, then
@@ -114,12 +114,25 @@ class RunConfig:
         """The UMAP settings of the run's contrastive selection (the flat ``umap_*`` keys)."""
         from fastal.select.umap.params import UMAPParams
 
-        return UMAPParams(n_neighbors=self.umap_neighbors, n_components=self.umap_components,
-                          min_dist=self.umap_min_dist)  # fmt: skip
+        return UMAPParams(**{name: getattr(self, key) for key, name in UMAP_KEYS.items()})
 
 
 # The other spelling of the schedule, which `budgets` replaces.
 SCHEDULE_KEYS = ("initial", "budget_per_cycle", "cycles")
+# The run's UMAP keys and UMAPParams' names for them.
+UMAP_KEYS = {"umap_neighbors": "n_neighbors", "umap_components": "n_components", "umap_min_dist": "min_dist"}
+
+# What a fully supervised reference depends on: runs that differ only in the other keys share one
+# (fastal.reference checks it, DATA_KEYS through the datasets' fingerprints and device as
+# resolved; fastal.sweep.spec names references by it). epochs, retrain and the schedule count
+# through RunConfig.reference_epochs(). Every key is in one of the two lists (tests/test_config.py).
+DATA_KEYS = ("dataset", "data_root", "scale", "image_size", "train_images", "val_images", "data_seed")
+REFERENCE_KEYS = (*DATA_KEYS, "full_reference", "backbone", "weights", "batch_size", "lr", "amp", "seed", "device",
+                  "contrastive_weight", "temperature", "bank_from")  # fmt: skip
+NOT_REFERENCE_KEYS = ("strategy", "labels", "superpixels", "cache_dir", "initial", "budget_per_cycle", "cycles",
+                      "budgets", "target_ratio", "full_shared", "full_epochs", "epochs", "retrain", "engine",
+                      "region_entropy", "clusters", "keep_checkpoints", "cluster_budget", "umap_components",
+                      "umap_neighbors", "umap_min_dist", "bank_lifetime", "selection_table", "selection_plot")  # fmt: skip
 
 
 def _hints() -> dict[str, Any]:
@@ -159,7 +172,8 @@ def _coerce(name: str, value: Any, hint: Any, what: str | None = None) -> Any:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Checks that need no data: ranges, and a budget that fits in 100% of the pixels."""
+    """Every check of a configuration that needs no data (the one place for them): ranges, names
+    of strategies and backbones, and a budget that fits in 100% of the pixels."""
 
     def need(cond: bool, msg: str) -> None:
         if not cond:
@@ -194,9 +208,15 @@ def validate(cfg: RunConfig) -> RunConfig:
         need(0 <= getattr(cfg, name) < 2**63, f"{name} = {getattr(cfg, name)}: must be in 0..2**63-1")
     need(math.isfinite(cfg.lr) and cfg.lr > 0, f"lr = {cfg.lr}: must be > 0")
     need(math.isfinite(cfg.clusters) and cfg.clusters >= 1, f"clusters = {cfg.clusters}: must be >= 1 (KMeans clusters per queried region)")
-    need(cfg.umap_components >= 1, f"umap_components = {cfg.umap_components}: must be >= 1")
-    need(cfg.umap_neighbors >= 2, f"umap_neighbors = {cfg.umap_neighbors}: must be >= 2")
-    need(0 <= cfg.umap_min_dist <= 1, f"umap_min_dist = {cfg.umap_min_dist}: must lie in [0, 1] (UMAP's spread is 1)")
+    from fastal.model import BACKBONES
+    from fastal.select import STRATEGIES
+    from fastal.select.umap.params import range_problems
+
+    need(cfg.strategy in STRATEGIES, f"strategy {cfg.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    need(cfg.backbone in BACKBONES, f"backbone {cfg.backbone!r}: choose one of {', '.join(BACKBONES)}")
+    key_of = {name: key for key, name in UMAP_KEYS.items()}
+    for name, rule in range_problems({name: getattr(cfg, key) for key, name in UMAP_KEYS.items()}):
+        need(False, f"{key_of[name]} = {getattr(cfg, key_of[name])}: {rule}")
     need(math.isfinite(cfg.contrastive_weight) and cfg.contrastive_weight >= 0,
          f"contrastive_weight = {cfg.contrastive_weight}: must be >= 0 (0: cross-entropy only)")  # fmt: skip
     need(math.isfinite(cfg.temperature) and cfg.temperature > 0, f"temperature = {cfg.temperature}: must be > 0")
@@ -314,60 +334,15 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     return d
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_str(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
-
-
 def dumps_toml(data: dict[str, Any]) -> str:
-    """TOML for a dict of scalars / lists of scalars / nested such dicts; ``None`` values are left out
-    (TOML has no null; a missing key reads back as the default ``None``)."""
-    lines: list[str] = []
+    """TOML (tomli-w) for a dict of scalars / lists of scalars / nested such dicts; ``None`` values
+    are left out (TOML has no null; a missing key reads back as the default ``None``)."""
+    import tomli_w
 
-    def table(d: dict[str, Any], prefix: str) -> None:
-        subs = [(k, v) for k, v in d.items() if isinstance(v, dict)]
-        for k, v in d.items():
-            if v is not None and not isinstance(v, dict):
-                lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
-        for k, v in subs:
-            name = f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k)
-            lines.append("")
-            lines.append(f"[{name}]")
-            table(v, name)
+    def drop_none(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
 
-    table(data, "")
-    return "\n".join(lines) + "\n"
-
-
-def _toml_str(s: str) -> str:
-    # TOML basic string: escape quote, backslash and control characters (tab aside), nothing else.
-    out = []
-    for ch in s:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif (ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_key(key: str) -> str:
-    bare = key.isascii() and key.replace("_", "").replace("-", "").isalnum()
-    return key if bare else _toml_str(key)
+    return tomli_w.dumps(drop_none(data))
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

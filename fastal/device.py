@@ -31,3 +31,20 @@ def importable(module: str) -> bool:
     except Exception:
         return False
     return True
+
+
+def resolve_backend(choice: str, device: torch.device, *, choices: tuple[str, ...], gpu: str, cpu: str,
+                    what: str) -> str:
+    """The library ``choice`` (one of ``choices``) means on ``device``: ``"auto"`` -> ``gpu`` (a
+    module name: cuml, cudf) when ``device`` is CUDA and it imports, else ``cpu``; a forced ``gpu``
+    is checked. Errors name the option as ``what`` (``--engine``)."""
+    if choice not in choices:
+        raise FastalError(f"{what} {choice!r}: unknown; choose one of {', '.join(choices)}")
+    if choice == "auto":
+        return gpu if device.type == "cuda" and importable(gpu) else cpu
+    if choice == gpu:
+        if device.type != "cuda":
+            raise FastalError(f"{what} {gpu} needs a CUDA device, the pool is on {device}")
+        if not importable(gpu):
+            raise FastalError(f"{what} {gpu}: {gpu} is not installed (pip install 'fastal[gpu]')")
+    return choice

@@ -18,18 +18,12 @@ a resumed run ends with the same labelled set and results as an uninterrupted on
 
 The budget schedule (``RunConfig.schedule()``) gives the cumulative % of pixels at each
 evaluated cycle, and every cycle spends pixels, not a count of regions: cycle 1 draws random
-superpixels up to the first entry's pixel fraction; cycle K > 1 asks the strategy for as many
-superpixels as the missing pixels make at the unlabelled pool's mean size, and keeps the
-shortest prefix of its ranked picks that reaches entry K (:func:`fastal.pool.take_until`).
-A strategy that prefers large regions (summed entropy does) thus labels fewer of them rather
-than more pixels. When its picks fall short (smaller than the mean), it is asked again for the
-rest, the picks so far counted as labelled, so every strategy ends a cycle at its target.
-``contrastive`` and ``kmeans-entropy`` under ``cluster_budget = "fit"`` (the default) instead
-choose k so that every cluster's most uncertain region fits the missing pixels, and keep all
-k picks: a cycle then ends at or below its target, and the next cycle's target (cumulative)
-makes up the difference; k and the share of clusters kept go into results.json. The
-planned counts (``cycle_superpixels``, ``round((entry K - entry K-1) / 100 * num_superpixels)``)
-only check the schedule against the pool.
+superpixels up to the first entry's pixel fraction; cycle K > 1 ranks the unlabelled pool with
+the run's strategy and keeps regions worth the missing pixels (the policy:
+:mod:`fastal.select.pixel_budget`). A cycle that ends below its target (``cluster_budget =
+"fit"``) leaves the difference to the next cycle's (cumulative) target; k and the share of
+clusters kept go into results.json. The planned counts (``cycle_superpixels``, ``round((entry K
+- entry K-1) / 100 * num_superpixels)``) only check the schedule against the pool.
 
 The fully supervised reference, and its sharing between runs, is :mod:`fastal.reference`.
 """
@@ -122,7 +116,7 @@ def full_reference(run: RunDir) -> None:
         return
     console.rule("fully supervised reference")
     train = lambda: _train_reference(run)  # noqa: E731
-    ref = train() if cfg.full_shared is None else shared_reference(Path(cfg.full_shared), run.s, train)
+    ref = train() if cfg.full_shared is None else shared_reference(Path(cfg.full_shared), run.setup, train)
     atomic_write_json(run.dir / FULL, ref)
     run.reference_partial().unlink(missing_ok=True)
 
@@ -136,17 +130,17 @@ def _train_reference(run: RunDir) -> dict[str, Any]:
     seed = seed_everything(run.cfg.seed, 0, PHASE_TRAIN)
     partial = run.reference_partial()
     if partial.exists():
-        trainer = Trainer.load(partial, run.s.device, num_classes=run.s.train.num_classes)
+        trainer = Trainer.load(partial, run.setup.device, num_classes=run.setup.train.num_classes)
         console.print(f"reference: going on after epoch {trainer.epoch} ({partial})")
     else:
-        trainer = _new_trainer(run.s, seed)
-    trainer.fit(run.s.train, run.cfg.reference_epochs() - trainer.epoch, progress=True, checkpoint=partial)
+        trainer = _new_trainer(run.setup, seed)
+    trainer.fit(run.setup.train, run.cfg.reference_epochs() - trainer.epoch, progress=True, checkpoint=partial)
     seconds = trainer.train_seconds
     seed_everything(run.cfg.seed, 0, PHASE_EVAL)
-    m = _evaluate(run.s, trainer)
+    m = _evaluate(run.setup, trainer)
     console.print(f"fully supervised mIoU {m['miou']:.4f} ({seconds:.1f} s)")
     return {"miou": m["miou"], "per_class_iou": m["per_class_iou"], "train_seconds": round(seconds, 3),
-            "run": str(run.dir), "trained_with": reference_key(run.s)}  # fmt: skip
+            "run": str(run.dir), "trained_with": reference_key(run.setup)}  # fmt: skip
 
 
 def select_phase(run: RunDir, cycle: int) -> None:
@@ -161,13 +155,13 @@ def select_phase(run: RunDir, cycle: int) -> None:
         ids, ranking = np.sort(random_initial(pool, cfg.schedule()[0] / 100)), None
     else:
         missing = cfg.schedule()[cycle - 1] / 100 * pool.total_pixels - pool.labelled_pixels
-        ranking = rank_unlabelled(run.s, run.ckpt(cycle - 1), pool.labelled_mask, seed, pixels=missing)
+        ranking = rank_unlabelled(run.setup, run.ckpt(cycle - 1), pool.labelled_mask, seed, pixels=missing)
         ids, sel = ranking.ids, ranking.selection
         if sel.k is not None:  # before the commit: a resumed run finds it with the cycle's labels
             stats = {"k": sel.k, "clusters_kept": sel.clusters_kept(), "kmeans_fits": sel.kmeans_fits}
             atomic_write_json(run.dir / CLUSTERS, {**(run.read_json(CLUSTERS) or {}), str(cycle): stats})
     seconds = time.perf_counter() - t0
-    oracle = SimulatedOracle(run.s.train, run.s.cache, mode=cfg.labels)
+    oracle = SimulatedOracle(run.setup.train, run.setup.cache, mode=cfg.labels)
     answer = oracle.query(ids)
     if ranking is not None:
         _write_selection(run, cycle, ranking, answer.classes, oracle)
@@ -182,7 +176,7 @@ def _write_selection(run: RunDir, cycle: int, ranking: Ranking, classes: np.ndar
     from fastal.run_report import embedding_sample, plot_embedding
     from fastal.select.selection_table import cycle_table_path, write_table
 
-    table = ranking.table(run.s.cache, classes, run.cfg.selection_table)
+    table = ranking.table(run.setup.cache, classes, run.cfg.selection_table)
     if table is None:  # selection_table = "none"
         return
     path = cycle_table_path(run.dir, cycle)
@@ -192,7 +186,7 @@ def _write_selection(run: RunDir, cycle: int, ranking: Ranking, classes: np.ndar
     if sample is not None:  # None: the strategy has no embedding
         # Colours from the ground truth of the drawn regions (a simulation can look; the table cannot).
         truth = oracle.query(sample["superpixel"].to_numpy()).classes
-        plot_embedding(sample, truth, run.s.train.classes, path.with_name(f"embedding-cycle-{cycle}.png"),
+        plot_embedding(sample, truth, run.setup.train.classes, path.with_name(f"embedding-cycle-{cycle}.png"),
                        title=f"cycle {cycle}: {run.cfg.strategy}")
     crash_point(f"table:{cycle}")
 
@@ -205,13 +199,13 @@ def train_phase(run: RunDir, cycle: int) -> None:
     seed = seed_everything(run.cfg.seed, cycle, PHASE_TRAIN)
     t0 = time.perf_counter()
     if cycle > 1 and run.cfg.retrain == "finetune":
-        trainer = Trainer.load(run.ckpt(cycle - 1), run.s.device)
+        trainer = Trainer.load(run.ckpt(cycle - 1), run.setup.device)
         if run.cfg.bank_lifetime == "cycle":
             # The bank checkpoint K-1 holds served cycle K's selection; cycle K trains with a new one.
             trainer.bank.clear()
     else:
-        trainer = _new_trainer(run.s, seed)
-    trainer.fit(LabelledSamples(run.s.train, run.s.cache, run.pool, run.truth), run.cfg.epochs, progress=True)
+        trainer = _new_trainer(run.setup, seed)
+    trainer.fit(LabelledSamples(run.setup.train, run.setup.cache, run.pool, run.truth), run.cfg.epochs, progress=True)
     seconds = time.perf_counter() - t0
     crash_point(f"trained:{cycle}")
     trainer.save(run.ckpt(cycle))  # atomic
@@ -226,8 +220,8 @@ def evaluate_phase(run: RunDir, cycle: int) -> dict[str, Any]:
 
     cfg, pool = run.cfg, run.pool
     seed_everything(cfg.seed, cycle, PHASE_EVAL)
-    m = _evaluate(run.s, Trainer.load(run.ckpt(cycle), run.s.device))
-    labelled = (pool.state > 0) & (pool.state <= cycle)  # a later import may exist
+    m = _evaluate(run.setup, Trainer.load(run.ckpt(cycle), run.setup.device))
+    labelled = pool.labelled_through(cycle)  # a later import may exist
     t = run.timings.get(str(cycle), {})
     clusters = (run.read_json(CLUSTERS) or {}).get(str(cycle), {})
     sched = cfg.schedule()
@@ -261,7 +255,7 @@ def _stop_reason(run: RunDir, cycle: int, miou: float) -> str | None:
     full, target = run.results["full_miou"], run.cfg.target_ratio
     if target is not None and full is not None and miou >= target * full:
         return "target"
-    if cycle >= run.s.last_cycle or run.pool.num_labelled == run.pool.num_superpixels:
+    if cycle >= run.setup.last_cycle or run.pool.num_labelled == run.pool.num_superpixels:
         return "budget"
     return None
 

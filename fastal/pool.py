@@ -184,6 +184,10 @@ class RegionPool:
     def labelled_mask(self) -> np.ndarray:
         return self.state > 0
 
+    def labelled_through(self, cycle: int) -> np.ndarray:
+        """Bool mask of the superpixels labelled in cycles 1..``cycle`` (a later cycle's are not)."""
+        return (self.state > 0) & (self.state <= cycle)
+
     def labelled_ids(self) -> np.ndarray:
         return np.flatnonzero(self.state).astype(np.int64)
 
@@ -223,7 +227,7 @@ class RegionPool:
     def summary(self, cycle: int | None = None) -> dict[str, Any]:
         """Budget and cost spent up to and including ``cycle`` (default: all), JSON-ready."""
         upto = self.current_cycle if cycle is None else int(cycle)
-        sel = (self.state > 0) & (self.state <= upto)
+        sel = self.labelled_through(upto)
         valid = int(self.valid[sel].sum(dtype=np.int64))
         noisy = int(self.noisy[sel].sum(dtype=np.int64))
         pixels = int(self.sizes[sel].sum())

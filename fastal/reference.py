@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fastal.atomic import atomic_write_json, read_json
+from fastal.config import DATA_KEYS, REFERENCE_KEYS
 from fastal.errors import FastalError
 from fastal.progress import console
 from fastal.run_setup import Setup
@@ -24,12 +25,12 @@ FIXED_BEFORE = {"contrastive_weight": 0.1, "temperature": 0.1, "bank_from": "tea
 
 
 def reference_key(setup: Setup) -> dict[str, Any]:
-    """Everything a fully supervised reference's training depends on."""
+    """Everything a fully supervised reference's training depends on (:data:`fastal.config.REFERENCE_KEYS`),
+    as the prepared run has it: the data by the datasets' fingerprints, the device as resolved."""
     cfg = setup.cfg
-    return {"train": setup.train.fingerprint(), "val": setup.val.fingerprint(), "backbone": cfg.backbone,
-            "weights": cfg.weights, "epochs": cfg.reference_epochs(), "batch_size": cfg.batch_size,
-            "lr": cfg.lr, "amp": cfg.amp, "seed": cfg.seed, "device": setup.device.type,
-            **{k: getattr(cfg, k) for k in FIXED_BEFORE}}  # fmt: skip
+    key: dict[str, Any] = {"train": setup.train.fingerprint(), "val": setup.val.fingerprint()}
+    key.update({k: getattr(cfg, k) for k in REFERENCE_KEYS if k not in (*DATA_KEYS, "full_reference")})
+    return {**key, "epochs": cfg.reference_epochs(), "device": setup.device.type}
 
 
 def check_reference(path: Path, setup: Setup) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from fastal.atomic import atomic_write_bytes, atomic_write_json, check_writable,
 from fastal.errors import FastalError
 
 RESULT_KEYS = ("dataset", "strategy", "seed", "full_miou", "cycles")
-# What every cycle record of results.json holds (issue 6); the report itself reads fewer.
+# What every cycle record of results.json holds; the report itself reads fewer.
 CYCLE_KEYS = (
     "cycle",
     "labelled_superpixels",

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from fastal.config import RunConfig
+from fastal.config import RunConfig, validate
 from fastal.errors import FastalError
 
 
@@ -45,13 +45,8 @@ def prepare(cfg: RunConfig) -> Setup:
     from fastal.data import load_dataset
     from fastal.data.superpixels import build_cache
     from fastal.device import resolve_device
-    from fastal.model import BACKBONES
-    from fastal.select import STRATEGIES
 
-    if cfg.strategy not in STRATEGIES:
-        raise FastalError(f"strategy {cfg.strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    if cfg.backbone not in BACKBONES:
-        raise FastalError(f"backbone {cfg.backbone!r}: choose one of {', '.join(BACKBONES)}")
+    validate(cfg)  # a RunConfig built by hand has not been through make_config
     device = resolve_device(cfg.device)
     train = load_dataset(cfg.dataset, **_dataset_args(cfg, "train", cfg.train_images))
     val = load_dataset(cfg.dataset, **_dataset_args(cfg, "val", cfg.val_images))

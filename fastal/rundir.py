@@ -153,7 +153,7 @@ class RunDir:
     def __init__(self, setup: Setup, run_dir: str | Path) -> None:
         """Open the run (its writer holds :func:`fastal.runlock.run_lock`), check its files against
         each other (:meth:`_check_state`) and rebuild the query log from the pool."""
-        self.s, self.cfg, self.dir = setup, setup.cfg, Path(run_dir)
+        self.setup, self.cfg, self.dir = setup, setup.cfg, Path(run_dir)
         cache = setup.cache
         if (self.dir / POOL).exists():
             # Not rebuilt from queries.jsonl when damaged: the log lacks the pool's RNG state and
@@ -211,7 +211,7 @@ class RunDir:
         for k, c in enumerate(cycles, start=1):
             if c.get("cycle") != k:
                 raise FastalError(f"{res}: cycle record {k} says cycle {c.get('cycle')!r}")
-            want = int(((pool.state > 0) & (pool.state <= k)).sum())
+            want = int(pool.labelled_through(k).sum())
             if c.get("labelled_superpixels") != want:
                 raise FastalError(f"{res}: cycle {k} counts {c.get('labelled_superpixels')!r} labelled "
                                   f"superpixels, {self.dir / POOL} {want}; restore the pair written together")
@@ -239,15 +239,15 @@ class RunDir:
             "dataset": cfg.dataset,
             "strategy": cfg.strategy,
             "seed": cfg.seed,
-            "classes": list(self.s.train.classes),  # names of the class ids in queries and selection tables
+            "classes": list(self.setup.train.classes),  # names of the class ids in queries and selection tables
             "labels": cfg.labels,
             "backbone": cfg.backbone,
-            "num_superpixels": self.s.cache.num_superpixels,
+            "num_superpixels": self.setup.cache.num_superpixels,
             "num_pixels": self.pool.total_pixels,
             "budgets": cfg.schedule(),  # cumulative % of pixels aimed at, per cycle
-            "cycle_superpixels": self.s.cycle_ks,  # planned for cycles 2, 3, ... at the mean size
+            "cycle_superpixels": self.setup.cycle_ks,  # planned for cycles 2, 3, ... at the mean size
             # null when the schedule's cycles differ in size
-            "superpixels_per_cycle": self.s.cycle_ks[0] if len(set(self.s.cycle_ks)) == 1 else None,
+            "superpixels_per_cycle": self.setup.cycle_ks[0] if len(set(self.setup.cycle_ks)) == 1 else None,
             "full_miou": None,
             "stopped": None,
             "cycles": [],
@@ -273,13 +273,13 @@ class RunDir:
         """Labels of training image ``i``: masks people returned (``labels/``) over the dataset's own."""
         from fastal.data.base import read_label
 
-        path = self.dir / LABELS / f"{self.s.train.image_id(i)}.png"
-        return read_label(path) if path.exists() else self.s.train[i][1]
+        path = self.dir / LABELS / f"{self.setup.train.image_id(i)}.png"
+        return read_label(path) if path.exists() else self.setup.train[i][1]
 
     def _query_lines(self, gids: np.ndarray) -> list[str]:
         lines = []
         for rec in self.pool.records(gids):
-            rec["image_id"] = self.s.train.image_id(rec["image"])
+            rec["image_id"] = self.setup.train.image_id(rec["image"])
             lines.append(json.dumps(rec))
         return lines
 

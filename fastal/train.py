@@ -148,7 +148,7 @@ class Trainer:
         self.num_classes = num_classes
         self.device = torch.device(device)
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
-        # channels_last: faster on CUDA; on a CPU only for Lite0's depthwise convs (1.4x, measured).
+        # channels_last: faster on CUDA; on a CPU only for Lite0's depthwise convs.
         default_cl = self.device.type == "cuda" or cfg.backbone == LITE0
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else default_cl
         # Initialisation draws from the global RNG; seeding it makes a run reproducible.

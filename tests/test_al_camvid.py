@@ -49,8 +49,8 @@ def test_protocol_sweeps(protocol: str, monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 
 def test_signal_and_engine_sweeps(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # Issue 16's comparison (four strategies x five seeds, one pick per cluster), its lambda = 0
-    # ablations (contrastive, entropy) and issue 13's engine check (the committed table's
+    # The signal comparison (four strategies x five seeds, one pick per cluster), its lambda = 0
+    # ablations (contrastive, entropy) and the engine check (the committed table's
     # protocol, contrastive): the protocol file but for these keys; only the comparison trains
     # references.
     monkeypatch.chdir(ROOT)

@@ -29,7 +29,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
         ("", ["--budgets", "1,two"], "--budgets '1,two': expected comma-separated percentages"),
         ("", ["--budgets", "4,2"], "budgets = [4.0, 2.0]: must be strictly increasing"),
         ("budgets = [1, 2]\n", ["--cycles", "3"], "cycles cannot change it (override budgets instead)"),
-        # The method's knobs (issue 16).
+        # The method's knobs.
         ('cluster_budget = "all"\n', [], "cluster_budget = 'all': choose one of fit, prefix"),
         ('bank_lifetime = "epoch"\n', [], "bank_lifetime = 'epoch': choose one of run, cycle"),
         ('bank_from = "ema"\n', [], "bank_from = 'ema': choose one of teacher, student"),

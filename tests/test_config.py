@@ -9,7 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fastal.config import RunConfig, dumps_toml, load_config, make_config, save_config, to_dict
+from fastal.config import (
+    NOT_REFERENCE_KEYS,
+    REFERENCE_KEYS,
+    RunConfig,
+    dumps_toml,
+    load_config,
+    make_config,
+    save_config,
+    to_dict,
+)
 from fastal.errors import FastalError
 
 
@@ -101,7 +110,7 @@ def test_saved_config_reads_back_identical(tmp_path: Path) -> None:
     cfg = make_config({"budgets": [1, 2.5, 4], "full_shared": "runs/ref.json"})
     save_config(cfg, tmp_path / "config.toml")
     text = (tmp_path / "config.toml").read_text()
-    assert "budgets = [1.0, 2.5, 4.0]" in text and "cycles" not in text and "initial" not in text
+    assert tomllib.loads(text)["budgets"] == [1.0, 2.5, 4.0] and "cycles" not in text and "initial" not in text
     assert load_config(tmp_path / "config.toml") == cfg
 
 
@@ -138,3 +147,26 @@ def test_default_toml_is_the_default_config() -> None:
 def test_camvid_example_is_valid() -> None:
     cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "camvid_cpu.toml")
     assert cfg.dataset == "camvid" and cfg.budget_pct() <= 100
+
+
+def test_every_key_is_declared_for_the_reference_or_not() -> None:
+    # A new RunConfig key must join REFERENCE_KEYS (a shared reference depends on it) or
+    # NOT_REFERENCE_KEYS; in neither, runs that differ in it would share a reference unasked.
+    keys = list(RunConfig.__dataclass_fields__)
+    assert sorted(REFERENCE_KEYS + NOT_REFERENCE_KEYS) == sorted(keys)
+    assert not set(REFERENCE_KEYS) & set(NOT_REFERENCE_KEYS)
+
+
+def test_sweep_reference_names_are_stable() -> None:
+    # A sweep finds its references by these names: a changed key would orphan every one on disk.
+    from fastal.sweep.spec import reference_name
+
+    assert reference_name(make_config({})) == "seed0-1eb53d87"
+    assert reference_name(make_config({"budgets": [1.0, 2.0], "seed": 3, "device": "cpu"})) == "seed3-9968b1f2"
+    assert reference_name(make_config({"strategy": "random", "umap_neighbors": 5})) == "seed0-1eb53d87"
+
+
+def test_umap_params_follow_the_umap_keys() -> None:
+    p = make_config({"umap_neighbors": 7, "umap_components": 3, "umap_min_dist": 0.25}).umap_params()
+    assert (p.n_neighbors, p.n_components, p.min_dist) == (7, 3, 0.25)
+    assert p.metric == "euclidean" and p.random_state == 0  # the rest: UMAPParams' defaults

@@ -17,14 +17,15 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from fastal.errors import FastalError
 from fastal.select import cuml_engine
-from fastal.select.cuml_engine import CumlKMeans, CumlUMAP, kmeans_batch_rows
-from fastal.select.umap.params import (
+from fastal.select.cuml_engine import (
     CUML_METRICS,
-    UMAPParams,
+    CumlKMeans,
+    CumlUMAP,
     cuml_transform_params,
-    transform_epochs,
-    translate_umap_params,
+    cuml_umap_params,
+    kmeans_batch_rows,
 )
+from fastal.select.umap.params import UMAPParams, transform_epochs, translate_umap_params
 
 # ---------------------------------------------------------------- parameters (no cuML needed)
 
@@ -48,7 +49,7 @@ def test_offered_cuml_metrics_are_those_cuml_fits_on_dense_input() -> None:
     assert set(CUML_METRICS) == {m for m, d in _CUML_NAMES.items() if d in _CUML_DENSE}
     assert len(CUML_METRICS) == len(set(CUML_METRICS))
     with pytest.raises(FastalError, match="'jaccard': cuML supports"):
-        translate_umap_params(UMAPParams(metric="jaccard"), "cuml")
+        cuml_umap_params(UMAPParams(metric="jaccard"))
 
 
 def test_params_check_on_construction_with_todays_messages() -> None:
@@ -79,12 +80,12 @@ def test_transform_epochs_follow_umap_learn_from_the_pool_size() -> None:
 def test_cuml_translation_changes_nothing_silently() -> None:
     for seed in (None, 0, 11):
         p = UMAPParams(metric="manhattan", random_state=seed, transform_seed=7, n_epochs=30)
-        kw = translate_umap_params(p, "cuml")
+        kw = cuml_umap_params(p)
         expected = {k: v for k, v in translate_umap_params(p, "umap-learn").items() if k != "transform_seed"}
         assert kw == expected  # random_state as given, None included; every other value untouched
         assert cuml_transform_params(p, 100)["random_state"] == 7  # the transform seed goes to transform
     with pytest.raises(FastalError, match="cuML supports 'spectral' and 'random'"):
-        translate_umap_params(UMAPParams(init="pca"), "cuml")
+        cuml_umap_params(UMAPParams(init="pca"))
 
 
 def test_kmeans_batch_is_sized_to_k() -> None:
@@ -226,7 +227,7 @@ def test_umap_epochs_and_seed_come_from_the_pool_in_every_chunk(fake_cuml) -> No
     bank = torch.randn(300, 5)
     params = UMAPParams(random_state=3, transform_seed=9)
     model = CumlUMAP(params, chunk_size=10_000).fit(bank)
-    assert model.umap_.kw == translate_umap_params(params, "cuml") | {"output_type": "cupy"}
+    assert model.umap_.kw == cuml_umap_params(params) | {"output_type": "cupy"}
     pool = torch.randn(25_001, 5)
     emb = model.transform(pool)
     # A 25,001-row pool gets 30 epochs (cuML would give each <= 10,000-row chunk 100), in three

@@ -1,10 +1,10 @@
 """The package's import graph: no circle among fastal's modules, and selection never imports
 training (fastal/select/ scores and ranks with whatever model it is handed).
 
-The graph is read from the source (AST), not by importing: an edge for every import a module
-runs when it is imported (module level, class bodies, ``if TYPE_CHECKING:`` blocks too, since
-a circle there is still a circle of meaning); imports inside functions run later and are left
-out of the circle check, but not out of the select -> train check.
+The graph is read from the source (AST), not by importing: an edge for every import of a
+fastal module anywhere in a module (module level, class bodies, ``if TYPE_CHECKING:`` blocks
+and inside functions): an import deferred into a function still makes the two modules depend
+on each other, and a circle there is still a circle of meaning.
 """
 
 from __future__ import annotations
@@ -25,12 +25,10 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
 
 
-def _imports(node: ast.AST, module: str, is_package: bool, top_level: bool) -> list[str]:
-    """fastal modules imported under ``node``; with ``top_level``, not looking into functions."""
+def _imports(node: ast.AST, module: str, is_package: bool) -> list[str]:
+    """fastal modules imported anywhere under ``node``."""
     found = []
     for child in ast.iter_child_nodes(node):
-        if top_level and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            continue
         if isinstance(child, ast.Import):
             found += [a.name for a in child.names]
         elif isinstance(child, ast.ImportFrom):
@@ -42,15 +40,15 @@ def _imports(node: ast.AST, module: str, is_package: bool, top_level: bool) -> l
                 target = child.module or ""
             # `from pkg import sub` imports the submodule sub when there is one.
             found += [f"{target}.{a.name}" if f"{target}.{a.name}" in MODULES else target for a in child.names]
-        found += _imports(child, module, is_package, top_level)
+        found += _imports(child, module, is_package)
     return [m for m in found if m == "fastal" or m.startswith("fastal.")]
 
 
-def graph(top_level: bool) -> dict[str, set[str]]:
+def graph() -> dict[str, set[str]]:
     out = {}
     for name, path in MODULES.items():
         tree = ast.parse(path.read_text(), str(path))
-        found = _imports(tree, name, path.name == "__init__.py", top_level)
+        found = _imports(tree, name, path.name == "__init__.py")
         edges = {m if m in MODULES else m.rsplit(".", 1)[0] for m in found}  # a name's module
         out[name] = {m for m in edges if m in MODULES and m != name}
     return out
@@ -94,16 +92,17 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 def test_the_checker_sees_a_circle_and_a_submodule_import() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
-    g = graph(top_level=True)
+    g = graph()
     assert "fastal.kernels.ops" in g["fastal.kernels"]  # `from fastal.kernels.ops import ...`
     assert "fastal.errors" in g["fastal.pool"]
+    assert "fastal.train" in g["fastal.loop"]  # imported inside functions only
 
 
 def test_no_import_circle_inside_fastal() -> None:
-    assert cycles(graph(top_level=True)) == []
+    assert cycles(graph()) == []
 
 
 def test_selection_never_imports_training() -> None:
-    g = graph(top_level=False)
+    g = graph()
     bad = {m: sorted(t for t in g[m] if t == "fastal.train" or t.startswith("fastal.train.")) for m in g}
     assert {m: t for m, t in bad.items() if m.startswith("fastal.select") and t} == {}

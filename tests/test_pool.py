@@ -470,3 +470,14 @@ def test_add_errors_name_the_ids():
         RegionPool([0, 1], [1], label_mode="partial")
     with pytest.raises(FastalError, match="offsets"):
         RegionPool([0, 3], [1, 1])
+
+
+def test_labelled_through_a_cycle_leaves_later_cycles_out() -> None:
+    pool = RegionPool([0, 3, 6], [2, 2, 2, 3, 3, 3], label_mode="full")
+    for cycle, ids in ((1, [0, 4]), (2, [1]), (4, [5])):  # cycle 3 labelled nothing
+        pool.add(fake_answer(pool, ids), cycle=cycle)
+    assert np.flatnonzero(pool.labelled_through(0)).tolist() == []
+    assert np.flatnonzero(pool.labelled_through(1)).tolist() == [0, 4]
+    assert np.flatnonzero(pool.labelled_through(3)).tolist() == [0, 1, 4]
+    assert pool.labelled_through(4).tolist() == pool.labelled_mask.tolist()
+    assert pool.summary(2)["labelled_superpixels"] == 3

@@ -1,5 +1,5 @@
-"""One writer per run directory, and a run directory that checks itself (issue 17): each case of
-the issue, on the tiny synthetic run of the loop tests. A second writer, a damaged or edited run
+"""One writer per run directory, and a run directory that checks itself: each case on the tiny
+synthetic run of the loop tests. A second writer, a damaged or edited run
 directory and bad input all get one line and exit 2, and leave every file as it was."""
 
 from __future__ import annotations

@@ -17,8 +17,10 @@ from umap.umap_ import smooth_knn_dist as umap_smooth_knn_dist
 from fastal.errors import FastalError
 from fastal.select.neighbors import build_cell_index, knn_search, knn_search_cells
 from fastal.select.umap.graph import find_ab_params, fuzzy_simplicial_set
-from fastal.select.umap.params import UMAPParams, cuml_transform_params, translate_umap_params
-from fastal.select.umap.estimator import TorchUMAP, init_from_neighbours, membership_weights, smooth_knn_dist
+from fastal.select.cuml_engine import cuml_transform_params, cuml_umap_params
+from fastal.select.umap.params import UMAPParams, translate_umap_params
+from fastal.select.umap.estimator import TorchUMAP, init_from_neighbours
+from fastal.select.umap.graph import membership_weights, smooth_knn_dist
 
 
 def _sorted_dists(seed: int) -> np.ndarray:
@@ -179,14 +181,14 @@ def test_transform_is_deterministic_and_seeded(fitted, data) -> None:
 def test_params_translation_and_errors() -> None:
     p = UMAPParams(metric="manhattan", random_state=None, transform_seed=7)
     assert translate_umap_params(p, "umap-learn")["metric"] == "manhattan"
-    cu = translate_umap_params(p, "cuml")
-    # random_state reaches cuML as given; the transform seed is set per transform (issue 18).
+    cu = cuml_umap_params(p)
+    # random_state reaches cuML as given; the transform seed is set per transform.
     assert cu["random_state"] is None and "transform_seed" not in cu
     assert cuml_transform_params(p, 100)["random_state"] == 7
     with pytest.raises(FastalError, match="torch engine transforms with"):
         translate_umap_params(p, "torch")
     with pytest.raises(FastalError, match="cuML supports"):
-        translate_umap_params(UMAPParams(metric="haversine"), "cuml")
+        cuml_umap_params(UMAPParams(metric="haversine"))
     with pytest.raises(FastalError, match="n_neighbors"):
         UMAPParams.from_dict({"n_neighbors": 1})
     with pytest.raises(FastalError, match="before fit"):

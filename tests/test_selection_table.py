@@ -119,7 +119,7 @@ def test_picked_keeps_the_picks_in_rank_order_and_none_nothing(pool: dict) -> No
     assert selection_table(pool["scores"], rounds, kept, pool["offsets"], pool["sizes"], keep="none") is None
     with pytest.raises(FastalError, match="all rows or the picked ones"):
         table_columns(pool["scores"], rounds, kept, pool["offsets"], pool["sizes"], keep="none")
-    with pytest.raises(FastalError, match="backend cudf needs cuDF and a CUDA device"):
+    with pytest.raises(FastalError, match="selection table backend cudf needs a CUDA device"):
         selection_table(pool["scores"], rounds, kept, pool["offsets"], pool["sizes"], backend="cudf")
 
 

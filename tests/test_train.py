@@ -257,7 +257,7 @@ def test_checkpoint_on_a_full_disk_is_one_fastal_error(tmp_path, disk_with_room,
     assert list(tmp_path.iterdir()) == []
 
 
-# ---------------------------------------------------------------- the method's knobs (issue 16)
+# ---------------------------------------------------------------- the method's knobs
 
 
 def test_lambda_zero_is_a_cross_entropy_only_step(monkeypatch):

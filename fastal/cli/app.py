@@ -3,6 +3,8 @@ which imports every command module: a command module importing it would close a 
 
 from __future__ import annotations
 
+import shlex
+
 import typer
 
 app = typer.Typer(
@@ -14,3 +16,18 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks: kernels, selection throughput.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+
+
+def command_line(ctx: typer.Context) -> str:
+    """The command behind a result file, every option that was set spelled out (right also when
+    the command runs in-process, e.g. under tests)."""
+    parts = ["fastal", *ctx.command_path.split()[1:]]
+    for name, value in ctx.params.items():
+        if value is None:
+            continue
+        flag = "--json" if name == "json_path" else "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)

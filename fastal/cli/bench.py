@@ -4,28 +4,13 @@ pool, and the teacher's pass plus pooling over a pool of images, timed per stage
 from __future__ import annotations
 
 import os
-import shlex
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from fastal.cli.app import bench_app
+from fastal.cli.app import bench_app, command_line
 from fastal.errors import FastalError
-
-
-def _command_line(ctx: typer.Context) -> str:
-    """The command with every option spelled out (also right when called in-process, e.g. by tests)."""
-    parts = [ctx.command_path]
-    for name, value in ctx.params.items():
-        if value is None:
-            continue
-        flag = "--json" if name == "json_path" else "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + flag[2:])
-        else:
-            parts += [flag, shlex.quote(str(value))]
-    return " ".join(parts)
 
 
 def print_stages(title: str, stages: dict[str, float], total: float, count: int, rate: str, digits: int) -> None:
@@ -133,7 +118,7 @@ def selection(
 
     if json_path is not None:
         atomic_write_json(json_path, {
-            "command": _command_line(ctx),
+            "command": command_line(ctx),
             "strategy": strategy, "engine": engine_name, "device": str(dev),
             "superpixels": superpixels, "dim": dim, "bank": bank, "classes": classes,
             "budget": budget, "seed": seed,
@@ -267,7 +252,7 @@ def scoring(
                  stages, seconds, images, "images/s", digits=2)
     if json_path is not None:
         atomic_write_json(json_path, {
-            "command": _command_line(ctx),
+            "command": command_line(ctx),
             "dataset": dataset, "images": images, "size": list(hw), "backbone": backbone, "device": str(dev),
             "amp": amp, "batch_size": batch_size, "superpixels": kind, "superpixels_scored": counted[0],
             "distinct_images": len(ds) if dataset == "synthetic" else None,

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
-from fastal.cli.app import app
-
-
-def _command(params: dict[str, Any]) -> str:
-    """The command line that reproduces this run (options that were set), for result files."""
-    args = ["fastal", "prepare"]
-    for name, value in params.items():
-        if value is not None:
-            args += ["--json" if name == "json_path" else f"--{name.replace('_', '-')}", str(value)]
-    return shlex.join(args)
+from fastal.cli.app import app, command_line
 
 
 @app.command()
@@ -112,6 +102,6 @@ def prepare(
     if json_path is not None:
         from fastal.machine import machine_info
 
-        summary["command"] = _command(ctx.params)
+        summary["command"] = command_line(ctx)
         summary["machine"] = machine_info()
         atomic_write_json(json_path, summary)

@@ -21,9 +21,9 @@ import torch
 from fastal.kernels.bilinear import bilinear_taps
 from fastal.kernels.scalar import argmax_better
 
-# numba's default pick here, GNU OpenMP, was 10-30x slower than the workqueue layer on a loaded
-# 2-core machine (every parallel region waited on threads spinning in torch's and numba's two
-# OpenMP runtimes), and GNU OpenMP is not fork-safe while fastal forks workers. "forksafe" takes
+# numba's default pick here, GNU OpenMP, is much slower than the workqueue layer on a loaded
+# machine (every parallel region waits on threads spinning in torch's and numba's two OpenMP
+# runtimes), and GNU OpenMP is not fork-safe while fastal forks workers. "forksafe" takes
 # TBB when installed, else workqueue. It must be set before numba's first parallel launch in the
 # process; a NUMBA_THREADING_LAYER set by the user wins. Caveat of workqueue: do not call these
 # kernels from several Python threads at once.
@@ -31,8 +31,8 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
     nb.config.THREADING_LAYER = "forksafe"
 
 _better = nb.njit(inline="always", cache=True)(argmax_better)
-# Below this many input elements one thread beats waking the thread pool (0.1 ms of work vs
-# 0.3-10 ms of wake-up latency measured on a loaded 2-core machine).
+# Below this many input elements one thread beats waking the thread pool (on a loaded machine
+# the wake-up takes longer than the work).
 _PARALLEL_MIN_WORK = 1 << 20
 
 
@@ -72,7 +72,7 @@ def _add_rows(values, seg, acc, lo, hi):  # pragma: no cover - compiled
     """acc[seg[i]] += values[i] for rows lo..hi-1; values (N, D), acc (S, D)."""
     if values.shape[1] == 1:  # [N] input: sum runs of equal ids in a register
         # Pixel ids come in runs (a superpixel's stretch of a row); adding each value straight into
-        # acc would chain every add through a store and a load of the same slot (4x slower).
+        # acc would chain every add through a store and a load of the same slot.
         flat = acc[:, 0]
         src = values[:, 0]
         current = seg[lo] if lo < hi else 0
@@ -274,8 +274,7 @@ def _numpy(t: torch.Tensor, dtype: type | None = None) -> np.ndarray:
     """Contiguous numpy array of a CPU tensor (a view when nothing needs converting).
 
     Conversions run in numpy, single-threaded, on purpose: a parallel torch op right before a numba
-    kernel leaves torch's OpenMP threads spinning on the cores the kernel needs (measured 30x
-    slower on 2 cores). bfloat16, which numpy lacks, goes through torch's ``.float()``.
+    kernel leaves torch's OpenMP threads spinning on the cores the kernel needs. bfloat16, which numpy lacks, goes through torch's ``.float()``.
     """
     if t.dtype == torch.bfloat16:
         t = t.float()

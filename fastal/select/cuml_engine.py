@@ -30,18 +30,56 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
 from fastal.errors import FastalError
-from fastal.select.umap.params import UMAPParams, cuml_transform_params, translate_umap_params
+from fastal.select.umap.params import UMAPParams, transform_epochs
 
 # cuML's default max_samples_per_batch; its KMeans holds a (rows x k) float32 distance block
 # (cuml/cluster/kmeans.pyx docstring), 6.5 GB at k = 50,000 with the default rows.
 KMEANS_MAX_BATCH = 1 << 15
 KMEANS_WORKSPACE_BYTES = 1 << 30  # bound on that block (not measured: no GPU with cuML yet)
 KMEANS_INITS = ("scalable-k-means++", "random")  # k-means|| seeding, or k rows drawn at random
+# cuML's UMAP metrics for dense input: the names of cuml/manifold/umap/umap.pyx `_METRICS` that
+# `_SUPPORTED_METRICS["brute_force_knn"]["dense"]` admits (v25.12.00 to v26.10.00a). "jaccard" is
+# named there but dense brute-force kNN rejects it (fit raises NotImplementedError).
+CUML_METRICS = (
+    "l1", "cityblock", "taxicab", "manhattan", "euclidean", "l2", "sqeuclidean", "canberra",
+    "minkowski", "chebyshev", "linf", "cosine", "correlation", "hellinger", "hamming",
+)  # fmt: skip
+
+
+def cuml_umap_params(params: UMAPParams) -> dict[str, Any]:
+    """Keyword arguments for ``cuml.UMAP``'s fit; FastalError for a setting cuML cannot honour.
+
+    cuML takes one ``random_state`` for fit and transform: ``random_state`` goes to the fit as it
+    is (None is cuML's unseeded, non-deterministic mode, as it is umap-learn's parallel one), and
+    ``transform_seed`` is not in these arguments because :func:`cuml_transform_params` sets it,
+    with the epochs, before each transform call.
+    """
+    if params.metric not in CUML_METRICS:
+        raise FastalError(f"umap.metric = {params.metric!r}: cuML supports {CUML_METRICS}")
+    if params.init not in ("spectral", "random"):
+        raise FastalError(f"umap.init = {params.init!r}: cuML supports 'spectral' and 'random'")
+    kw = asdict(params)
+    del kw["transform_seed"]
+    return kw
+
+
+def cuml_transform_params(params: UMAPParams, n_points: int) -> dict[str, Any]:
+    """``set_params`` arguments for a fitted ``cuml.UMAP`` before it transforms part of a pool of ``n_points``.
+
+    cuML reads ``random_state`` and ``n_epochs`` from the estimator at every ``transform`` call
+    (cuml/manifold/umap/umap.pyx ``init_params``, v25.12.00 to v26.10.00a); from 25.12 it also
+    derives its deterministic mode from ``random_state`` per call. Left alone, a transform would
+    reuse the fit's seed and pick 100 or 30 epochs from the chunk's row count
+    (cpp/src/umap/runner.cuh ``_transform``), so the last, small chunk of a large pool would run
+    100 epochs where the rest run 30. cuML runs ``n_epochs // 3``, hence the factor 3.
+    """
+    return {"random_state": params.transform_seed, "n_epochs": 3 * transform_epochs(params, n_points)}
 
 
 @functools.cache
@@ -114,7 +152,7 @@ class CumlUMAP:
 
     Same shape and checks as :class:`~fastal.select.umap.estimator.TorchUMAP`. The transform runs the
     epochs umap-learn would choose for the whole pool, seeded by ``transform_seed``, in every
-    chunk (:func:`~fastal.select.umap.params.cuml_transform_params`). Chunks are of equal size
+    chunk (:func:`cuml_transform_params`). Chunks are of equal size
     (to a row) because cuML drops the edges lighter than (the chunk's heaviest edge) / epochs,
     where the torch engine takes the whole pool's heaviest edge: equal chunks leave no small
     remainder chunk whose threshold differs from the rest.
@@ -131,7 +169,7 @@ class CumlUMAP:
     def fit(self, x: torch.Tensor) -> CumlUMAP:
         """Fit ``cuml.UMAP`` on ``x`` (M, D), a CUDA tensor; keeps a private copy of ``x``."""
         params = self.params or UMAPParams()
-        kw = translate_umap_params(params, "cuml")
+        kw = cuml_umap_params(params)
         if x.ndim != 2 or x.shape[0] <= params.n_neighbors:
             raise FastalError(
                 f"UMAP fit: need a (M, D) bank with M > n_neighbors = {params.n_neighbors}, got {tuple(x.shape)}"

@@ -12,8 +12,7 @@ from typing import Protocol
 
 import torch
 
-from fastal.device import importable
-from fastal.errors import FastalError
+from fastal.device import resolve_backend
 from fastal.select.umap.params import UMAPParams
 
 ENGINES = ("auto", "torch", "cuml")
@@ -42,16 +41,7 @@ class Clusterer(Protocol):
 
 def resolve_engine(engine: str, device: torch.device) -> str:
     """``"auto"`` -> ``"cuml"`` when importable and ``device`` is CUDA, else ``"torch"``; checks forced choices."""
-    if engine not in ENGINES:
-        raise FastalError(f"--engine {engine!r}: unknown; choose one of {', '.join(ENGINES)}")
-    if engine == "auto":
-        return "cuml" if device.type == "cuda" and importable("cuml") else "torch"
-    if engine == "cuml":
-        if device.type != "cuda":
-            raise FastalError(f"--engine cuml needs a CUDA device, the pool is on {device}")
-        if not importable("cuml"):
-            raise FastalError("--engine cuml: cuML is not installed (pip install 'fastal[gpu]')")
-    return engine
+    return resolve_backend(engine, device, choices=ENGINES, gpu="cuml", cpu="torch", what="--engine")
 
 
 def make_umap(engine: str, params: UMAPParams) -> Reducer:

@@ -1,19 +1,15 @@
 """k nearest fitted (bank) points of each new point: a chunked exact scan, and a cell-pruned search.
 
-The exact scan costs N x M x D multiply-adds (250k x 11k x 128: ~10 s in float32 on 2 free
-cores, a third of it in top-k) and is what runs on CUDA, where it is a few matmuls with no host
+The exact scan costs N x M x D multiply-adds (a third of it in top-k on the CPU) and is what runs on CUDA, where it is a few matmuls with no host
 decision. On the CPU, once the fitted set has 4,096 points or more (where umap-learn switches its
 transform to its approximate NNDescent index), :func:`knn_search_cells` searches a partition of
 the fitted points into KMeans cells and skips every cell that the triangle inequality proves too
 far: a point in cell c is at least d(q, centroid_c) - radius_c from q, and a cell whose bound
 exceeds the query's current k-th distance (found first in its own cell) cannot hold a neighbour.
 The answer is exact up to float rounding; on clustered features (the bank's classes) it reads
-the query's own class and a few cells near it (250k x 11k x 128 on 2 idle cores: ~2.2 s instead of
-~10 s). On features without cluster structure it degrades to the full scan plus the cell
-bookkeeping.
-Tried and dropped (measured on 2 cores): an inverted file probing a fixed number of cells (on
-isotropic class blobs it needed half the cells for 94% recall) and a bf16 screen with float32
-re-ranking (the matmul is 1.7x faster, but the extra passes over the N x M scores ate the gain).
+the query's own class and a few cells near it. On features without cluster structure it
+degrades to the full scan plus the cell bookkeeping. An inverted file probing a fixed number of
+cells (approximate) and a bf16 screen with float32 re-ranking did not pay (docs).
 """
 
 from __future__ import annotations
@@ -27,7 +23,7 @@ import torch
 from fastal.select.distances import sq_dists_less_row_norm
 
 APPROXIMATE_MIN_FIT = 4096  # umap-learn's transform queries its NNDescent index from this size
-BATCH = 256  # queries of a cell searched together (knn_search_cells; measured there)
+BATCH = 256  # queries of a cell searched together (knn_search_cells says why)
 
 
 def _prepare(x: torch.Tensor, metric: str) -> torch.Tensor:
@@ -131,11 +127,10 @@ def knn_search_cells(x: torch.Tensor, index: CellIndex, k: int) -> tuple[torch.T
     with every other cell whose lower bound beats some query's k-th distance so far. Each block
     of dot products (one matmul) is merged into the running k nearest by :func:`_merge`. The
     queries are sorted by (nearest, second-nearest) centroid once, so that a group and its
-    batches are slices: torch's advanced indexing on the CPU cost more than the distances
-    (measured: 8 of 12 single-thread seconds at 250k x 11k). Groups run on a pool of Python
-    threads with single-threaded tensor operations: the operations are small, and on a loaded
-    machine two threads meeting at a barrier in each of them cost more than the operation
-    (measured on 2 busy cores: 7x slower than one thread).
+    batches are slices: torch's advanced indexing on the CPU cost more than the distances.
+    Groups run on a pool of Python threads with single-threaded tensor operations: the
+    operations are small, and on a loaded machine two threads meeting at a barrier in each of
+    them cost more than the operation.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -172,10 +167,7 @@ def knn_search_cells(x: torch.Tensor, index: CellIndex, k: int) -> tuple[torch.T
         need = lower[a:b] < best_sq[a:b, -1].clamp_min(0.0).sqrt()[:, None]  # (n, C)
         need[:, c] = False
         # Queries sharing their second-nearest centroid need similar cells: a batch's union stays
-        # near what each query needs (1M x 11k: 2,450 points compared per query in batches of
-        # 128, 3,210 in batches of 512, 5,070 for whole groups, 1,190 per query alone). Smaller
-        # batches use the matmul worse: 250k x 11k on 2 cores took 4.0 / 3.6 / 3.2 / 3.1 s in
-        # batches of 64 / 128 / 256 / 512.
+        # near what each query needs; smaller batches compare fewer points but use the matmul worse.
         for s in range(0, b - a, BATCH):
             cells = need[s : s + BATCH].any(0).nonzero()[:, 0].tolist()
             if cells:

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from fastal.atomic import atomic_write_bytes
-from fastal.device import importable
+from fastal.device import resolve_backend
 from fastal.errors import FastalError
 from fastal.select.scoring import PoolScores
 from fastal.select.strategies import Selection
@@ -60,15 +60,9 @@ def cycle_table_path(run_dir: str | Path, cycle: int) -> Path:
     return Path(run_dir) / TABLE_DIR / f"cycle-{cycle}.parquet"
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
+def table_backend(backend: str, device: torch.device) -> str:
     """``"auto"`` -> ``"cudf"`` on CUDA when cuDF imports, else ``"pandas"``; checks forced choices."""
-    if backend not in BACKENDS:
-        raise FastalError(f"selection table backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "cudf" if device.type == "cuda" and importable("cudf") else "pandas"
-    if backend == "cudf" and (device.type != "cuda" or not importable("cudf")):
-        raise FastalError(f"selection table backend cudf needs cuDF and a CUDA device (the pool is on {device})")
-    return backend
+    return resolve_backend(backend, device, choices=BACKENDS, gpu="cudf", cpu="pandas", what="selection table backend")
 
 
 def table_columns(scores: PoolScores, rounds: list[Selection], kept: list[np.ndarray], offsets: Any, sizes: Any,
@@ -149,7 +143,7 @@ def selection_table(scores: PoolScores, rounds: list[Selection], kept: list[np.n
 
     Deterministic: the same selection gives the same table (a redone cycle rewrites the same file).
     """
-    name = resolve_backend(backend, scores.entropy.device)
+    name = table_backend(backend, scores.entropy.device)
     if keep == "none":
         return None
     return _FRAMES[name](table_columns(scores, rounds, kept, offsets, sizes, classes, keep))

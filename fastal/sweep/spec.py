@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from fastal.config import RunConfig, load_config, merge_config, parse_toml, read_toml, to_dict
+from fastal.config import REFERENCE_KEYS, RunConfig, load_config, merge_config, parse_toml, read_toml, to_dict
 from fastal.errors import NAME_MAX, TEMP_ROOM, FastalError
 
 SWEEP_KEYS = ("base", "axes", "set")
@@ -34,13 +34,6 @@ RUNS, REFERENCES = "runs", "references"  # DIR/runs/<run name>/, DIR/references/
 # A run directory is made in a temp sibling ".<name>.<8 random>.tmp", beside <name>.lock and <name>.log.
 RUN_NAME_MAX = NAME_MAX - TEMP_ROOM
 PATH_KEYS = ("data_root", "cache_dir")  # made absolute: a worker's working directory may be another
-# Keys a fully supervised reference does not depend on (epochs, retrain and the schedule only through
-# RunConfig.reference_epochs()); runs that differ only in them share one. fastal.loop.check_reference
-# still checks every reference against the run that reads it.
-NOT_REFERENCE = ("strategy", "labels", "superpixels", "cache_dir", "initial", "budget_per_cycle", "cycles",
-                 "budgets", "target_ratio", "full_shared", "full_epochs", "epochs", "retrain", "engine",
-                 "region_entropy", "clusters", "keep_checkpoints", "cluster_budget", "umap_components",
-                 "umap_neighbors", "umap_min_dist", "bank_lifetime", "selection_table", "selection_plot")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -100,8 +93,7 @@ def run_name(point: dict[str, Any]) -> str:
 
 def reference_key(cfg: RunConfig) -> dict[str, Any]:
     """What decides a run's fully supervised reference, read from its configuration alone."""
-    key = {k: v for k, v in to_dict(cfg).items() if k not in NOT_REFERENCE}
-    return {**key, "reference_epochs": cfg.reference_epochs()}
+    return {**{k: getattr(cfg, k) for k in REFERENCE_KEYS}, "reference_epochs": cfg.reference_epochs()}
 
 
 def reference_name(cfg: RunConfig) -> str:
@@ -181,15 +173,11 @@ def kept_sweep(spec: Path) -> Sweep:
 
 
 def check_runs(sweep: Sweep) -> None:
-    """Every run's configuration is valid and names a strategy and backbone fastal has."""
-    from fastal.model import BACKBONES
-    from fastal.select import STRATEGIES
-
-    for run in sweep.runs():
-        if run.cfg.strategy not in STRATEGIES:
-            raise FastalError(f"{sweep.source}: strategy {run.cfg.strategy!r}: choose one of {', '.join(STRATEGIES)}")
-        if run.cfg.backbone not in BACKBONES:
-            raise FastalError(f"{sweep.source}: backbone {run.cfg.backbone!r}: choose one of {', '.join(BACKBONES)}")
+    """Every run's configuration is valid (:func:`fastal.config.validate`); errors name the sweep file."""
+    try:
+        sweep.runs()
+    except FastalError as e:
+        raise FastalError(f"{sweep.source}: {str(e).removeprefix('config: ').removeprefix(f'{sweep.source}: ')}") from None
 
 
 def first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:

@@ -7,17 +7,14 @@ A point is rescanned only in the groups whose bound fell below its distance to i
 (computed exactly every iteration: D flops a point, against k D for a full scan), and only those
 groups' centres are measured.
 
-Why here: ``kmeans-entropy`` clusters the 128-D region features, where distances concentrate.
-A single bound (Hamerly's) failed for 45-100 % of the points at every iteration (40k points,
-k = 400), so the CPU path scanned every centre at every iteration: 3,910 s for one CamVid
-selection at 8 % (k = 5,146, 7 fits of the pixel search). On a CamVid cycle's features (148k
-points, groups of 10) the group bounds leave 1-5 % of the distances per iteration; one fit at
-k = 5,000 took 44.5 s against 594.5 s with full scans (benchmarks/bench_kmeans.py).
+Why here: ``kmeans-entropy`` clusters the 128-D region features, where distances concentrate:
+a single bound (Hamerly's) fails for most points at every iteration and the CPU path would scan
+every centre, while group bounds leave a few per cent of the distances (numbers:
+benchmarks/bench_kmeans.py and the docs).
 
 Exact up to float rounding: the first scan's bounds come from the matmul form, whose rounding
-is taken off them; later bounds are float32 distances and moves (measured: within 1e-7 of
-the true distance after 30 iterations), so ties at that level may resolve otherwise than a full
-scan would. CPU only (numba kernels); the CUDA path keeps its sync-free full scan, cheap there.
+is taken off them; later bounds are float32 distances and moves, so ties at that level may
+resolve otherwise than a full scan would. CPU only (numba kernels); the CUDA path keeps its sync-free full scan, cheap there.
 """
 
 from __future__ import annotations
@@ -113,8 +110,8 @@ def _dist(x, i, c, j):  # pragma: no cover - compiled
 @numba.njit(parallel=True, cache=True)
 def _first_scan(dots, row_sq, starts, own, low):  # pragma: no cover - compiled
     """Each row's nearest centre and, per group, the distance to its nearest other centre, from
-    ``dots`` (rows, k) = |c|^2 - 2 x.c and ``row_sq`` = |x|^2: one pass over the block (torch's
-    argmin and scatter_reduce over it took 2.9 s at 148k x 1,000)."""
+    ``dots`` (rows, k) = |c|^2 - 2 x.c and ``row_sq`` = |x|^2: one pass over the block, where
+    torch's argmin and scatter_reduce would take several."""
     t = low.shape[1]
     for b in numba.prange((dots.shape[0] + CHUNK - 1) // CHUNK):
         for i in range(b * CHUNK, min(dots.shape[0], (b + 1) * CHUNK)):

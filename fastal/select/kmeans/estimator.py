@@ -1,15 +1,14 @@
 """KMeans in torch for k in the tens of thousands: D^2 seeding in rounds, pruned Lloyd iterations.
 
-Seeding: k-means++ picks k seeds one after the other, each a pass over the data: k = 60,000
-sequential steps cost 33 s on an H200 (benchmarks/results/selection_cuda_sweep_6000k.json) and
-minutes on 2 CPU cores. Here seeds are drawn by D^2 weighting in a few dozen rounds (as in
+Seeding: k-means++ picks k seeds one after the other, each a pass over the data, which at k in
+the tens of thousands dominates the selection. Here seeds are drawn by D^2 weighting in a few dozen rounds (as in
 k-means||, Bahmani et al. 2012, which cuML's scalable k-means++ implements), on a random sample
 of the points: the first rounds draw 1, 2, 4, ... seeds, later ones ``k / rounds`` each, without
 replacement (Gumbel top-k), the best half of twice as many candidates (greedy, as scikit-learn's
 k-means++ keeps the best of 2 + ln k per seed; rounds of one seed do exactly that), and the
 distances are updated once per round. Lloyd's
-iterations then run on every point. Measured against scikit-learn's greedy k-means++ at k = 1 %
-of n: inertia within 1-2 % (tests/test_select_kmeans.py holds 3 %).
+iterations then run on every point. tests/test_select_kmeans.py holds the inertia within 3 %
+of scikit-learn's greedy k-means++.
 
 Lloyd's assignment never holds the N x k distances. Centres move little between iterations, so
 each point is first compared with the ``n_candidates`` centres nearest to its current centre c;
@@ -18,8 +17,7 @@ that answer is exact whenever the nearest centre outside the list is at least 2 
 dimension (the UMAP embedding) the pruned assignment and the seeding's distance passes are numba
 loops, the full assignment and the centres' neighbour lists scipy k-d tree queries
 (:mod:`fastal.select.kmeans.cpu`: at D = 2 a matmul form spends its time writing (n, b) blocks);
-in high dimension the pruning rarely holds and the scalar loop loses to BLAS (one core, 40k
-points x 800 centres: a full numba scan 5.8 s at D = 128 against 0.24 s by matmul), so there
+in high dimension the pruning rarely holds and the scalar loop loses to BLAS, so there
 Lloyd's iterations keep Yinyang group bounds and measure (numba, vectorised over D) only the
 groups of centres the bounds leave open (:mod:`fastal.select.kmeans.bounds`). The choice is made once per fit
 (:func:`assignment_ops`).
@@ -46,7 +44,7 @@ from fastal.select.distances import sq_dists, sq_dists_less_row_norm
 if TYPE_CHECKING:
     from fastal.select.kmeans.bounds import GroupBounds
 
-NUMBA_MAX_DIM = 4  # CPU tensors of more columns use the matmul paths (measured: module docstring)
+NUMBA_MAX_DIM = 4  # CPU tensors of more columns use the matmul paths (module docstring)
 
 Assign = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

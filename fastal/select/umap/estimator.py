@@ -1,7 +1,7 @@
 """UMAP in torch on the pool's device: fit on the memory bank and transform of the pool, umap-learn 0.5 step for step.
 
-Why not umap-learn: its ``transform`` embeds new points one edge at a time in numba (about
-1,000 points/s on two cores) and its fit leaves the GPU. Why not TorchDR (its torch UMAP): it
+Why not umap-learn: its ``transform`` embeds new points one edge at a time in numba (slow for
+a pool of regions) and its fit leaves the GPU. Why not TorchDR (its torch UMAP): it
 has no ``transform`` of new points (fastal fits on the bank and embeds the pool), and it
 optimises the whole affinity matrix rather than umap-learn's sampled-edge schedule.
 
@@ -30,116 +30,22 @@ a number of iterations known in advance, and no count decides a tensor's size.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from fastal.errors import FastalError
 from fastal.select.neighbors import APPROXIMATE_MIN_FIT, build_cell_index, knn_search, knn_search_cells
-from fastal.select.umap.graph import find_ab_params, fit_epochs, fuzzy_simplicial_set, initial_layout
+from fastal.select.umap.graph import (
+    find_ab_params,
+    fit_epochs,
+    fuzzy_simplicial_set,
+    initial_layout,
+    membership_weights,
+    smooth_knn_dist,
+)
 from fastal.select.umap.params import UMAPParams, transform_epochs, translate_umap_params
 from fastal.select.umap.sgd_torch import epochs_per_sample, optimize_transform, sgd_epochs
 
-_SMOOTH_K_TOLERANCE = 1e-5  # umap_.SMOOTH_K_TOLERANCE
-_MIN_K_DIST_SCALE = 1e-3  # umap_.MIN_K_DIST_SCALE
 _DISCONNECTION = {"cosine": 2.0, "euclidean": float("inf")}  # umap_.DISCONNECTION_DISTANCES
-
-
-def smooth_knn_dist(
-    dists: torch.Tensor, k: float, local_connectivity: float = 1.0, n_iter: int = 64
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """umap-learn's ``smooth_knn_dist`` for sorted kNN distances (N, K): (sigma (N,), rho (N,)).
-
-    Vectorised over rows. sigma is any value whose kernel sum is within umap-learn's tolerance of
-    log2(k) (Newton; umap-learn's bisection for rows Newton leaves unsettled), then floored as in
-    umap-learn.
-    """
-    n, kk = dists.shape
-    target = float(np.log2(k))
-    dev = dists.device
-    # rho: the local_connectivity-th smallest non-zero distance (interpolated).
-    n_zero = (dists <= 0).sum(1)  # distances are sorted, so the non-zero ones are a suffix
-    n_nonzero = kk - n_zero
-    rho = torch.zeros(n, dtype=torch.float32, device=dev)
-    index = int(np.floor(local_connectivity))
-    interp = local_connectivity - index
-    enough = n_nonzero >= local_connectivity
-
-    def nz(m: int) -> torch.Tensor:  # the m-th non-zero distance of each row (clamped in range)
-        col = (n_zero + m).clamp(max=kk - 1)
-        return dists.gather(1, col[:, None])[:, 0]
-
-    if index > 0:
-        r = nz(index - 1)
-        if interp > _SMOOTH_K_TOLERANCE:
-            r = r + interp * (nz(index) - r)
-    else:
-        r = interp * nz(0)
-    rho = torch.where(enough, r, rho)
-    some = (~enough) & (n_nonzero > 0)
-    rho = torch.where(some, dists[:, -1], rho)  # fewer than needed: the largest distance
-
-    d = dists[:, 1:] - rho[:, None]  # umap-learn's sum skips the first neighbour
-    mid = _newton_sigma(d, target)
-    psum = torch.where(d > 0, torch.exp(-(d / mid[:, None])), torch.ones_like(d)).sum(1)
-    unsettled = (psum - target).abs() >= _SMOOTH_K_TOLERANCE
-    if dev.type != "cpu":  # no host decision: bisect every row, keep the unsettled ones
-        mid = torch.where(unsettled, _bisect_sigma(d, target, n_iter, stop_early=False), mid)
-    else:
-        left = unsettled.nonzero()[:, 0]
-        if left.numel():  # rows Newton did not settle: umap-learn's own bisection
-            mid[left] = _bisect_sigma(d[left], target, n_iter)
-    floor_row = _MIN_K_DIST_SCALE * dists.mean(1)
-    floor_all = _MIN_K_DIST_SCALE * dists.mean()
-    sigma = torch.where(rho > 0, torch.maximum(mid, floor_row), torch.maximum(mid, floor_all))
-    return sigma, rho
-
-
-def _newton_sigma(d: torch.Tensor, target: float, n_iter: int = 12) -> torch.Tensor:
-    """Safeguarded Newton on log(sigma) for sum_j exp(-d_j / sigma) = target (terms with d <= 0 count 1).
-
-    umap-learn bisects (up to 64 steps) until the sum is within 1e-5 of the target; any sigma within
-    that tolerance gives the same weights to ~1e-5, and Newton gets there in a handful of steps.
-    """
-    pos = d > 0
-    dp = torch.where(pos, d, torch.zeros_like(d))
-    n_one = (~pos).sum(1).to(d.dtype)
-    sigma = (dp.sum(1) / pos.sum(1).clamp_min(1)).clamp_min(1e-12)  # start at the mean distance
-    for _ in range(n_iter):
-        e = torch.where(pos, torch.exp(-dp / sigma[:, None]), torch.zeros_like(dp))
-        g = n_one + e.sum(1) - target
-        slope = (e * dp).sum(1) / sigma  # d(sum) / d(log sigma) > 0
-        step = torch.where(g.abs() < _SMOOTH_K_TOLERANCE, torch.zeros_like(g), (g / slope).nan_to_num(0.0))
-        sigma = sigma * torch.exp(-step.clamp(-2.0, 2.0))
-    return sigma
-
-
-def _bisect_sigma(d: torch.Tensor, target: float, n_iter: int, stop_early: bool = True) -> torch.Tensor:
-    """umap-learn's bisection for sigma, vectorised over rows (each row freezes once converged);
-    ``stop_early``: leave the loop once every row has converged (a host sync per step)."""
-    n, dev = d.shape[0], d.device
-    lo = torch.zeros(n, dtype=torch.float32, device=dev)
-    hi = torch.full((n,), float("inf"), dtype=torch.float32, device=dev)
-    mid = torch.ones(n, dtype=torch.float32, device=dev)
-    active = torch.ones(n, dtype=torch.bool, device=dev)
-    for _ in range(n_iter):
-        psum = torch.where(d > 0, torch.exp(-(d / mid[:, None])), torch.ones_like(d)).sum(1)
-        active &= (psum - target).abs() >= _SMOOTH_K_TOLERANCE
-        if stop_early and not bool(active.any()):  # host sync: stop once every row has converged
-            break
-        over = active & (psum > target)
-        under = active & ~(psum > target)
-        hi = torch.where(over, mid, hi)
-        lo = torch.where(under, mid, lo)
-        mid = torch.where(over, (lo + hi) / 2, mid)
-        mid = torch.where(under, torch.where(torch.isinf(hi), mid * 2, (lo + hi) / 2), mid)
-    return mid
-
-
-def membership_weights(dists: torch.Tensor, sigma: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-    """Bipartite membership strengths (umap-learn's ``compute_membership_strengths``), (N, K)."""
-    d = dists - rho[:, None]
-    w = torch.exp(-(d / sigma[:, None]))
-    return torch.where((d <= 0) | (sigma[:, None] == 0), torch.ones_like(w), w)
 
 
 def init_from_neighbours(w: torch.Tensor, idx: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:

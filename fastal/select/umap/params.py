@@ -1,4 +1,5 @@
-"""UMAP parameters in our spelling, and the one translation to each backend's spelling."""
+"""UMAP parameters in our spelling, and their translation to umap-learn's (cuML's dialect:
+:mod:`fastal.select.cuml_engine`)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,6 @@ from fastal.errors import FastalError
 
 # Metrics our torch transform reproduces exactly (kNN by matmul); umap-learn and cuML know more.
 TORCH_METRICS = ("euclidean", "cosine")
-# cuML's UMAP metrics for dense input: the names of cuml/manifold/umap/umap.pyx `_METRICS` that
-# `_SUPPORTED_METRICS["brute_force_knn"]["dense"]` admits (v25.12.00 to v26.10.00a). "jaccard" is
-# named there but dense brute-force kNN rejects it (fit raises NotImplementedError).
-CUML_METRICS = (
-    "l1", "cityblock", "taxicab", "manhattan", "euclidean", "l2", "sqeuclidean", "canberra",
-    "minkowski", "chebyshev", "linf", "cosine", "correlation", "hellinger", "hamming",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -38,12 +32,8 @@ class UMAPParams:
     transform_seed: int = 42  # seeds the transform's negative sampling (umap-learn's name)
 
     def __post_init__(self) -> None:
-        if self.n_neighbors < 2:
-            raise FastalError(f"umap.n_neighbors = {self.n_neighbors}: must be >= 2")
-        if self.n_components < 1:
-            raise FastalError(f"umap.n_components = {self.n_components}: must be >= 1")
-        if self.n_epochs is not None and self.n_epochs < 3:
-            raise FastalError(f"umap.n_epochs = {self.n_epochs}: must be >= 3 (transform runs n_epochs // 3)")
+        for name, rule in range_problems(asdict(self)):
+            raise FastalError(f"umap.{name} = {getattr(self, name)}: {rule}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> UMAPParams:
@@ -54,6 +44,19 @@ class UMAPParams:
         if unknown:
             raise FastalError(f"umap: unknown option(s) {unknown}; known: {sorted(known)}")
         return cls(**d)
+
+
+def range_problems(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """The settings among ``values`` (UMAPParams' names) out of range, each with its rule: the one
+    definition of UMAP's ranges, for UMAPParams and the run config's ``umap_*`` keys."""
+    spread = values.get("spread", 1.0)
+    rules = {
+        "n_neighbors": (lambda v: v >= 2, "must be >= 2"),
+        "n_components": (lambda v: v >= 1, "must be >= 1"),
+        "min_dist": (lambda v: 0 <= v <= spread, f"must lie in [0, {spread:g}] (UMAP's spread is {spread:g})"),
+        "n_epochs": (lambda v: v is None or v >= 3, "must be >= 3 (transform runs n_epochs // 3)"),
+    }
+    return [(name, rule) for name, (ok, rule) in rules.items() if name in values and not ok(values[name])]
 
 
 def transform_epochs(params: UMAPParams, n_points: int) -> int:
@@ -68,39 +71,14 @@ def transform_epochs(params: UMAPParams, n_points: int) -> int:
 
 
 def translate_umap_params(params: UMAPParams, backend: str) -> dict[str, Any]:
-    """Keyword arguments for ``umap.UMAP`` (backend ``"umap-learn"``/``"torch"``) or for ``cuml.UMAP``'s fit.
+    """Keyword arguments for ``umap.UMAP`` (backend ``"umap-learn"``, or ``"torch"``: the same
+    names, checked for what the torch engine can do); cuML's are
+    :func:`fastal.select.cuml_engine.cuml_umap_params`.
 
     Raises FastalError for a setting the backend cannot honour instead of silently changing it.
-    cuML takes one ``random_state`` for fit and transform: ``random_state`` goes to the fit as it
-    is (None is cuML's unseeded, non-deterministic mode, as it is umap-learn's parallel one), and
-    ``transform_seed`` is not in these arguments because :func:`cuml_transform_params` sets it,
-    with the epochs, before each transform call.
     """
-    kw = asdict(params)
-    if backend in ("umap-learn", "torch"):
-        if backend == "torch" and params.metric not in TORCH_METRICS:
-            raise FastalError(
-                f"umap.metric = {params.metric!r}: the torch engine transforms with {TORCH_METRICS} only"
-            )
-        return kw
-    if backend == "cuml":
-        if params.metric not in CUML_METRICS:
-            raise FastalError(f"umap.metric = {params.metric!r}: cuML supports {CUML_METRICS}")
-        if params.init not in ("spectral", "random"):
-            raise FastalError(f"umap.init = {params.init!r}: cuML supports 'spectral' and 'random'")
-        del kw["transform_seed"]
-        return kw
-    raise FastalError(f"unknown UMAP backend {backend!r}")
-
-
-def cuml_transform_params(params: UMAPParams, n_points: int) -> dict[str, Any]:
-    """``set_params`` arguments for a fitted ``cuml.UMAP`` before it transforms part of a pool of ``n_points``.
-
-    cuML reads ``random_state`` and ``n_epochs`` from the estimator at every ``transform`` call
-    (cuml/manifold/umap/umap.pyx ``init_params``, v25.12.00 to v26.10.00a); from 25.12 it also
-    derives its deterministic mode from ``random_state`` per call. Left alone, a transform would
-    reuse the fit's seed and pick 100 or 30 epochs from the chunk's row count
-    (cpp/src/umap/runner.cuh ``_transform``), so the last, small chunk of a large pool would run
-    100 epochs where the rest run 30. cuML runs ``n_epochs // 3``, hence the factor 3.
-    """
-    return {"random_state": params.transform_seed, "n_epochs": 3 * transform_epochs(params, n_points)}
+    if backend not in ("umap-learn", "torch"):
+        raise FastalError(f"unknown UMAP backend {backend!r}")
+    if backend == "torch" and params.metric not in TORCH_METRICS:
+        raise FastalError(f"umap.metric = {params.metric!r}: the torch engine transforms with {TORCH_METRICS} only")
+    return asdict(params)

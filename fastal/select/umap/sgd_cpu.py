@@ -1,9 +1,8 @@
 """CPU versions of UMAP's SGD (transform and fit): numba loops, points in parallel.
 
-Measured on 2 cores: torch's eager version (:mod:`fastal.select.umap.sgd_torch`) spends
-~200 ns per edge or negative-sample update (a dozen tensor passes per epoch), these loops
-~30 ns, and the transform's ~17 ns once each thread advances 8 points side by side (a point's
-updates are one dependency chain; see ``_sgd``), both before the coefficient tables below. The transform keeps umap-learn's exact update
+torch's eager version (:mod:`fastal.select.umap.sgd_torch`) makes a dozen tensor passes per
+epoch; these loops do one, and the transform advances 8 points side by side per thread (a
+point's updates are one dependency chain; see ``_sgd``). The transform keeps umap-learn's exact update
 order (per point: edges nearest first, each followed by its negative samples) against the fixed
 bank embedding. The fit moves each
 point through its own edges in umap-learn's order, reading the other points where they stood
@@ -14,9 +13,8 @@ draws negatives from its own xorshift stream seeded by (seed, point), so the res
 depend on how points are spread over threads: deterministic for a seed.
 
 The gradient coefficients (umap-learn's ``d2 ** (b - 1) / (a d2^b + 1)`` and ``1 / ((0.001 + d2)
-(a d2^b + 1))``) are read from tables made once per call (:func:`coefficient_tables`): ``powf``
-plus a division cost ~14 of a negative sample's ~35 ns on one core, a table read with linear
-interpolation ~6 (250k points, 2 idle cores: transform SGD 4.5 -> 2.5 s, fit 2.3 -> 1.3 s).
+(a d2^b + 1))``) are read from tables made once per call (:func:`coefficient_tables`): a table
+read with linear interpolation costs a fraction of ``powf`` plus a division.
 The tables are indexed by the float32 bits of ``d2`` (exponent and the top mantissa bits), so
 every bucket spans the same relative width and the interpolation error is relative (< 5e-5,
 tested; far below the float32 SGD's own noise); ``d2`` outside the table's range is computed
