@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from fastal.atomic import atomic_write_json
     from fastal.device import resolve_device
     from fastal.kernels import reference
-    from fastal.machine import machine_info
+    from fastal.machine import command_line, machine_info
     from fastal.progress import console, progress
 
     device = resolve_device(args.device)
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             args.json,
             {
                 "benchmark": "kernels",
-                "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                "command": command_line([Path(sys.executable).name, *sys.argv]),
                 "device": str(device),
                 "machine": machine_info(),
                 "numba_threads": numba.get_num_threads(),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from sklearn.datasets import make_blobs
 from threadpoolctl import threadpool_limits
 
 from fastal.atomic import atomic_write_json
-from fastal.machine import machine_info
+from fastal.machine import command_line, machine_info, portable_path
 from fastal.select.kmeans.estimator import TorchKMeans
 
 
@@ -90,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path("benchmarks/results") / f"kmeans_cpu{'_' + a.tag if a.tag else ''}.json"
     atomic_write_json(out, {
         "benchmark": "kmeans_high_dimension",
-        "command": shlex.join(["python", *sys.argv]),
-        "data": {"features": str(a.features) if a.features else "synthetic", "points": int(x.shape[0]),
+        "command": command_line(["python", *sys.argv]),
+        "data": {"features": portable_path(a.features) if a.features else "synthetic", "points": int(x.shape[0]),
                  "dims": int(x.shape[1]), "seed": a.seed, "note": a.note},
         "threads": a.threads,
         "machine": machine_info(),

@@ -102,19 +102,19 @@ def main() -> None:
     args = ap.parse_args()
     prefix = "selection_cpu" + (f"_{args.tag}" if args.tag else "")
     summary_path = RESULTS / f"{prefix}.json"
-    from fastal.machine import machine_info
+    from fastal.machine import command_line, machine_info
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     n = args.superpixels
     if args.baseline_only:
         summary = json.loads(summary_path.read_text())
         summary["baseline"] = baseline(n, args.baseline_subsample)
-        summary["baseline"]["command"] = "python benchmarks/bench_selection.py " + " ".join(sys.argv[1:])
+        summary["baseline"]["command"] = command_line(["python", "benchmarks/bench_selection.py", *sys.argv[1:]])
         summary["speedup_warm_vs_baseline"] = summary["baseline"]["seconds"] / summary["warm"]["seconds"]
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
         print(f"speedup {summary['speedup_warm_vs_baseline']:.2f}x")
         return
-    summary: dict = {"command": "python benchmarks/bench_selection.py " + " ".join(sys.argv[1:]),
+    summary: dict = {"command": command_line(["python", "benchmarks/bench_selection.py", *sys.argv[1:]]),
                      "machine": machine_info(), "gpu": "no GPU lent to this session: GPU sweep not run"}  # fmt: skip
     summary["cold"] = fastal_bench(prefix, f"{n // 1000}k_cold", n, warm=False)
     summary["warm"] = fastal_bench(prefix, f"{n // 1000}k", n, warm=True)

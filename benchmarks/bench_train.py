@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from fastal.atomic import atomic_write_json
 from fastal.data import load_dataset
-from fastal.machine import machine_info
+from fastal.machine import command_line, machine_info
 from fastal.train import TrainConfig, Trainer, collate
 
 CASES = ["resnet18:120x160", "resnet50:64x96"]
@@ -85,7 +84,7 @@ def main() -> None:
         args.out,
         {
             "benchmark": "train_step_throughput",
-            "command": shlex.join(["python", *sys.argv]),
+            "command": command_line(["python", *sys.argv]),
             "device": args.device,
             "machine": machine_info(),
             # The cores are shared; the load says how much of them the run had.

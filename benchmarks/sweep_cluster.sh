@@ -44,18 +44,25 @@ start=$(date +%s.%N)
 "${sweep[@]}" 2> "$work/sweep.log"
 wall=$(echo "$(date +%s.%N) - $start" | bc)
 "$python" - "$out_json" "$wall" "$load" "$work" "${scheduler[*]}" "DASK_DISTRIBUTED__WORKER__DAEMON=False OMP_NUM_THREADS=1 ${worker[*]}" "${sweep[*]}" <<'EOF'
-import json, sys, time
+import json, os, sys, time
 from fastal.atomic import atomic_write_json
 from fastal.machine import machine_info
 import pandas as pd
 
 out, wall, load, work, scheduler, worker, sweep = sys.argv[1:]
+bin_dir = os.path.dirname(scheduler.split()[0]) + "/"
+
+
+def portable(command: str) -> str:  # no path of this machine: the temp folder as $WORK, programs by name
+    return command.replace(work, "$WORK").replace(bin_dir, "")
+
+
 df = pd.read_parquet(f"{work}/out/cycles.parquet")
 atomic_write_json(out, {
     "benchmark": "sweep_cluster",
     "what": "fastal sweep against a separately started dask scheduler + 2 dask worker processes (loopback), "
             "2 strategies x 2 seeds of a tiny synthetic run (4 runs, 2 references)",
-    "commands": {"scheduler": scheduler, "workers (x2)": worker, "sweep": sweep},
+    "commands": {"scheduler": portable(scheduler), "workers (x2)": portable(worker), "sweep": portable(sweep)},
     "wall_seconds": round(float(wall), 1),
     "load_average_before": load,
     "runs": int(df["run"].nunique()),

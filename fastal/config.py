@@ -174,6 +174,9 @@ def _coerce(name: str, value: Any, hint: Any, what: str | None = None) -> Any:
 def validate(cfg: RunConfig) -> RunConfig:
     """Every check of a configuration that needs no data (the one place for them): ranges, names
     of strategies and backbones, and a budget that fits in 100% of the pixels."""
+    from fastal.model import BACKBONES
+    from fastal.select import STRATEGIES
+    from fastal.select.umap.params import range_problems
 
     def need(cond: bool, msg: str) -> None:
         if not cond:
@@ -208,10 +211,6 @@ def validate(cfg: RunConfig) -> RunConfig:
         need(0 <= getattr(cfg, name) < 2**63, f"{name} = {getattr(cfg, name)}: must be in 0..2**63-1")
     need(math.isfinite(cfg.lr) and cfg.lr > 0, f"lr = {cfg.lr}: must be > 0")
     need(math.isfinite(cfg.clusters) and cfg.clusters >= 1, f"clusters = {cfg.clusters}: must be >= 1 (KMeans clusters per queried region)")
-    from fastal.model import BACKBONES
-    from fastal.select import STRATEGIES
-    from fastal.select.umap.params import range_problems
-
     need(cfg.strategy in STRATEGIES, f"strategy {cfg.strategy!r}: choose one of {', '.join(STRATEGIES)}")
     need(cfg.backbone in BACKBONES, f"backbone {cfg.backbone!r}: choose one of {', '.join(BACKBONES)}")
     key_of = {name: key for key, name in UMAP_KEYS.items()}

@@ -1,9 +1,13 @@
-"""A description of the machine, stored with every benchmark result."""
+"""What a results file records besides its numbers: the machine, and paths and commands in a form
+that means something on another machine."""
 
 from __future__ import annotations
 
 import os
 import platform
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -40,3 +44,26 @@ def machine_info() -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def portable_path(path: str | Path, cwd: str | Path | None = None) -> str:
+    """``path`` as a results file records it. Inside the working directory: relative to it
+    (``sweeps/camvid``); beside it: one level up (``../shared/data/CamVid``). Anything further
+    away names one machine's layout (``/tmp/...``), so only its last part is kept: ``.../feat.npy``."""
+    base = Path(cwd or Path.cwd()).absolute()
+    p = Path(os.path.normpath(base / Path(path).expanduser()))
+    rel = Path(os.path.relpath(p, base))
+    ups = rel.parts.count("..")  # relpath puts them all first
+    if ups == 0 or (ups == 1 and len(base.parents) >= 2):  # a sibling of a top-level folder is not "beside"
+        return rel.as_posix()
+    return f".../{p.name}"
+
+
+def command_line(args: Sequence[str], cwd: str | Path | None = None) -> str:
+    """The command as typed (``["python", *sys.argv]``), quoted for a shell, with each absolute
+    path in it (an argument, or an ``--option=`` value) made portable by :func:`portable_path`."""
+    words = []
+    for arg in map(str, args):
+        option, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        words.append(option + eq + (portable_path(value, cwd) if value.startswith("/") else value))
+    return shlex.join(words)

@@ -15,6 +15,7 @@ import numpy as np
 
 from fastal.atomic import atomic_write_bytes, atomic_write_json, check_writable, read_json
 from fastal.errors import FastalError
+from fastal.machine import portable_path
 
 RESULT_KEYS = ("dataset", "strategy", "seed", "full_miou", "cycles")
 # What every cycle record of results.json holds; the report itself reads fewer.
@@ -123,7 +124,7 @@ class Group:
         return {
             "dataset": self.dataset,
             "strategy": self.strategy,
-            "runs": self.runs,
+            "runs": [portable_path(r) for r in self.runs],
             "seeds": self.seeds,
             "full_miou": None
             if self.full_miou is None

@@ -1,6 +1,7 @@
 """The CamVid protocols as sweep files (the grid, the configuration of each run, one reference per
-seed), and benchmarks/al_camvid.py, now a summary of its results files: the README's tables come
-from benchmarks/results/camvid_cpu.json, checked by hand against the runs recorded there."""
+seed), and experiments/al_camvid.py, now a summary of its results files: the tables of
+docs/results-camvid.md come from benchmarks/results/camvid_cpu.json, checked by hand against the
+runs recorded there."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from fastal.config import load_config
 from fastal.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("al_camvid", ROOT / "benchmarks" / "al_camvid.py")
+_spec = importlib.util.spec_from_file_location("al_camvid", ROOT / "experiments" / "al_camvid.py")
 al_camvid = sys.modules["al_camvid"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(al_camvid)
 STRATEGIES = ["contrastive", "random", "entropy", "kmeans-entropy"]
@@ -75,12 +76,12 @@ def test_signal_and_engine_sweeps(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         assert r.cfg == load_config("configs/al_camvid_cpu.toml", {**r.point, "data_root": protocol.data_root,
                                                                     "full_reference": False}), r.name
 
-def test_readme_tables_come_from_the_results_file(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+def test_docs_tables_come_from_the_results_file(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.chdir(ROOT)
     assert al_camvid.main(["--protocol", "cpu"]) == 0
     table = capsys.readouterr().out
-    readme = (ROOT / "README.md").read_text()
-    assert [line for line in table.splitlines() if line not in readme] == []
+    page = (ROOT / "docs" / "results-camvid.md").read_text()
+    assert [line for line in table.splitlines() if line not in page] == []
     # A cell and a paired difference by hand from the runs recorded in the file.
     runs = read_json(ROOT / "benchmarks" / "results" / "camvid_cpu.json")["runs"]
     at8 = {(r["strategy"], r["seed"]): r["cycles"][3]["miou"] for r in runs}

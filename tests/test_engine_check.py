@@ -1,4 +1,4 @@
-"""benchmarks/engine_check.py: the new engine's runs paired with the previous table's, by hand."""
+"""experiments/engine_check.py: the new engine's runs paired with the previous table's, by hand."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("engine_check", ROOT / "benchmarks" / "engine_check.py")
+_spec = importlib.util.spec_from_file_location("engine_check", ROOT / "experiments" / "engine_check.py")
 engine_check = sys.modules["engine_check"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(engine_check)
 

@@ -24,8 +24,9 @@ def run(argv: list[str], capsys) -> tuple[int, str, str]:
 SMALL = ["--num-images", "3", "--size", "48x64", "--superpixels", "40", "--workers", "1"]
 
 
-def test_prepare_summarises_and_reuses(tmp_path, capsys):
+def test_prepare_summarises_and_reuses(tmp_path, capsys, monkeypatch):
     cache, out_json = tmp_path / "cache", tmp_path / "res" / "prepare.json"
+    monkeypatch.chdir(tmp_path)  # the summary names paths relative to the working directory
     code, out, _ = run([*SMALL, "--cache", str(cache), "--json", str(out_json)], capsys)
     assert code == 0
     for row in ("images", "superpixels", "mean size", "purity", "seconds", "reused"):
@@ -34,12 +35,13 @@ def test_prepare_summarises_and_reuses(tmp_path, capsys):
     assert summary["images"] == 3 and summary["reused"] is False
     assert summary["superpixels_requested"] == 40
     built = list(cache.iterdir())
-    assert len(built) == 1 and summary["cache"] == str(built[0])
+    assert len(built) == 1 and summary["cache"] == f"cache/{built[0].name}"
     counts = np.load(built[0] / "counts.npy")
     assert summary["superpixels"] == counts.sum()
     assert summary["mean_size"] == pytest.approx(3 * 48 * 64 / counts.sum())
     assert 0.5 < summary["purity"] <= 1 and summary["seconds"] > 0
     assert summary["command"].startswith("fastal prepare") and "--superpixels 40" in summary["command"]
+    assert "--cache cache " in summary["command"] and "--json res/prepare.json" in summary["command"]
     assert summary["machine"]["cores"] >= 1
 
     code, out, _ = run([*SMALL, "--cache", str(cache), "--json", str(out_json)], capsys)

@@ -1,4 +1,4 @@
-"""benchmarks/probe_selection.py end to end on a tiny synthetic run (every kept checkpoint), and
+"""experiments/probe_selection.py end to end on a tiny synthetic run (every kept checkpoint), and
 its metrics against hand-computed cases."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from fastal.config import make_config
+from fastal.machine import portable_path
 from fastal.loop import run_experiment
 from fastal.select import CLUSTER_STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("probe_selection", ROOT / "benchmarks" / "probe_selection.py")
+_spec = importlib.util.spec_from_file_location("probe_selection", ROOT / "experiments" / "probe_selection.py")
 probe = sys.modules["probe_selection"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(probe)
 
@@ -41,7 +42,7 @@ def test_probe_of_a_tiny_run(tmp_path: Path) -> None:
     out = tmp_path / "probe.json"
     assert probe.main([str(run), "--cycles", "all", "--anchor-batches", "1", "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
-    assert doc["machine"]["cores"] >= 1 and doc["command"].endswith(f"--json {out}")
+    assert doc["machine"]["cores"] >= 1 and doc["command"].endswith(f"--json {portable_path(out)}")
     probes = doc["probes"]
     assert [p["cycle"] for p in probes] == [1, 2]
     num_classes = len(probes[0]["classes"])

@@ -62,15 +62,16 @@ def test_mean_and_sample_std_by_hand(runs: list[Path]) -> None:
     assert g_con.points[1][2:] == pytest.approx((0.7, 0.0, 1))
 
 
-def test_cli_writes_plot_and_json(runs: list[Path], tmp_path: Path, capsys) -> None:
+def test_cli_writes_plot_and_json(runs: list[Path], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     out, js = tmp_path / "rep.png", tmp_path / "rep.json"
+    monkeypatch.chdir(tmp_path.parent)  # the JSON names the runs relative to the working directory
     with pytest.raises(SystemExit) as e:
         main(["report", *map(str, runs), "--out", str(out), "--json", str(js)])
     assert e.value.code == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(js.read_text())
     rand = data["groups"][0]
-    assert rand["strategy"] == "random" and rand["runs"] == [str(runs[0]), str(runs[1])]
+    assert rand["strategy"] == "random" and rand["runs"] == [f"{tmp_path.name}/r0", f"{tmp_path.name}/r1"]
     assert rand["points"][0]["miou_mean"] == pytest.approx(0.3)
     assert rand["points"][0]["miou_std"] == pytest.approx(math.sqrt(0.02))
     assert rand["full_miou"]["mean"] == pytest.approx(0.7)

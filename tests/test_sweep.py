@@ -1,7 +1,7 @@
 """`fastal sweep` on a Dask LocalCluster of 2 worker processes, tiny synthetic runs: the grid, its
 shared references and cycles.parquet against the run directories and a plain run; a worker
 SIGKILLed in the middle of a run, and the sweep process SIGKILLed then resumed, both ending with
-the results of the uninterrupted sweep; the README's Slurm recipe (dask-jobqueue) with stand-ins for
+the results of the uninterrupted sweep; docs/sweeps.md's Slurm recipe (dask-jobqueue) with stand-ins for
 sbatch / scancel and one job killed; a run failing for its own reason; bad sweep files."""
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ for job in "$@"; do kill -TERM -- "-$job" 2>/dev/null || true; done
 
 
 def test_slurm_recipe_with_a_job_killed(uninterrupted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The README's Slurm recipe (dask-jobqueue's SLURMCluster, then run_sweep at its scheduler) with
+    # docs/sweeps.md's Slurm recipe (dask-jobqueue's SLURMCluster, then run_sweep at its scheduler) with
     # stand-ins for sbatch / scancel that run each job script here. One job is killed the way Slurm
     # ends a job (its process group) in the middle of a run: the run goes on in the other job and
     # the sweep ends with the results of the uninterrupted local sweep.
@@ -241,7 +241,7 @@ def test_slurm_recipe_with_a_job_killed(uninterrupted: Path, tmp_path: Path, mon
     assert killed and sorted(outcome.finished) == sorted(NAMES) and not outcome.failed
     assert len(re.findall("started on", (out / "runs" / killed[0] / "sweep.log").read_text())) == 2
     assert_same_runs(uninterrupted, out, NAMES)
-    assert len(list(jobs.glob("job-*.sh"))) == 2  # the killed job was not replaced (README)
+    assert len(list(jobs.glob("job-*.sh"))) == 2  # the killed job was not replaced (docs/sweeps.md)
 
 
 def test_resume_after_the_sweep_is_killed(uninterrupted: Path, tmp_path: Path, capsys) -> None:

@@ -122,7 +122,8 @@ def _ablation(where: Path, sweep_dir: Path, axes: dict, shift: float = -0.02, fu
 AXES = {"strategy": ["contrastive"], "seed": SEEDS, "labels": LABELS}
 
 
-def test_two_sweeps_pair_an_ablation_with_the_main_sweep(sweep_dir: Path, tmp_path: Path, capsys) -> None:
+def test_two_sweeps_pair_an_ablation_with_the_main_sweep(sweep_dir: Path, tmp_path: Path, capsys,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     ablation = _ablation(tmp_path / "lambda0", sweep_dir, AXES)
     df, settings = load_sweeps([sweep_dir, ablation])
     assert settings == ["labels"]
@@ -132,13 +133,14 @@ def test_two_sweeps_pair_an_ablation_with_the_main_sweep(sweep_dir: Path, tmp_pa
     assert (pair["n"] == 3).all() and (pair["behind"] == 3).all()
     assert pair["diff_mean"].to_numpy() == pytest.approx(-0.02) and pair["diff_se"].abs().max() < 1e-12
     js = tmp_path / "r.json"
+    monkeypatch.chdir(tmp_path)  # the JSON names the sweeps relative to the working directory
     with pytest.raises(SystemExit) as e:
         main(["report", str(sweep_dir), str(ablation), "--baseline", "contrastive", "--json", str(js),
               "--out", str(tmp_path / "r.png"), "--markdown"])  # fmt: skip
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "| labels=full, contrastive @ lambda0 | -0.020 ± 0.000, 0/3 | -0.020 ± 0.000, 0/3 |" in out
-    assert json.loads(js.read_text())["sweeps"] == [str(sweep_dir), str(ablation)]
+    assert json.loads(js.read_text())["sweeps"] == [".", "lambda0"]
 
 
 def test_sweeps_that_cross_other_axes_or_runs_are_refused(sweep_dir: Path, tmp_path: Path, capsys) -> None:

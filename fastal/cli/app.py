@@ -4,8 +4,11 @@ which imports every command module: a command module importing it would close a 
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import typer
+
+from fastal.machine import portable_path
 
 app = typer.Typer(
     name="fastal",
@@ -20,7 +23,8 @@ app.add_typer(bench_app, name="bench")
 
 def command_line(ctx: typer.Context) -> str:
     """The command behind a result file, every option that was set spelled out (right also when
-    the command runs in-process, e.g. under tests)."""
+    the command runs in-process, e.g. under tests), paths as :func:`fastal.machine.portable_path`
+    records them."""
     parts = ["fastal", *ctx.command_path.split()[1:]]
     for name, value in ctx.params.items():
         if value is None:
@@ -29,5 +33,5 @@ def command_line(ctx: typer.Context) -> str:
         if isinstance(value, bool):
             parts.append(flag if value else "--no-" + flag[2:])
         else:
-            parts += [flag, str(value)]
+            parts += [flag, portable_path(value) if isinstance(value, Path) else str(value)]
     return shlex.join(parts)

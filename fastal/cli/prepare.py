@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from fastal.cli.app import app, command_line
+from fastal.machine import portable_path
 
 
 @app.command()
@@ -80,7 +81,7 @@ def prepare(
         "scale": ds.scale,
         "size": list(ds.size) if ds.size else None,
         "image_shapes": sorted({f"{h}x{w}" for h, w in sp.shapes.tolist()}),
-        "cache": str(sp.path),
+        "cache": portable_path(sp.path),
     }
 
     table = Table(title=f"superpixels of {ds.name}/{ds.split}", show_header=False)

@@ -240,6 +240,7 @@ def sweep_report(sweep_dirs: list[str | Path], out: str | Path | None, json_path
     from rich.table import Table
 
     from fastal.atomic import atomic_write_json, check_writable
+    from fastal.machine import portable_path
     from fastal.progress import print_table
 
     df, settings = load_sweeps(sweep_dirs)
@@ -263,7 +264,7 @@ def sweep_report(sweep_dirs: list[str | Path], out: str | Path | None, json_path
         plot(df, settings, out)
     if json_path is not None:
         atomic_write_json(json_path, {
-            "sweeps": [str(d) for d in sweep_dirs], "baseline": baseline,
+            "sweeps": [portable_path(d) for d in sweep_dirs], "baseline": baseline,
             "summary": summary(df, settings).to_dict(orient="records"),
             "paired": paired(df, settings, baseline).to_dict(orient="records"),
             "fully_supervised": fully_supervised(df, settings).to_dict(orient="records"),

@@ -1,4 +1,4 @@
-"""The README tables of the CamVid active-learning results files (benchmarks/results/camvid_*.json).
+"""The tables of docs/results-camvid.md from the CamVid results files (benchmarks/results/camvid_*.json).
 
 The protocols now run as sweeps (configs/sweep_camvid_<protocol>.toml), one Dask task per run:
 
@@ -10,7 +10,7 @@ now gone) wrote, whose content stays as it was: every cycle of every run, the re
 machine and wall times, and per strategy and budget the mean ± std over seeds (``summary``) and
 the first strategy minus each other, seed by seed (``paired``).
 
-    python benchmarks/al_camvid.py --protocol cpu            # or --json benchmarks/results/camvid_cpu_mean.json
+    python experiments/al_camvid.py --protocol cpu            # or --json benchmarks/results/camvid_cpu_mean.json
 """
 
 from __future__ import annotations

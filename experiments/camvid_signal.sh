@@ -7,7 +7,7 @@
 #   4. configs/sweep_camvid_engine.toml          contrastive, prefix budget, seeds 0-2 (the new engine
 #                                                against benchmarks/results/camvid_cpu.json)
 # From the repository root, in the background:
-#   mkdir -p sweeps && nohup benchmarks/camvid_signal.sh > sweeps/camvid_signal.log 2>&1 &
+#   mkdir -p sweeps && nohup experiments/camvid_signal.sh > sweeps/camvid_signal.log 2>&1 &
 # Then: fastal report sweeps/sweep_camvid_signal --baseline entropy --markdown, and the three
 # comparison sweeps side by side: fastal report sweeps/sweep_camvid_signal \
 #   sweeps/sweep_camvid_signal_lambda0 sweeps/sweep_camvid_signal_lambda0_entropy --baseline entropy --markdown

@@ -1,7 +1,7 @@
 """Issue 13's quality check: contrastive with the current selection engine against the committed
 CamVid CPU table's contrastive runs (the previous engine), paired by seed at each budget.
 
-    python benchmarks/engine_check.py [sweeps/sweep_camvid_engine] [--previous benchmarks/results/camvid_cpu.json]
+    python experiments/engine_check.py [sweeps/sweep_camvid_engine] [--previous benchmarks/results/camvid_cpu.json]
 
 The new runs come from ``fastal sweep configs/sweep_camvid_engine.toml`` (same protocol, same
 seeds, prefix budget as the table was made). Cycle 1 is the same random draw in both, so its
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from fastal.sweep.report import load_cycles
     from fastal.atomic import atomic_write_json, read_json
     from fastal.errors import FastalError
-    from fastal.machine import machine_info
+    from fastal.machine import command_line, machine_info, portable_path
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("sweep", nargs="?", type=Path, default=Path("sweeps/sweep_camvid_engine"))
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(out.to_string(index=False, float_format=lambda v: f"{v:+.4f}"))
     atomic_write_json(args.json, {
-        "command": " ".join(["python benchmarks/engine_check.py", *(sys.argv[1:] if argv is None else argv)]),
-        "machine": machine_info(), "sweep": str(args.sweep), "previous": str(args.previous),
+        "command": command_line(["python", "experiments/engine_check.py", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": machine_info(), "sweep": portable_path(args.sweep), "previous": portable_path(args.previous),
         "pairs": out.to_dict(orient="records"),
     })  # fmt: skip
     print(f"wrote {args.json}")

@@ -1,9 +1,9 @@
 """Probes of signal: does the contrastive part of the method (projection head, memory bank, UMAP
 fitted on the bank) carry class information that entropy sampling lacks? Issue 16, item 3.
 
-    python benchmarks/probe_selection.py RUN_DIR [--cycles latest|all|1,3] [--name NAME]
-    python benchmarks/probe_selection.py --checkpoint CKPT --dataset synthetic [--budget-pct 2]
-    python benchmarks/probe_selection.py --checkpoint CKPT --config configs/al_camvid_cpu.toml --data-root DIR
+    python experiments/probe_selection.py RUN_DIR [--cycles latest|all|1,3] [--name NAME]
+    python experiments/probe_selection.py --checkpoint CKPT --dataset synthetic [--budget-pct 2]
+    python experiments/probe_selection.py --checkpoint CKPT --config configs/al_camvid_cpu.toml --data-root DIR
 
 For each checkpoint (cycle K of a run: its teacher, its bank, the labelled set of cycles 1..K;
 or a bare checkpoint on a dataset, nothing labelled), on the unlabelled pool:
@@ -161,6 +161,7 @@ def probe_checkpoint(setup: Any, checkpoint: Path, cycle: int, pool: Any, budget
     """Probes (a), (b), (c) of one checkpoint; ``pool`` holds the labelled set of cycles 1..``cycle``
     (None: nothing labelled); ``run_next`` the ids the run queried in cycle ``cycle + 1``, if any."""
     from fastal.loop import rank_unlabelled, seed_everything
+    from fastal.machine import portable_path
     from fastal.oracle import SimulatedOracle
     from fastal.run_setup import PHASE_SELECT
     from fastal.select import score_pool
@@ -238,7 +239,7 @@ def probe_checkpoint(setup: Any, checkpoint: Path, cycle: int, pool: Any, budget
             **{f"picked_{s}": int((pick_cls[s] == c).sum()) for s in STRATEGIES},
         })  # fmt: skip
     return {
-        "checkpoint": str(checkpoint),
+        "checkpoint": portable_path(checkpoint),
         "cycle": cycle,
         "train_steps": trainer.step,
         "bank_pushes": bank.pushes,
@@ -333,7 +334,7 @@ def probe_run(run_dir: Path, cycles: str, anchor_batches: int, budget_pct: float
 def main(argv: list[str] | None = None) -> int:
     from fastal.config import load_config
     from fastal.errors import FastalError
-    from fastal.machine import machine_info
+    from fastal.machine import command_line, machine_info, portable_path
     from fastal.run_setup import prepare
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -370,10 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         from fastal.atomic import atomic_write_json
 
         atomic_write_json(path, {
-            "command": " ".join(["python benchmarks/probe_selection.py", *(sys.argv[1:] if argv is None else argv)]),
+            "command": command_line(["python", "experiments/probe_selection.py", *(sys.argv[1:] if argv is None else argv)]),
             "machine": machine_info(),
             "seconds": round(time.perf_counter() - t0, 1),
-            "run": None if args.run is None else str(args.run),
+            "run": None if args.run is None else portable_path(args.run),
             "definitions": "\n\n".join(__doc__.split("\n\n")[2:4]),
             "probes": probes,
         })  # fmt: skip
