@@ -90,6 +90,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     keep_checkpoints: bool = False  # keep every cycle's checkpoint, not only the latest
+    log: Literal["none", "tensorboard"] = "none"  # tensorboard: RUN_DIR/tensorboard/ (needs fastal[log])
 
     def schedule(self) -> list[float]:
         """Cumulative % of pixels labelled at each evaluated cycle (cycle k: entry k - 1); the
@@ -132,7 +133,8 @@ REFERENCE_KEYS = (*DATA_KEYS, "full_reference", "backbone", "weights", "batch_si
 NOT_REFERENCE_KEYS = ("strategy", "labels", "superpixels", "cache_dir", "initial", "budget_per_cycle", "cycles",
                       "budgets", "target_ratio", "full_shared", "full_epochs", "epochs", "retrain", "engine",
                       "region_entropy", "clusters", "keep_checkpoints", "cluster_budget", "umap_components",
-                      "umap_neighbors", "umap_min_dist", "bank_lifetime", "selection_table", "selection_plot")  # fmt: skip
+                      "umap_neighbors", "umap_min_dist", "bank_lifetime", "selection_table", "selection_plot",
+                      "log")  # fmt: skip
 
 
 def _hints() -> dict[str, Any]:

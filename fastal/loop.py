@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fastal.atomic import atomic_write_json, check_writable
-from fastal.config import RunConfig
+from fastal.config import RunConfig, to_dict
 from fastal.progress import console, print_table
 from fastal.reference import check_reference, reference_key, shared_reference
 from fastal.run_setup import PHASE_EVAL, PHASE_SELECT, PHASE_TRAIN, Setup, check_before_training, phase_seed, prepare
@@ -57,6 +57,7 @@ from fastal.rundir import (
     open_run,
 )
 from fastal.runlock import run_lock
+from fastal.tracking import EPOCHS, check_backend, epoch_records, write_tensorboard
 
 if TYPE_CHECKING:
     from fastal.select.pixel_budget import Ranking
@@ -157,6 +158,8 @@ def select_phase(run: RunDir, cycle: int) -> None:
         missing = cfg.schedule()[cycle - 1] / 100 * pool.total_pixels - pool.labelled_pixels
         ranking = rank_unlabelled(run.setup, run.ckpt(cycle - 1), pool.labelled_mask, seed, pixels=missing)
         ids, sel = ranking.ids, ranking.selection
+        for stage, stage_seconds in sel.timings.items():  # per stage, for the run's TensorBoard log
+            run.set_timing(cycle, f"stage_{stage}", stage_seconds)
         if sel.k is not None:  # before the commit: a resumed run finds it with the cycle's labels
             stats = {"k": sel.k, "clusters_kept": sel.clusters_kept(), "kmeans_fits": sel.kmeans_fits}
             atomic_write_json(run.dir / CLUSTERS, {**(run.read_json(CLUSTERS) or {}), str(cycle): stats})
@@ -205,8 +208,12 @@ def train_phase(run: RunDir, cycle: int) -> None:
             trainer.bank.clear()
     else:
         trainer = _new_trainer(run.setup, seed)
-    trainer.fit(LabelledSamples(run.setup.train, run.setup.cache, run.pool, run.truth), run.cfg.epochs, progress=True)
+    samples = LabelledSamples(run.setup.train, run.setup.cache, run.pool, run.truth)
+    history = trainer.fit(samples, run.cfg.epochs, progress=True)
     seconds = time.perf_counter() - t0
+    # Before the checkpoint: a cycle whose checkpoint exists has its epochs recorded (a redo rewrites them).
+    epochs = epoch_records(history, trainer.optimizer.param_groups[0]["lr"])
+    atomic_write_json(run.dir / EPOCHS, {**(run.read_json(EPOCHS) or {}), str(cycle): epochs})
     crash_point(f"trained:{cycle}")
     trainer.save(run.ckpt(cycle))  # atomic
     crash_point(f"ckpt:{cycle}")
@@ -246,6 +253,8 @@ def evaluate_phase(run: RunDir, cycle: int) -> dict[str, Any]:
     run.results["stopped"] = _stop_reason(run, cycle, m["miou"])
     atomic_write_json(run.dir / RESULTS, run.results)
     curve_for_results(run.results, run.dir / CURVE)
+    if cfg.log == "tensorboard":
+        write_tensorboard(run.dir, to_dict(cfg))
     if not cfg.keep_checkpoints and cycle > 1:
         run.ckpt(cycle - 1).unlink(missing_ok=True)
     return rec
@@ -276,8 +285,10 @@ def run_experiment(cfg: RunConfig | None, run_dir: str | Path, resume: bool = Fa
         open_run(run_dir)  # a run directory, before its lock file is made in it
         with run_lock(run_dir):
             cfg, changes = checked_config(run_dir, accept_config_change)
+            check_backend(cfg.log)
             return _run(run_dir, setup or prepare(cfg), changes)
     check_new_run_dir(run_dir)  # before the data is prepared: that can take minutes
+    check_backend(cfg.log)
     shared = Path(cfg.full_shared) if cfg.full_reference and cfg.full_shared else None
     if shared is not None:
         check_writable(shared)  # read there, or written there (and its lock beside it)
@@ -319,6 +330,8 @@ def _run(run_dir: Path, setup: Setup, changes: dict[str, list[Any]]) -> dict[str
         _record_config_change(run, changes)
     if run.results["cycles"]:
         curve_for_results(run.results, run_dir / CURVE)  # a kill may have come between results and curve
+        if run.cfg.log == "tensorboard":  # ... or between results and its TensorBoard log
+            write_tensorboard(run_dir, to_dict(run.cfg))
     full_reference(run)
     cycle = len(run.results["cycles"]) + 1
     while True:

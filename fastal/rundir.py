@@ -14,6 +14,8 @@ The layout (see :mod:`fastal.loop` for the order in which a cycle writes it)::
     checkpoints/reference-partial.pt   the reference's trainer after its last epoch, while it trains
     timings.json         seconds spent per cycle (the only thing a resumed run may not reproduce)
     clusters.json        per cycle, the clustering strategies' k, clusters_kept and kmeans_fits
+    epochs.json          per cycle, per epoch: loss, CE, InfoNCE, learning rate (:mod:`fastal.tracking`)
+    tensorboard/         with ``log = "tensorboard"``: the event file, rebuilt from the records above
     results.json         one record per evaluated cycle
     labels/<image id>.png    masks people returned (`fastal label import`), read in full label mode
     curve.png            mIoU against % of pixels labelled

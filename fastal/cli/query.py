@@ -29,11 +29,15 @@ def select_cmd(
     engine: str | None = typer.Option(None),
     device: str | None = typer.Option(None),
     seed: int | None = typer.Option(None),
+    fmt: str = typer.Option("masks", "--format", help="masks | cvat | label-studio: also a task for that tool."),
+    prefill: bool = typer.Option(False, "--prefill", help="Label the tool's regions with the model's classes."),
 ) -> None:
-    """One round for people: which superpixels to label next, as JSON/CSV and outlined PNGs."""
+    """One round for people: which superpixels to label next, as JSON/CSV and outlined PNGs (and a
+    CVAT or Label Studio task)."""
     from fastal.atomic import check_file
     from fastal.config import load_config
     from fastal.errors import FastalError
+    from fastal.labelling.exports import check_classes, check_format, predicted_classes
     from fastal.loop import rank_unlabelled
     from fastal.progress import console
     from fastal.labelling.query_round import query_rows, write_round
@@ -44,6 +48,7 @@ def select_cmd(
     overrides = {"dataset": dataset, "data_root": data_root, "scale": scale, "superpixels": superpixels,
                  "strategy": strategy, "engine": engine, "device": device, "seed": seed}  # fmt: skip
     # Checked before the superpixel cache is built: that can take minutes.
+    check_format(fmt, prefill)
     if checkpoint is not None:
         check_file(checkpoint, "--checkpoint")
     if out.exists():
@@ -86,26 +91,33 @@ def select_cmd(
             raise FastalError(f"{run}: every superpixel of the pool is labelled; there is nothing left to select")
         if not 1 <= budget <= free:
             raise FastalError(f"--budget {budget}: must lie in 1..{free} (unlabelled superpixels in the pool)")
+        check_classes(fmt, setup.train.classes)
         ranking = rank_unlabelled(setup, checkpoint, labelled, cfg.seed, budget=budget)
-    rows = query_rows(setup.cache, setup.train, ranking.ids)
+        rows = query_rows(setup.cache, setup.train, ranking.ids)
+        predicted = predicted_classes(checkpoint, setup.train, setup.cache, rows, setup.device) if prefill else None
     table = ranking.table(setup.cache, keep=cfg.selection_table)  # None for "none"
     meta = {"dataset": cfg.dataset, "fingerprint": setup.train.fingerprint(), "classes": list(setup.train.classes),
             "superpixels": cfg.superpixels, "num_superpixels": setup.cache.num_superpixels,
             "strategy": cfg.strategy, "checkpoint": str(checkpoint), "run": None if run is None else str(run),
             "run_id": run_id, "budget": budget}  # fmt: skip
-    write_round(out, meta, rows, setup.train, setup.cache, table)
+    write_round(out, meta, rows, setup.train, setup.cache, table, fmt, predicted)
+    where = {"masks": f"put label PNGs in {out}/masks/", "cvat": f"label {out}/cvat/task.zip in CVAT",
+             "label-studio": f"label {out}/label-studio/tasks.json in Label Studio"}[fmt]  # fmt: skip
+    then = f"`fastal label import {out} --run RUN_DIR{'' if fmt == 'masks' else ' --from EXPORT'}`"
     console.print(f"{len(rows)} superpixels in {len({r['image'] for r in rows})} images -> {out}/queries.csv, "
-                  f"{out}/overlays/; put label PNGs in {out}/masks/ and run `fastal label import {out} --run RUN_DIR`")
+                  f"{out}/overlays/; {where} and run {then}")
 
 
 @label_app.command("import")
 def import_cmd(
     round_dir: Path = typer.Argument(..., help="Round directory written by `fastal select`, with masks/ filled."),
     run: Path = typer.Option(..., "--run", help="Run directory whose pool receives the labels."),
+    export: Path | None = typer.Option(None, "--from", help="A CVAT or Label Studio export of the round "
+                                       "(zip, folder, annotations.xml or JSON) instead of masks/."),
 ) -> None:
     """Feed returned masks into a run's pool as its next cycle; `fastal run --resume RUN` then trains on them."""
     from fastal.progress import console
     from fastal.labelling.query_round import import_masks
 
-    cycle, n = import_masks(round_dir, run)
+    cycle, n = import_masks(round_dir, run, export)
     console.print(f"cycle {cycle}: {n} superpixels labelled; continue with `fastal run --resume {run}`")

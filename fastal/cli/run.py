@@ -45,6 +45,7 @@ def run(
     target_ratio: float | None = typer.Option(
         None, "--target-ratio", help="Stop at this fraction of the fully supervised mIoU."
     ),
+    log: str | None = typer.Option(None, "--log", help="none | tensorboard: event files in RUN_DIR/tensorboard/."),
     out: Path | None = typer.Option(
         None, "--out", help="Run directory (default runs/<dataset>-<strategy>-seed<S>-<time>-<random>)."
     ),
@@ -64,6 +65,7 @@ def run(
         "epochs": epochs, "backbone": backbone, "labels": labels, "device": device, "seed": seed,
         "superpixels": superpixels, "scale": scale, "engine": engine, "retrain": retrain,
         "full_reference": full_reference, "full_shared": full_shared, "target_ratio": target_ratio,
+        "log": log,
     }  # fmt: skip
     if resume is not None:
         given = [k for k, v in overrides.items() if v is not None] + (["config"] if config else [])

@@ -11,8 +11,10 @@
     selection.parquet   the selection table (:mod:`fastal.select.selection_table`; ``class`` is -1: nobody
                    has answered yet), unless the config says ``selection_table = "none"``
 
-and `fastal label import` (:func:`import_masks`) checks the masks and labels the round's
-superpixels as the run's next cycle.
+With ``--format cvat`` or ``--format label-studio`` the round also holds the task for that tool
+(:mod:`fastal.labelling.exports`). `fastal label import` (:func:`import_masks`) checks the masks,
+or the tool's export (``--from``), and labels the round's answered superpixels as the run's next
+cycle.
 """
 
 from __future__ import annotations
@@ -66,11 +68,11 @@ def overlay(image: np.ndarray, sp: np.ndarray, rows: list[dict[str, Any]], first
 
 
 def write_round(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]], ds: Any, cache: Any,
-                table: Any = None) -> None:
+                table: Any = None, fmt: str = "masks", prefill: dict[int, int] | None = None) -> None:
     """The round directory, built whole in a temp sibling (nothing half-written); ``table``: the
-    selection table, written as ``selection.parquet`` when given."""
-    import cv2
-
+    selection table, written as ``selection.parquet`` when given; ``fmt``: a labelling tool's
+    task beside (``prefill``: its regions labelled with these classes, by superpixel)."""
+    from fastal.labelling.exports import png_bytes, write_export
     from fastal.select.selection_table import write_table
 
     with atomic_dir(out) as tmp:
@@ -89,12 +91,11 @@ def write_round(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]], ds:
             mine = [r for r in rows if r["image"] == i]
             img = overlay(ds[i][0], np.asarray(cache.local(i)), mine, number)
             number += len(mine)
-            # imencode + write_bytes, not imwrite: imwrite reports a failed write (a full disk) only
+            # encoded + write_bytes, not imwrite: imwrite reports a failed write (a full disk) only
             # by returning False.
-            encoded, png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-            if not encoded:
-                raise FastalError(f"{out}: could not encode the overlay of image {ds.image_id(i)}")
-            (tmp / "overlays" / f"{ds.image_id(i)}.png").write_bytes(png.tobytes())
+            png = png_bytes(img, f"{out}: the overlay of image {ds.image_id(i)}")
+            (tmp / "overlays" / f"{ds.image_id(i)}.png").write_bytes(png)
+        write_export(tmp, fmt, meta, rows, ds, cache, prefill)
 
 
 def check_round(q: Any, qpath: Path, num_images: int) -> None:
@@ -143,8 +144,10 @@ def check_answered(answer: Any, rows: list[dict[str, Any]], masks: Path, ds: Any
                               f"{r['superpixel']}) has no labelled pixel (all 255); give it its class")
 
 
-def import_masks(round_dir: str | Path, run_dir: str | Path) -> tuple[int, int]:
-    """Label the superpixels of a `fastal select` round from the masks people put in ``round_dir/masks``.
+def import_masks(round_dir: str | Path, run_dir: str | Path, export: str | Path | None = None) -> tuple[int, int]:
+    """Label the superpixels of a `fastal select` round from the masks people put in ``round_dir/masks``,
+    or from a labelling tool's ``export`` (:func:`fastal.labelling.exports.read_export`: then only
+    the regions it answers, a pixel of them at least, are labelled; the others stay unlabelled).
 
     They become the run's next cycle; in full label mode the masks are also kept under
     ``run_dir/labels`` for training. Everything (the round against the run and its pool, every
@@ -171,14 +174,20 @@ def import_masks(round_dir: str | Path, run_dir: str | Path) -> tuple[int, int]:
             raise FastalError(f"{qpath}: the round was selected on other data than the run {run_dir} uses")
         check_round_fits(q, qpath, run_dir, run_record(run_dir)["run_id"], cache)
         run = RunDir(setup, run_dir)
-        gids = np.array([r["superpixel"] for r in q["queries"]], dtype=np.int64)
-        images = sorted({r["image"] for r in q["queries"]})
+        rows = q["queries"]
+        if export is not None:
+            from fastal.labelling.exports import answered_rows, read_export
+
+            returned = read_export(Path(export), rows, ds)
+            rows = answered_rows(rows, returned, cache, export)
+        gids = np.array([r["superpixel"] for r in rows], dtype=np.int64)
+        images = sorted({r["image"] for r in rows})
         masks = {}
         for i in images:
-            path = round_dir / "masks" / f"{ds.image_id(i)}.png"
-            if not path.exists():
+            path = round_dir / "masks" / f"{ds.image_id(i)}.png" if export is None else Path(export)
+            if export is None and not path.exists():
                 raise FastalError(f"{path}: missing (a mask is needed for every image of queries.csv)")
-            m = read_label(path)
+            m = read_label(path) if export is None else returned[i]
             if m.shape != tuple(ds.image_shape(i)):
                 raise FastalError(f"{path}: mask is {m.shape[0]}x{m.shape[1]}, the image is "
                                   f"{ds.image_shape(i)[0]}x{ds.image_shape(i)[1]}")
@@ -187,7 +196,7 @@ def import_masks(round_dir: str | Path, run_dir: str | Path) -> tuple[int, int]:
                 raise FastalError(f"{path}: value {int(m[bad][0])} is no class (0..{ds.num_classes - 1}, 255 = none)")
             masks[i] = m
         answer = MaskOracle(masks, cache, ds.num_classes, mode=cfg.labels).query(gids)
-        check_answered(answer, q["queries"], round_dir / "masks", ds)
+        check_answered(answer, rows, round_dir / "masks" if export is None else Path(export), ds)
         cycle = run.pool.current_cycle + 1
         try:
             run.pool.check_answer(answer, cycle)  # e.g. already labelled: refused before labels/ changes
@@ -200,7 +209,7 @@ def import_masks(round_dir: str | Path, run_dir: str | Path) -> tuple[int, int]:
             # which training never reads, and the import can be run again.
             for i in images:
                 sp = np.asarray(cache.local(i))
-                mine = [r["local"] for r in q["queries"] if r["image"] == i]
+                mine = [r["local"] for r in rows if r["image"] == i]
                 merged = np.where(np.isin(sp, mine), masks[i], run.truth(i)).astype(np.uint8)
                 _, png = cv2.imencode(".png", merged)
                 atomic_write_bytes(run_dir / LABELS / f"{ds.image_id(i)}.png", png.tobytes())
