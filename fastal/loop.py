@@ -40,7 +40,7 @@ import numpy as np
 
 from fastal.atomic import atomic_write_json, check_writable
 from fastal.config import RunConfig, to_dict
-from fastal.progress import console
+from fastal.progress import console, print_table
 from fastal.reference import check_reference, reference_key, shared_reference
 from fastal.run_setup import PHASE_EVAL, PHASE_SELECT, PHASE_TRAIN, Setup, check_before_training, phase_seed, prepare
 from fastal.rundir import (
@@ -308,12 +308,12 @@ def run_experiment(cfg: RunConfig | None, run_dir: str | Path, resume: bool = Fa
             return _run(run_dir, setup or prepare(cfg), changes)
     check_new_run_dir(run_dir)  # before the data is prepared: that can take minutes
     check_backend(cfg.log)
-    setup = setup or prepare(cfg)
     shared = Path(cfg.full_shared) if cfg.full_reference and cfg.full_shared else None
+    if shared is not None:
+        check_writable(shared)  # read there, or written there (and its lock beside it)
+    setup = setup or prepare(cfg)
     if shared is not None and shared.exists():
         check_reference(shared, setup)  # refused before the run directory exists
-    elif shared is not None:
-        check_writable(shared)  # it will be written there, and its lock beside it
     check_before_training(setup)
     create_run_dir(cfg, run_dir)
     with run_lock(run_dir):
@@ -366,7 +366,7 @@ def _run(run_dir: Path, setup: Setup, changes: dict[str, list[Any]]) -> dict[str
         if not run.ckpt(cycle).exists():
             train_phase(run, cycle)
         evaluate_phase(run, cycle)
-        console.print(cycle_table(run.results))
+        print_table(cycle_table(run.results))
         cycle += 1
     console.print(f"run directory: {run_dir} (results.json, curve.png)")
     return run.results

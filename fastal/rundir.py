@@ -37,7 +37,7 @@ import numpy as np
 
 from fastal.atomic import appending, atomic_dir, atomic_write_json, atomic_write_text, read_json
 from fastal.config import RunConfig, merge_config, read_toml, save_config, to_dict
-from fastal.errors import FastalError
+from fastal.errors import FastalError, check_path_names
 from fastal.oracle import OracleAnswer
 from fastal.pool import RegionPool
 from fastal.run_setup import PHASE_SELECT, Setup, phase_seed
@@ -58,6 +58,7 @@ def crash_point(name: str) -> None:
 def check_new_run_dir(run_dir: str | Path) -> None:
     """FastalError unless a new run directory can be made at ``run_dir`` (nothing is there)."""
     run_dir = Path(run_dir)
+    check_path_names(run_dir, written=True)
     if (run_dir / CONFIG).is_file():
         raise FastalError(f"{run_dir}: already exists (use --resume {run_dir} to continue it)")
     if run_dir.is_dir():
@@ -88,11 +89,14 @@ def _fingerprint(cfg: RunConfig) -> dict[str, Any]:
 
 
 def run_record(run_dir: str | Path) -> dict[str, Any]:
-    """``run.json``: the run's id and the configuration it was made with. A run directory made
-    before fastal wrote one gets it now, from its config.toml as it is (nothing older to check)."""
+    """``run.json``: the run's id and the configuration it was made with. Its absence is refused
+    like any damage: a record made anew from config.toml would let an edit through unchecked."""
     path = Path(run_dir) / RUN
     if not path.exists():
-        atomic_write_json(path, {"run_id": uuid.uuid4().hex, **_fingerprint(open_run(run_dir))})
+        raise FastalError(f"{path}: missing; it holds the run's id and the configuration the run was made with, "
+                          f"which config.toml is checked against: restore it, or `fastal run --resume {run_dir} "
+                          f"--accept-config-change` makes a new record from config.toml as it is (noted in "
+                          f"{RESULTS})")  # fmt: skip
     rec = read_json(path)
     if not (isinstance(rec, dict) and isinstance(rec.get("config"), dict) and isinstance(rec.get("run_id"), str)):
         raise FastalError(f"{path}: expected the run's record (run_id, config) written by fastal run")
@@ -112,8 +116,11 @@ def config_changes(run_dir: str | Path, cfg: RunConfig) -> dict[str, list[Any]]:
 
 def checked_config(run_dir: str | Path, accept_change: bool = False) -> tuple[RunConfig, dict[str, list[Any]]]:
     """The run's configuration and its changes since the run began (:func:`config_changes`);
-    FastalError naming the changed keys unless ``accept_change``."""
+    FastalError naming the changed keys unless ``accept_change`` (which also accepts a lost
+    run.json: the change is then ``{"run.json": [None, "made anew"]}``, the configuration before unknown)."""
     cfg = open_run(run_dir)
+    if accept_change and not (Path(run_dir) / RUN).exists():
+        return cfg, {RUN: [None, "made anew"]}
     changes = config_changes(run_dir, cfg)
     if changes and not accept_change:
         raise FastalError(f"{Path(run_dir) / CONFIG}: changed since the run began ({', '.join(changes)}); undo "
@@ -122,8 +129,9 @@ def checked_config(run_dir: str | Path, accept_change: bool = False) -> tuple[Ru
 
 
 def accept_config(run_dir: str | Path, cfg: RunConfig) -> None:
-    """From now on ``cfg`` is the configuration the run is checked against."""
-    atomic_write_json(Path(run_dir) / RUN, {"run_id": run_record(run_dir)["run_id"], **_fingerprint(cfg)})
+    """From now on ``cfg`` is the configuration the run is checked against (a lost run.json: under a new id)."""
+    run_id = run_record(run_dir)["run_id"] if (Path(run_dir) / RUN).exists() else uuid.uuid4().hex
+    atomic_write_json(Path(run_dir) / RUN, {"run_id": run_id, **_fingerprint(cfg)})
 
 
 def open_run(run_dir: str | Path) -> RunConfig:

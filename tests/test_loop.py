@@ -249,10 +249,12 @@ def test_people_round_trip(reference: Path, tiny: dict, tmp_path: Path, capsys, 
     assert after.classes[gids].tolist() == expect.tolist()
     lines = (run_dir / "queries.jsonl").read_text().splitlines()
     assert len(lines) == after.num_labelled and json.loads(lines[-1])["cycle"] == 3
-    # Nothing more is imported before that cycle is trained.
+    # The same round again, before that cycle is trained: what is wrong is that it is in already
+    # (issue 27), not that the cycle is untrained.
     with pytest.raises(SystemExit) as e:
         main(["label", "import", str(round_dir), "--run", str(run_dir)])
-    assert e.value.code == 2 and "cycle 3 is not trained yet" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "queries.json: superpixels already labelled (in cycles [3, 3, 3])" in err
     # The resumed run trains and evaluates the imported cycle, and selects nothing more.
     res = run_experiment(None, run_dir, resume=True)
     assert [c["cycle"] for c in res["cycles"]] == [1, 2, 3]

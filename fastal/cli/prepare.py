@@ -38,6 +38,7 @@ def prepare(
     from rich.table import Table
 
     from fastal.atomic import atomic_write_json, check_writable
+    from fastal.progress import print_table
     from fastal.data import load_dataset
     from fastal.data.superpixels import build_cache
 
@@ -103,7 +104,7 @@ def prepare(
     ]
     for k, v in rows:
         table.add_row(k, v)
-    Console().print(table)
+    print_table(table, Console())
 
     if json_path is not None:
         from fastal.machine import machine_info

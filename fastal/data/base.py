@@ -100,9 +100,18 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_label(path: Path) -> np.ndarray:
-    """A single-channel uint8 (H, W) label image; FastalError when unreadable or not 8-bit grey."""
+    """A single-channel uint8 (H, W) label image; FastalError when unreadable, not 8-bit grey, or
+    JPEG data whatever its name: lossy compression invents class ids at the edges."""
     import cv2
 
+    try:
+        with open(path, "rb") as f:
+            lossy = f.read(3) == b"\xff\xd8\xff"
+    except OSError:
+        lossy = False  # missing or unreadable: said below
+    if lossy:
+        raise FastalError(f"{path}: JPEG data; label images must be lossless (PNG), JPEG compression changes "
+                          f"the class ids at the edges")  # fmt: skip
     label = _imread(path, cv2.IMREAD_UNCHANGED)
     if label is None:
         raise FastalError(f"{path}: cannot read label image (missing, truncated or not an image)")
