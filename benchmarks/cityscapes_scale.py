@@ -1,5 +1,5 @@
 """`fastal run` over growing fractions of a (generated) Cityscapes training split: every stage's
-seconds and peak resident memory, one JSON per fraction (issue 29).
+seconds and peak resident memory, one JSON per fraction.
 
 Each fraction runs ``configs/cityscapes_scale.toml`` with ``train_images`` = that many images in a
 fresh process (its peak memory, from ``wait4``, is the run's own), then its results.json's stages

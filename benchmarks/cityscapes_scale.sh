@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 29's measurements in order, each resumable: the generated tree (finishes an interrupted
+# The measurements in order, each resumable: the generated tree (finishes an interrupted
 # generation), `fastal run` at growing fractions of its training split (benchmarks/cityscapes_scale.py),
 # then `fastal prepare` at full size over the whole split. Hours on a shared 2-core machine.
 #

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Re-runs the hostile campaigns' cases that the tests hold (issue 17: test_run_guard.py; issue 27:
+# Re-runs the hostile campaigns' cases that the tests hold (test_run_guard.py, and
 # the test_*_guard.py files named for what they guard; docs/reliability.md lists the kinds of fault).
 # Each case failed before its fix. Extra arguments go to pytest (e.g. -x, -k sweep).
 cd "$(dirname "$0")/.." || exit 2

@@ -1,4 +1,4 @@
-"""`fastal select` and `fastal label import`'s edges (issue 27, items 5, 6, 9, 11, 13): every mask
+"""`fastal select` and `fastal label import`'s edges: every mask
 people return is checked before it labels anything (a superpixel left all 255, JPEG bytes under a
 .png name, a row given twice), a round is selected by the run's own model, and each refusal names
 the file or the option at fault. The checks sit on the import path every format goes through."""

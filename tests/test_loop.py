@@ -249,8 +249,8 @@ def test_people_round_trip(reference: Path, tiny: dict, tmp_path: Path, capsys, 
     assert after.classes[gids].tolist() == expect.tolist()
     lines = (run_dir / "queries.jsonl").read_text().splitlines()
     assert len(lines) == after.num_labelled and json.loads(lines[-1])["cycle"] == 3
-    # The same round again, before that cycle is trained: what is wrong is that it is in already
-    # (issue 27), not that the cycle is untrained.
+    # The same round again, before that cycle is trained: what is wrong is that it is in
+    # already, not that the cycle is untrained.
     with pytest.raises(SystemExit) as e:
         main(["label", "import", str(round_dir), "--run", str(run_dir)])
     err = capsys.readouterr().err

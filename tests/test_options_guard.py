@@ -1,4 +1,4 @@
-"""Options and paths (issue 27, items 10, 11, 13): every option is checked before anything is made or
+"""Options and paths: every option is checked before anything is made or
 computed, a path error (a name over 255 bytes, a directory where a file goes) is one line, and
 a message names what is at fault: the option, not the config file; a BOM is no TOML error; two
 runs started in the same second get two directories."""

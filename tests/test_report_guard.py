@@ -1,4 +1,4 @@
-"""`fastal report`'s edges (issue 27, items 2, 7, 8, 11, 14): one run given twice (or a copy of it)
+"""`fastal report`'s edges: one run given twice (or a copy of it)
 is refused, the JSON written is JSON, results and tables read back from disk are checked as
 strictly as input (an mIoU of NaN or 7.5, a deleted selection table, a class id the run does not
 have, a damaged cycles.parquet), a path error is one line, and a table in a log is whole."""

@@ -1,4 +1,4 @@
-"""The sweep's edges (issue 27, items 1, 4, 10, 11, 12): a sweep.json read back from disk is
+"""The sweep's edges: a sweep.json read back from disk is
 checked as strictly as the sweep file, every option before the sweep directory is made, a run
 no worker can take is refused at once, run names fit a file name, and a stopped sweep says how
 to resume. No Dask cluster is started: each case is refused before one would be."""

@@ -1,4 +1,4 @@
-"""The tamper check's back door (issue 27, item 3): run.json deleted and config.toml edited in a run
+"""The tamper check's back door: run.json deleted and config.toml edited in a run
 killed after training cycle 2. A lost run.json is refused like any damage (a record made anew from
 config.toml would let the edit through), and accepted only when asked, then noted in results.json."""
 
