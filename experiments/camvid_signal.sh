@@ -1,5 +1,5 @@
 #!/bin/bash
-# Issue 16's paired comparison and issue 13's engine check on the CamVid CPU protocol, as four
+# The paired comparison and the engine check on the CamVid CPU protocol, as four
 # sweeps run one after the other, each resumed where it stopped (run it again after any kill):
 #   1. configs/sweep_camvid_signal.toml          contrastive / entropy / kmeans-entropy / random x seeds 0-4
 #   2. configs/sweep_camvid_signal_lambda0.toml  contrastive with lambda = 0 x seeds 0-4 (no references)

@@ -1,4 +1,4 @@
-"""Issue 13's quality check: contrastive with the current selection engine against the committed
+"""The quality check: contrastive with the current selection engine against the committed
 CamVid CPU table's contrastive runs (the previous engine), paired by seed at each budget.
 
     python experiments/engine_check.py [sweeps/sweep_camvid_engine] [--previous benchmarks/results/camvid_cpu.json]

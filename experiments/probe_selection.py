@@ -1,5 +1,5 @@
 """Probes of signal: does the contrastive part of the method (projection head, memory bank, UMAP
-fitted on the bank) carry class information that entropy sampling lacks? Issue 16, item 3.
+fitted on the bank) carry class information that entropy sampling lacks?
 
     python experiments/probe_selection.py RUN_DIR [--cycles latest|all|1,3] [--name NAME]
     python experiments/probe_selection.py --checkpoint CKPT --dataset synthetic [--budget-pct 2]

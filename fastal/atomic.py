@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fastal.errors import FastalError
+from fastal.errors import FastalError, check_path_names, path_error
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -57,7 +58,7 @@ def naming_os_errors(path: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        raise FastalError(f"cannot write {path}: {e.strerror or e}") from None
+        raise path_error(OSError(e.errno, e.strerror or str(e), os.fspath(path)), "cannot write ") from None
 
 
 def check_writable(path: str | os.PathLike, directory: bool = False) -> None:
@@ -65,6 +66,7 @@ def check_writable(path: str | os.PathLike, directory: bool = False) -> None:
     directory (file) is in the way, and no file stands where a parent directory would be. Lets
     a command check every output before it writes any."""
     path = Path(path)
+    check_path_names(path, written=True)  # a directory too is built in a temp sibling (atomic_dir)
     if path.exists() and path.is_dir() != directory:
         what = "a file is there, not a directory" if directory else "it is a directory"
         raise FastalError(f"cannot write {path}: {what}")
@@ -78,6 +80,7 @@ def check_writable(path: str | os.PathLike, directory: bool = False) -> None:
 def check_file(path: str | os.PathLike, what: str) -> None:
     """FastalError unless a file is at ``path`` (``what`` names it: an option, a role)."""
     path = Path(path)
+    check_path_names(path)
     if path.is_dir():
         raise FastalError(f"{what} {path}: a directory, not a file")
     if not path.is_file():
@@ -85,13 +88,19 @@ def check_file(path: str | os.PathLike, what: str) -> None:
 
 
 def read_json(path: str | os.PathLike, hint: str = "") -> Any:
-    """Parse a JSON file; a missing or broken one is a FastalError naming it (``hint`` says why it
-    was expected)."""
+    """Parse a JSON file; a missing, unreadable or broken one is a FastalError naming it (``hint``
+    says why it was expected)."""
     path = Path(path)
+    check_path_names(path)
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise FastalError(f"{path}: not found{f' ({hint})' if hint else ''}") from None
+    except OSError as e:  # a directory, no permission
+        raise path_error(e, "cannot read ") from None
+    except UnicodeDecodeError as e:
+        raise FastalError(f"{path}: not valid JSON (not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset "
+                          f"{e.start})") from None
     except json.JSONDecodeError as e:
         raise FastalError(f"{path}: not valid JSON ({e})") from None
 
@@ -120,7 +129,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """``obj`` as JSON; a NaN or infinite float (pandas' missing value, a class absent from an
+    evaluation) is written as null: JSON has no such numbers, and other readers refuse them."""
+    atomic_write_text(path, json.dumps(finite_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every float that is not finite (NaN, inf) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
 
 
 @contextlib.contextmanager

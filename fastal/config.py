@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fastal.errors import FastalError
+from fastal.errors import FastalError, check_path_names
 
 if typing.TYPE_CHECKING:
     from fastal.select.umap.params import UMAPParams
@@ -151,21 +151,23 @@ def _hints() -> dict[str, Any]:
     return typing.get_type_hints(RunConfig)
 
 
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """``value`` checked against ``hint``; ints widen to floats. Raises naming ``name``."""
+def _coerce(name: str, value: Any, hint: Any, what: str | None = None) -> Any:
+    """``value`` checked against ``hint``; ints widen to floats. Raises naming ``what`` (default
+    ``name = value``; a command-line option is named as given: ``--labels partial``)."""
+    what = what or f"{name} = {value!r}"
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(name, value, inner)
+        return _coerce(name, value, inner, what)
     if origin is Literal:
         if value not in args:
-            raise FastalError(f"config: {name} = {value!r}: choose one of {', '.join(map(str, args))}")
+            raise FastalError(f"config: {what}: choose one of {', '.join(map(str, args))}")
         return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise FastalError(f"config: {name} = {value!r}: expected a list")
+            raise FastalError(f"config: {what}: expected a list")
         return [_coerce(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value)]
     ok = (
         isinstance(value, bool)
@@ -177,7 +179,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         else isinstance(value, hint)
     )
     if not ok:
-        raise FastalError(f"config: {name} = {value!r}: expected {hint.__name__}, got {type(value).__name__}")
+        raise FastalError(f"config: {what}: expected {hint.__name__}, got {type(value).__name__}")
     return float(value) if hint is float else value
 
 
@@ -186,6 +188,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     of strategies and backbones, and a budget that fits in 100% of the pixels."""
     from fastal.model import BACKBONES
     from fastal.select import STRATEGIES
+    from fastal.select.strategies import PREDICTION_STRATEGIES
     from fastal.select.umap.params import range_problems
 
     def need(cond: bool, msg: str) -> None:
@@ -222,6 +225,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(math.isfinite(cfg.lr) and cfg.lr > 0, f"lr = {cfg.lr}: must be > 0")
     need(math.isfinite(cfg.clusters) and cfg.clusters >= 1, f"clusters = {cfg.clusters}: must be >= 1 (KMeans clusters per queried region)")
     need(cfg.strategy in STRATEGIES, f"strategy {cfg.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    need(cfg.nproc == 1 or cfg.strategy not in PREDICTION_STRATEGIES,
+         f"strategy {cfg.strategy!r} runs in one process only (nproc = {cfg.nproc}): its predicted-class "
+         "scores are not gathered across processes yet")  # fmt: skip
     need(cfg.backbone in BACKBONES, f"backbone {cfg.backbone!r}: choose one of {', '.join(BACKBONES)}")
     key_of = {name: key for key, name in UMAP_KEYS.items()}
     for name, rule in range_problems({name: getattr(cfg, key) for key, name in UMAP_KEYS.items()}):
@@ -260,24 +266,31 @@ def make_config(values: dict[str, Any], source: str = "config") -> RunConfig:
         checked = {k: _coerce(k, v, hints[k]) for k, v in values.items()}
     except FastalError as e:
         raise FastalError(f"{source}: {str(e).removeprefix('config: ')}") from None
-    return validate(RunConfig(**checked))
+    try:
+        return validate(RunConfig(**checked))
+    except FastalError as e:  # named as the values' source: a file, a sweep's sweep.json, the options
+        raise FastalError(f"{source}: {str(e).removeprefix('config: ')}") from None
 
 
 def parse_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """A TOML file's tables; a missing or broken file is one FastalError naming it."""
+    """A TOML file's tables; a missing or broken file is one FastalError naming it. A UTF-8
+    byte-order mark (some Windows editors write one) is read past: TOML has none, but it is no error
+    of the user's."""
     path = Path(path)
+    check_path_names(path)
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise FastalError(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise FastalError(f"{path}: a directory, not a {what}") from None
+    except OSError as e:
+        raise FastalError(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return tomllib.loads(data.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         raise FastalError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
                           f"TOML files are UTF-8") from None
-    except OSError as e:
-        raise FastalError(f"{path}: cannot read ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         raise FastalError(f"{path}: not valid TOML ({e})") from None
 
@@ -292,14 +305,29 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Defaults, then the TOML file at ``path``, then ``overrides`` (CLI values, ``None`` = not given)."""
+    """Defaults, then the TOML file at ``path``, then ``overrides`` (CLI values, ``None`` = not given;
+    a wrong one is named as the option it came from, not blamed on the file)."""
     values = read_toml(path) if path is not None else {}
-    return merge_config(values, overrides, str(path) if path is not None else "config")
+    check_options(overrides or {})
+    return merge_config(values, overrides, str(path) if path is not None else "config", "command-line options")
 
 
-def merge_config(values: dict[str, Any], overrides: dict[str, Any] | None, source: str = "config") -> RunConfig:
+def check_options(options: dict[str, Any]) -> None:
+    """FastalError naming the option (``--labels partial``) whose value does not fit its key's type."""
+    hints = _hints()
+    for key, value in options.items():
+        if value is not None and key in hints:
+            try:
+                _coerce(key, value, hints[key], f"--{key.replace('_', '-')} {value}")
+            except FastalError as e:
+                raise FastalError(str(e).removeprefix("config: ")) from None
+
+
+def merge_config(values: dict[str, Any], overrides: dict[str, Any] | None, source: str = "config",
+                 given_as: str | None = None) -> RunConfig:
     """Defaults, then ``values`` (a file's keys, checked first and named as ``source``), then
-    ``overrides`` (``None`` = not given); an overriding schedule replaces the values' one."""
+    ``overrides`` (``None`` = not given; what only they make wrong is named as ``given_as``,
+    default ``source``); an overriding schedule replaces the values' one."""
     values = dict(values)
     make_config(values, source)  # errors name the file before any override hides them
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -312,7 +340,7 @@ def merge_config(values: dict[str, Any], overrides: dict[str, Any] | None, sourc
             raise FastalError(f"{source}: sets budgets = {values['budgets']}: {clash[0]} cannot change it "
                               f"(override budgets instead)")
     values.update(given)
-    return make_config(values, source)
+    return make_config(values, given_as or source)
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -42,7 +42,7 @@ import numpy as np
 from fastal import distributed
 from fastal.atomic import atomic_write_json, check_writable
 from fastal.config import RunConfig, to_dict
-from fastal.progress import console
+from fastal.progress import console, print_table
 from fastal.reference import check_reference, reference_key, shared_reference
 from fastal.run_setup import PHASE_EVAL, PHASE_SELECT, PHASE_TRAIN, Setup, check_before_training, phase_seed, prepare
 from fastal.rundir import (
@@ -63,6 +63,7 @@ from fastal.rundir import (
 )
 from fastal.run_ranks import check_world, collective, follow, leading, share_setup
 from fastal.runlock import run_lock
+from fastal.stages import measured, overall_peak_gb
 from fastal.tracking import EPOCHS, check_backend, epoch_records, write_tensorboard
 
 if TYPE_CHECKING:
@@ -81,32 +82,39 @@ def seed_everything(seed: int, cycle: int, phase: int) -> int:
 
 
 def rank_unlabelled(setup: Setup, checkpoint: str | Path, labelled: np.ndarray, seed: int,
-                    budget: int | None = None, pixels: float | None = None) -> Ranking:
+                    budget: int | None = None, pixels: float | None = None,
+                    stages: dict[str, Any] | None = None) -> Ranking:
     """Score the unlabelled pool with the teacher of ``checkpoint`` and choose from it with the
     run's strategy (:func:`fastal.select.pixel_budget.rank`): ``budget`` superpixels (`fastal
     select`), or regions worth ``pixels`` (a cycle of the loop). ``labelled``: bool mask over
-    global ids (not modified). The scoring is shared among the ranks of a run across processes."""
+    global ids (not modified). The scoring is shared among the ranks of a run across processes.
+    ``stages`` receives the seconds and peak memory of "load" (the teacher), "score" and "select"
+    (:mod:`fastal.stages`; rank 0's)."""
     from fastal.select.pixel_budget import rank
 
-    cfg = setup.cfg
+    cfg, stages = setup.cfg, {} if stages is None else stages
     images = np.unique(setup.cache.image_of(np.flatnonzero(~labelled)))
-    scores, bank = collective(score_teacher, setup, str(checkpoint), images)
-    return rank(scores, bank, labelled, seed, strategy=cfg.strategy, engine=cfg.engine,
-                umap=cfg.umap_params(), clusters=cfg.clusters, cluster_budget=cfg.cluster_budget,
-                knobs=cfg.strategy_knobs(), sizes=None if pixels is None else setup.cache.sizes, budget=budget,
-                pixels=pixels)  # fmt: skip
+    scores, bank = collective(score_teacher, setup, str(checkpoint), images, stages)
+    with measured(stages, "select"):
+        return rank(scores, bank, labelled, seed, strategy=cfg.strategy, engine=cfg.engine,
+                    umap=cfg.umap_params(), clusters=cfg.clusters, cluster_budget=cfg.cluster_budget,
+                    knobs=cfg.strategy_knobs(), sizes=None if pixels is None else setup.cache.sizes,
+                    budget=budget, pixels=pixels)  # fmt: skip
 
 
-def score_teacher(setup: Setup, checkpoint: str, images: np.ndarray) -> tuple[Any, Any] | None:
+def score_teacher(setup: Setup, checkpoint: str, images: np.ndarray,
+                  stages: dict[str, Any]) -> tuple[Any, Any] | None:
     """(Collective, :mod:`fastal.run_ranks`.) The pool's scores of ``images`` by the teacher of
     ``checkpoint``, the images shared among the ranks, and its memory bank's features; None on
-    ranks other than 0."""
+    ranks other than 0. ``stages`` gets "load" and "score" (only rank 0's copy is kept)."""
     from fastal.select.scoring import score_pool_sharded
     from fastal.train import Trainer
 
-    trainer = Trainer.load(checkpoint, setup.device, num_classes=setup.train.num_classes)
-    scores = score_pool_sharded(trainer.teacher, setup.train, setup.cache, images, setup.device, amp=setup.cfg.amp,
-                                region_entropy=setup.cfg.region_entropy)  # fmt: skip
+    with measured(stages, "load"):
+        trainer = Trainer.load(checkpoint, setup.device, num_classes=setup.train.num_classes)
+    with measured(stages, "score"):
+        scores = score_pool_sharded(trainer.teacher, setup.train, setup.cache, images, setup.device,
+                                    amp=setup.cfg.amp, region_entropy=setup.cfg.region_entropy)
     return None if scores is None else (scores, trainer.bank.features())
 
 
@@ -169,14 +177,16 @@ def select_phase(run: RunDir, cycle: int) -> None:
     from fastal.oracle import SimulatedOracle
     from fastal.pool import random_initial
 
-    cfg, pool = run.cfg, run.pool
+    cfg, pool, stages = run.cfg, run.pool, {}
     seed = seed_everything(cfg.seed, cycle, PHASE_SELECT)
     t0 = time.perf_counter()
     if cycle == 1:  # the pool's RNG is seeded with this phase's seed (RunDir)
-        ids, ranking = np.sort(random_initial(pool, cfg.schedule()[0] / 100)), None
+        with measured(stages, "select"):
+            ids, ranking = np.sort(random_initial(pool, cfg.schedule()[0] / 100)), None
     else:
         missing = cfg.schedule()[cycle - 1] / 100 * pool.total_pixels - pool.labelled_pixels
-        ranking = rank_unlabelled(run.setup, run.ckpt(cycle - 1), pool.labelled_mask, seed, pixels=missing)
+        ranking = rank_unlabelled(run.setup, run.ckpt(cycle - 1), pool.labelled_mask, seed, pixels=missing,
+                                  stages=stages)
         ids, sel = ranking.ids, ranking.selection
         for stage, stage_seconds in sel.timings.items():  # per stage, for the run's TensorBoard log
             run.set_timing(cycle, f"stage_{stage}", stage_seconds)
@@ -185,11 +195,14 @@ def select_phase(run: RunDir, cycle: int) -> None:
             atomic_write_json(run.dir / CLUSTERS, {**(run.read_json(CLUSTERS) or {}), str(cycle): stats})
     seconds = time.perf_counter() - t0
     oracle = SimulatedOracle(run.setup.train, run.setup.cache, mode=cfg.labels)
-    answer = oracle.query(ids)
+    with measured(stages, "oracle"):
+        answer = oracle.query(ids)
     if ranking is not None:
-        _write_selection(run, cycle, ranking, answer.classes, oracle)
-    run.commit(answer, cycle)
-    run.set_timing(cycle, "select_seconds", seconds)
+        with measured(stages, "write"):  # the selection table and the embedding plot
+            _write_selection(run, cycle, ranking, answer.classes, oracle)
+    with measured(stages, "commit"):  # queries.jsonl and pool.npz
+        run.commit(answer, cycle)
+    run.set_timing(cycle, "select_seconds", seconds, stages)
 
 
 def _write_selection(run: RunDir, cycle: int, ranking: Ranking, classes: np.ndarray, oracle: Any) -> None:
@@ -216,8 +229,9 @@ def _write_selection(run: RunDir, cycle: int, ranking: Ranking, classes: np.ndar
 
 def train_phase(run: RunDir, cycle: int) -> None:
     """Train on the labelled pixels (from checkpoint ``cycle - 1`` or anew); commit the checkpoint."""
-    t0 = time.perf_counter()
-    trainer, history = collective(train_cycle, run.setup, str(run.dir), cycle)
+    t0, stages = time.perf_counter(), {}
+    with measured(stages, "train"):
+        trainer, history = collective(train_cycle, run.setup, str(run.dir), cycle)
     seconds = time.perf_counter() - t0
     # Before the checkpoint: a cycle whose checkpoint exists has its epochs recorded (a redo rewrites them).
     epochs = epoch_records(history, trainer.optimizer.param_groups[0]["lr"])
@@ -225,7 +239,7 @@ def train_phase(run: RunDir, cycle: int) -> None:
     crash_point(f"trained:{cycle}")
     trainer.save(run.ckpt(cycle))  # atomic
     crash_point(f"ckpt:{cycle}")
-    run.set_timing(cycle, "train_seconds", seconds)
+    run.set_timing(cycle, "train_seconds", seconds, stages)
     run.set_timing(cycle, "world_size", distributed.world_size())  # not a time: what a resume may change too
 
 
@@ -255,9 +269,11 @@ def evaluate_phase(run: RunDir, cycle: int) -> dict[str, Any]:
     from fastal.run_report import curve_for_results
 
     cfg, pool = run.cfg, run.pool
-    m = collective(evaluate_checkpoint, run.setup, str(run.ckpt(cycle)), cycle)
-    labelled = pool.labelled_through(cycle)  # a later import may exist
     t = run.timings.get(str(cycle), {})
+    stages = dict(t.get("stages", {}))
+    with measured(stages, "evaluate"):
+        m = collective(evaluate_checkpoint, run.setup, str(run.ckpt(cycle)), cycle)
+    labelled = pool.labelled_through(cycle)  # a later import may exist
     clusters = (run.read_json(CLUSTERS) or {}).get(str(cycle), {})
     sched = cfg.schedule()
     rec = {
@@ -275,6 +291,10 @@ def evaluate_phase(run: RunDir, cycle: int) -> dict[str, Any]:
         "world_size": t.get("world_size", 1),  # processes that trained the cycle's model
         "train_seconds": t.get("train_seconds"),
         "select_seconds": t.get("select_seconds"),
+        # Per stage of the cycle, seconds and this process's peak resident memory (fastal.stages);
+        # a stage redone after a kill reports its last run.
+        "stages": stages,
+        "peak_rss_gb": overall_peak_gb(stages),
     }
     full = run.read_json(FULL)
     run.results["full_miou"] = None if full is None else full["miou"]
@@ -346,13 +366,13 @@ def new_run_dir(cfg: RunConfig, run_dir: Path, setup: Setup | None = None, world
     returns the prepared data. FastalError with nothing written when a check fails."""
     check_new_run_dir(run_dir)  # before the data is prepared: that can take minutes
     check_backend(cfg.log)
+    shared = Path(cfg.full_shared) if cfg.full_reference and cfg.full_shared else None
+    if shared is not None:
+        check_writable(shared)  # read there, or written there (and its lock beside it)
     setup = setup or prepare(cfg)
     check_world(setup, world)
-    shared = Path(cfg.full_shared) if cfg.full_reference and cfg.full_shared else None
     if shared is not None and shared.exists():
         check_reference(shared, setup)  # refused before the run directory exists
-    elif shared is not None:
-        check_writable(shared)  # it will be written there, and its lock beside it
     check_before_training(setup)
     create_run_dir(cfg, run_dir)
     return setup
@@ -384,6 +404,7 @@ def _run(run_dir: Path, setup: Setup, changes: dict[str, list[Any]]) -> dict[str
         torch.use_deterministic_algorithms(True, warn_only=True)
     share_setup(setup.cfg)
     run = RunDir(setup, run_dir)
+    run.results["setup"] = setup.stages  # this process's: written with the next cycle's results
     if changes:
         _record_config_change(run, changes)
     if run.results["cycles"]:
@@ -404,7 +425,7 @@ def _run(run_dir: Path, setup: Setup, changes: dict[str, list[Any]]) -> dict[str
         if not run.ckpt(cycle).exists():
             train_phase(run, cycle)
         evaluate_phase(run, cycle)
-        console.print(cycle_table(run.results))
+        print_table(cycle_table(run.results))
         cycle += 1
     console.print(f"run directory: {run_dir} (results.json, curve.png)")
     return run.results

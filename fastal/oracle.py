@@ -157,7 +157,9 @@ class SimulatedOracle(Oracle):
     """The simulation's oracle: the dataset's own ground truth (``ds[i] -> (image, label)``)."""
 
     def __init__(self, ds: Any, cache: Any, mode: str = "dominant") -> None:
-        super().__init__(lambda i: ds[i][1], cache, ds.num_classes, mode)
+        # SegDataset.label reads the label alone; any other ``ds[i] -> (image, label)`` works too.
+        truth = ds.label if hasattr(ds, "label") else (lambda i: ds[i][1])
+        super().__init__(truth, cache, ds.num_classes, mode)
         self.ds = ds
 
 

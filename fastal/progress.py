@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -13,6 +16,17 @@ from rich.progress import (
 )
 
 console = Console(stderr=True)
+
+
+def print_table(table: Any, to: Console | None = None) -> None:
+    """Print a rich table whole. On a terminal it fits the window, as rich does; elsewhere (a pipe,
+    a file, a sweep run's log) rich would cut it to 80 columns ("regio…"): it gets the width it needs."""
+    to = to or console
+    if to.is_terminal:
+        to.print(table)
+        return
+    need = Measurement.get(to, to.options.update(width=10_000), table).maximum
+    Console(file=to.file, width=max(to.width, need), color_system=None, highlight=False).print(table)
 
 
 def progress(transient: bool = False) -> Progress:

@@ -37,7 +37,7 @@ def check_reference(path: Path, setup: Setup) -> dict[str, Any]:
     """The shared reference at ``path``, if it was trained the way ``setup``'s run would train it."""
     ref = read_json(path)
     have = ref.get("trained_with") if isinstance(ref, dict) else None
-    if not isinstance(have, dict) or not isinstance(ref.get("miou"), float):
+    if not isinstance(have, dict) or not isinstance(ref.get("miou"), float) or not 0 <= ref["miou"] <= 1:
         raise FastalError(f"{path}: not a fully supervised reference written by fastal run "
                           f"(no 'miou' or 'trained_with'); delete it to train it again")
     for key, want in reference_key(setup).items():

@@ -28,11 +28,16 @@ CYCLE_KEYS = (
     "per_class_iou",
     "train_seconds",
     "select_seconds",
+    "stages",
+    "peak_rss_gb",
 )
 
 
 def read_results(run_dir: str | Path) -> dict[str, Any]:
-    """``RUN_DIR/results.json``, checked for the keys a report needs."""
+    """``RUN_DIR/results.json``, checked for the keys a report needs and for numbers that can be
+    what they say (an mIoU is a fraction: NaN or 7.5 is damage, not a result)."""
+    if Path(run_dir).is_file():
+        raise FastalError(f"{run_dir}: a file, not a run directory (give the directory that holds results.json)")
     path = Path(run_dir) / "results.json"
     res = read_json(path, f"is {run_dir} a fastal run directory?")
     if not isinstance(res, dict):
@@ -43,7 +48,8 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
     if not isinstance(res["cycles"], list):
         raise FastalError(f"{path}: 'cycles' is {type(res['cycles']).__name__}, expected a list")
     for key, ok, want in (("dataset", _is_str, "a string"), ("strategy", _is_str, "a string"),
-                          ("seed", _is_int, "an integer"), ("full_miou", _is_number_or_null, "a number or null")):
+                          ("seed", _is_int, "an integer"),
+                          ("full_miou", _is_fraction_or_null, "a number in [0, 1] or null")):
         if not ok(res[key]):
             raise FastalError(f"{path}: {key} = {res[key]!r}, expected {want}")
     for c in res["cycles"]:
@@ -52,8 +58,8 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
         gone = [k for k in ("cycle", "labelled_pixel_fraction", "miou") if k not in c]
         if gone:
             raise FastalError(f"{path}: a cycle record lacks {gone[0]!r}")
-        for key, ok, want in (("cycle", _is_int, "an integer"), ("labelled_pixel_fraction", _is_number, "a number"),
-                              ("miou", _is_number, "a number")):  # fmt: skip
+        for key, ok, want in (("cycle", _is_int, "an integer"), ("labelled_pixel_fraction", _is_fraction,
+                              "a number in [0, 1]"), ("miou", _is_fraction, "a number in [0, 1]")):  # fmt: skip
             if not ok(c[key]):
                 raise FastalError(f"{path}: cycle {c['cycle']!r}: {key} = {c[key]!r}, expected {want}")
     return res
@@ -71,8 +77,31 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _is_number_or_null(v: Any) -> bool:
-    return v is None or _is_number(v)
+def _is_fraction(v: Any) -> bool:
+    return _is_number(v) and 0 <= v <= 1  # False for NaN
+
+
+def _is_fraction_or_null(v: Any) -> bool:
+    return v is None or _is_fraction(v)
+
+
+def recorded_id(run_dir: str | Path) -> str | None:
+    """The run id in ``RUN_DIR/run.json`` (None for a run without one): what tells a run from a copy of it."""
+    path = Path(run_dir) / "run.json"
+    rec = read_json(path) if path.is_file() else None
+    return rec.get("run_id") if isinstance(rec, dict) and isinstance(rec.get("run_id"), str) else None
+
+
+def refuse_repeats(run_dirs: list[str | Path]) -> None:
+    """FastalError when two of ``run_dirs`` are one run: the same directory, or a copy (the same
+    run id): counted twice, it would pass for two seeds."""
+    seen: dict[Any, str | Path] = {}
+    for d in run_dirs:
+        for key in (("dir", Path(d).resolve()), ("id", recorded_id(d))):
+            if key[1] is not None and key in seen:
+                same = "the same directory" if key[0] == "dir" else f"the same run (run id {key[1]}), copied"
+                raise FastalError(f"{seen[key]} and {d}: {same}; a run counts once (it would pass for two seeds)")
+            seen[key] = d
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -114,8 +143,9 @@ def group_runs(run_dirs: list[str | Path]) -> list[Group]:
     if not run_dirs:
         raise FastalError("report: give at least one run directory")
     by_key: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {}
-    for d in run_dirs:
-        res = read_results(d)
+    results = [read_results(d) for d in run_dirs]
+    refuse_repeats(run_dirs)
+    for d, res in zip(run_dirs, results):
         by_key.setdefault((res["dataset"], res["strategy"]), []).append((str(d), res))
     groups = []
     for (dataset, strategy), items in by_key.items():
@@ -231,16 +261,16 @@ def report_table(groups: list[Group]):
 
 def write_report(run_dirs: list[str | Path], out: str | Path | None, json_path: str | Path | None) -> list[Group]:
     """Table on the console, plot at ``out`` and JSON at ``json_path`` when given."""
-    from fastal.progress import console
+    from fastal.progress import print_table
 
     groups = group_runs(run_dirs)
     for target in (out, json_path):  # both checked before either is written
         if target is not None:
             check_writable(target)
-    console.print(report_table(groups))
+    print_table(report_table(groups))
     classes = query_class_stats(groups)
     if classes:
-        console.print(query_class_table(classes))
+        print_table(query_class_table(classes))
     if out is not None:
         plot_curves(groups, out)
     if json_path is not None:
@@ -261,10 +291,24 @@ def query_classes(run_dir: str | Path) -> dict[int, float] | None:
     from fastal.select.selection_table import cycle_table_path, read_table
 
     res = read_results(run_dir)
-    paths = [p for p in (cycle_table_path(run_dir, c["cycle"]) for c in res["cycles"]) if p.exists()]
+    # The strategy's cycles: 2.. (a cycle people added, no planned budget, has no table).
+    chosen = [c["cycle"] for c in res["cycles"]
+              if c["cycle"] >= 2 and not ("budget_pct" in c and c["budget_pct"] is None)]  # fmt: skip
+    paths = [p for p in (cycle_table_path(run_dir, c) for c in chosen) if p.exists()]
     if not paths:
         return None
-    picked = [t[t["rank"] >= 0] for t in map(read_table, paths)]
+    if len(paths) < len(chosen):
+        gone = next(cycle_table_path(run_dir, c) for c in chosen if not cycle_table_path(run_dir, c).exists())
+        raise FastalError(f"{gone}: missing, while the run's other selecting cycles have their tables: the "
+                          f"shares of the queried classes would leave its picks out; restore it")
+    tables = [read_table(p) for p in paths]
+    names = res.get("classes") or []
+    for p, t in zip(paths, tables):
+        bad = t["class"][(t["class"] < -1) | (t["class"] >= (len(names) if names else 2**31))]
+        if len(bad):
+            raise FastalError(f"{p}: class {int(bad.iloc[0])} is no class of the run (0..{len(names) - 1}, "
+                              f"-1 = no labelled pixel)")
+    picked = [t[t["rank"] >= 0] for t in tables]
     pixels: dict[int, int] = {}
     for t in picked:
         for c, px in t.groupby("class")["pixels"].sum().items():

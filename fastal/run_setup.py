@@ -3,13 +3,14 @@ and the budget in superpixels, all checked up front (:func:`prepare`, :func:`che
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from fastal.config import RunConfig, validate
 from fastal.errors import FastalError
+from fastal.stages import measured
 
 
 @dataclass
@@ -23,6 +24,9 @@ class Setup:
     device: Any  # torch.device
     initial_k: int  # superpixels the initial set takes on average (it is drawn up to a % of pixels)
     cycle_ks: list[int]  # superpixels queried by cycles 2, 3, ..., last_cycle
+    # Seconds and peak memory of opening the data ("data"), the superpixel cache ("superpixels")
+    # and checking the validation labels ("check"), in this process (fastal.stages).
+    stages: dict[str, Any] = field(default_factory=dict)
 
     @property
     def last_cycle(self) -> int:
@@ -50,11 +54,14 @@ def prepare(cfg: RunConfig) -> Setup:
     validate(cfg)  # a RunConfig built by hand has not been through make_config
     # One of several processes (torchrun): the device distributed.start gave this rank.
     device = distributed.current_device() if distributed.is_initialised() else resolve_device(cfg.device)
-    train = load_dataset(cfg.dataset, **_dataset_args(cfg, "train", cfg.train_images))
-    val = load_dataset(cfg.dataset, **_dataset_args(cfg, "val", cfg.val_images))
+    stages: dict[str, Any] = {}
+    with measured(stages, "data"):
+        train = load_dataset(cfg.dataset, **_dataset_args(cfg, "train", cfg.train_images))
+        val = load_dataset(cfg.dataset, **_dataset_args(cfg, "val", cfg.val_images))
     if train.num_classes != val.num_classes:
         raise FastalError(f"{cfg.dataset}: train has {train.num_classes} classes, val {val.num_classes}")
-    cache = build_cache(train, superpixels=cfg.superpixels, cache_dir=cfg.cache_dir)
+    with measured(stages, "superpixels"):
+        cache = build_cache(train, superpixels=cfg.superpixels, cache_dir=cfg.cache_dir)
     n = cache.num_superpixels
     sched = cfg.schedule()
     initial_k = max(1, round(sched[0] / 100 * n))
@@ -67,7 +74,7 @@ def prepare(cfg: RunConfig) -> Setup:
             f"budget larger than the pool: {initial_k} initial + {cycles} = "
             f"{need} superpixels, the pool has {n} ({len(train)} images)"
         )
-    return Setup(cfg, train, val, cache, device, initial_k, cycle_ks)
+    return Setup(cfg, train, val, cache, device, initial_k, cycle_ks, stages)
 
 
 def check_before_training(setup: Setup) -> None:
@@ -77,7 +84,8 @@ def check_before_training(setup: Setup) -> None:
     from fastal.model.network import build_model
     from fastal.select.engines import resolve_engine
 
-    check_labels(setup.val)
+    with measured(setup.stages, "check"):
+        check_labels(setup.val)
     if setup.cfg.weights is not None:
         build_model(setup.cfg.backbone, setup.train.num_classes, setup.cfg.weights)
     resolve_engine(setup.cfg.engine, setup.device)

@@ -12,7 +12,8 @@ The layout (see :mod:`fastal.loop` for the order in which a cycle writes it)::
     full.json            the fully supervised reference (trained here, or copied from ``full_shared``)
     checkpoints/cycle-K.pt   Trainer state after training cycle K
     checkpoints/reference-partial.pt   the reference's trainer after its last epoch, while it trains
-    timings.json         seconds spent per cycle (the only thing a resumed run may not reproduce)
+    timings.json         seconds (and peak memory) per cycle and stage (the only thing a resumed run
+                         may not reproduce)
     clusters.json        per cycle, the clustering strategies' k, clusters_kept and kmeans_fits
     epochs.json          per cycle, per epoch: loss, CE, InfoNCE, learning rate (:mod:`fastal.tracking`)
     tensorboard/         with ``log = "tensorboard"``: the event file, rebuilt from the records above
@@ -36,7 +37,7 @@ import numpy as np
 
 from fastal.atomic import appending, atomic_dir, atomic_write_json, atomic_write_text, read_json
 from fastal.config import RunConfig, merge_config, read_toml, save_config, to_dict
-from fastal.errors import FastalError
+from fastal.errors import FastalError, check_path_names
 from fastal.oracle import OracleAnswer
 from fastal.pool import RegionPool
 from fastal.run_setup import PHASE_SELECT, Setup, phase_seed
@@ -57,6 +58,7 @@ def crash_point(name: str) -> None:
 def check_new_run_dir(run_dir: str | Path) -> None:
     """FastalError unless a new run directory can be made at ``run_dir`` (nothing is there)."""
     run_dir = Path(run_dir)
+    check_path_names(run_dir, written=True)
     if (run_dir / CONFIG).is_file():
         raise FastalError(f"{run_dir}: already exists (use --resume {run_dir} to continue it)")
     if run_dir.is_dir():
@@ -87,11 +89,14 @@ def _fingerprint(cfg: RunConfig) -> dict[str, Any]:
 
 
 def run_record(run_dir: str | Path) -> dict[str, Any]:
-    """``run.json``: the run's id and the configuration it was made with. A run directory made
-    before fastal wrote one gets it now, from its config.toml as it is (nothing older to check)."""
+    """``run.json``: the run's id and the configuration it was made with. Its absence is refused
+    like any damage: a record made anew from config.toml would let an edit through unchecked."""
     path = Path(run_dir) / RUN
     if not path.exists():
-        atomic_write_json(path, {"run_id": uuid.uuid4().hex, **_fingerprint(open_run(run_dir))})
+        raise FastalError(f"{path}: missing; it holds the run's id and the configuration the run was made with, "
+                          f"which config.toml is checked against: restore it, or `fastal run --resume {run_dir} "
+                          f"--accept-config-change` makes a new record from config.toml as it is (noted in "
+                          f"{RESULTS})")  # fmt: skip
     rec = read_json(path)
     if not (isinstance(rec, dict) and isinstance(rec.get("config"), dict) and isinstance(rec.get("run_id"), str)):
         raise FastalError(f"{path}: expected the run's record (run_id, config) written by fastal run")
@@ -111,8 +116,11 @@ def config_changes(run_dir: str | Path, cfg: RunConfig) -> dict[str, list[Any]]:
 
 def checked_config(run_dir: str | Path, accept_change: bool = False) -> tuple[RunConfig, dict[str, list[Any]]]:
     """The run's configuration and its changes since the run began (:func:`config_changes`);
-    FastalError naming the changed keys unless ``accept_change``."""
+    FastalError naming the changed keys unless ``accept_change`` (which also accepts a lost
+    run.json: the change is then ``{"run.json": [None, "made anew"]}``, the configuration before unknown)."""
     cfg = open_run(run_dir)
+    if accept_change and not (Path(run_dir) / RUN).exists():
+        return cfg, {RUN: [None, "made anew"]}
     changes = config_changes(run_dir, cfg)
     if changes and not accept_change:
         raise FastalError(f"{Path(run_dir) / CONFIG}: changed since the run began ({', '.join(changes)}); undo "
@@ -121,8 +129,9 @@ def checked_config(run_dir: str | Path, accept_change: bool = False) -> tuple[Ru
 
 
 def accept_config(run_dir: str | Path, cfg: RunConfig) -> None:
-    """From now on ``cfg`` is the configuration the run is checked against."""
-    atomic_write_json(Path(run_dir) / RUN, {"run_id": run_record(run_dir)["run_id"], **_fingerprint(cfg)})
+    """From now on ``cfg`` is the configuration the run is checked against (a lost run.json: under a new id)."""
+    run_id = run_record(run_dir)["run_id"] if (Path(run_dir) / RUN).exists() else uuid.uuid4().hex
+    atomic_write_json(Path(run_dir) / RUN, {"run_id": run_id, **_fingerprint(cfg)})
 
 
 def open_run(run_dir: str | Path) -> RunConfig:
@@ -151,7 +160,7 @@ def labels_of(setup: Setup, run_dir: str | Path, i: int) -> np.ndarray:
     from fastal.data.base import read_label
 
     path = Path(run_dir) / LABELS / f"{setup.train.image_id(i)}.png"
-    return read_label(path) if path.exists() else setup.train[i][1]
+    return read_label(path) if path.exists() else setup.train.label(i)
 
 
 class RunDir:
@@ -296,8 +305,12 @@ class RunDir:
         if have != want:
             atomic_write_text(path, "".join(line + "\n" for line in want))
 
-    def set_timing(self, cycle: int, key: str, seconds: float) -> None:
-        self.timings.setdefault(str(cycle), {})[key] = round(seconds, 3)
+    def set_timing(self, cycle: int, key: str, seconds: float, stages: dict[str, Any] | None = None) -> None:
+        """Record ``key``'s seconds of ``cycle`` and, merged into the cycle's, ``stages``
+        (:func:`fastal.stages.measured`'s records)."""
+        record = self.timings.setdefault(str(cycle), {})
+        record[key] = round(seconds, 3)
+        record["stages"] = {**record.get("stages", {}), **(stages or {})}
         atomic_write_json(self.dir / TIMINGS, self.timings)
 
     def commit(self, answer: OracleAnswer, cycle: int) -> None:

@@ -20,7 +20,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str]:
     [
         ("epochz = 2\n", [], "unknown key 'epochz'"),
         ('epochs = "two"\n', [], "epochs = 'two': expected int, got str"),
-        ("", ["--labels", "some"], "labels = 'some': choose one of dominant, full"),
+        ("", ["--labels", "some"], "--labels some: choose one of dominant, full"),
         ("", ["--initial", "40", "--budget-per-cycle", "20", "--cycles", "4"], "budget larger than the pool"),
         ("", ["--strategy", "clever"], "strategy 'clever': choose one of"),
         ("", ["--backbone", "vgg"], "backbone 'vgg': choose one of"),

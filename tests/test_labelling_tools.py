@@ -1,4 +1,4 @@
-"""CVAT and Label Studio (issue 30): what `fastal select --format` writes, parsed by the tools' own
+"""CVAT and Label Studio: what `fastal select --format` writes, parsed by the tools' own
 libraries (Datumaro, label_studio_converter); people's answers simulated from the ground truth,
 written in each tool's export format by those libraries (or by hand after the format's
 documentation), imported by `fastal label import --from`: the labels of the built-in oracle.

@@ -32,11 +32,12 @@ from fastal.run_report import CYCLE_KEYS, RESULT_KEYS
 from fastal.select.selection_table import SCHEMA, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMINGS = ("train_seconds", "select_seconds")
+TIMINGS = ("train_seconds", "select_seconds", "stages", "peak_rss_gb")
 
 
 def strip_timings(results: dict) -> dict:
     out = json.loads(json.dumps(results))
+    out.pop("setup", None)
     for c in out["cycles"]:
         for k in TIMINGS:
             c.pop(k)
@@ -80,6 +81,12 @@ def test_run_end_to_end(reference: Path, tiny: dict) -> None:
         assert c["cost_clicks"] == mine.sum()  # dominant labels: one click per superpixel
         assert 0.0 <= c["miou"] <= 1.0 and len(c["per_class_iou"]) == 11
         assert c["train_seconds"] > 0 and c["select_seconds"] >= 0
+        # Every stage of the cycle: seconds and this process's peak memory (a test process: > 50 MB).
+        want = {"select", "oracle", "commit", "train", "evaluate"} | ({"load", "score", "write"} if c["cycle"] > 1 else set())
+        assert set(c["stages"]) == want
+        assert all(st["seconds"] >= 0 and 0.05 < st["peak_rss_gb"] <= c["peak_rss_gb"] for st in c["stages"].values())
+        assert c["peak_rss_gb"] == max(st["peak_rss_gb"] for st in c["stages"].values())
+    assert {"data", "superpixels", "check"} <= set(res["setup"])
     per_cycle = np.bincount(pool.state, minlength=3)[1:]
     assert per_cycle[0] >= 1 and per_cycle[1] >= 1 and res["superpixels_per_cycle"] == round(0.05 * pool.num_superpixels)
     # Each cycle reaches its cumulative % of pixels (25, then 30) with its last superpixel,
@@ -242,10 +249,12 @@ def test_people_round_trip(reference: Path, tiny: dict, tmp_path: Path, capsys, 
     assert after.classes[gids].tolist() == expect.tolist()
     lines = (run_dir / "queries.jsonl").read_text().splitlines()
     assert len(lines) == after.num_labelled and json.loads(lines[-1])["cycle"] == 3
-    # Nothing more is imported before that cycle is trained.
+    # The same round again, before that cycle is trained: what is wrong is that it is in
+    # already, not that the cycle is untrained.
     with pytest.raises(SystemExit) as e:
         main(["label", "import", str(round_dir), "--run", str(run_dir)])
-    assert e.value.code == 2 and "cycle 3 is not trained yet" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "queries.json: superpixels already labelled (in cycles [3, 3, 3])" in err
     # The resumed run trains and evaluates the imported cycle, and selects nothing more.
     res = run_experiment(None, run_dir, resume=True)
     assert [c["cycle"] for c in res["cycles"]] == [1, 2, 3]

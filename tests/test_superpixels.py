@@ -300,3 +300,45 @@ def test_unwritable_cache_root_is_a_clear_error(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(FastalError, match="cannot write the superpixel cache"):
         build_cache(small_synthetic(1), superpixels=40, cache_dir=blocker / "cache", workers=1, show_progress=False)
+
+
+# ------------------------------------------------------------------------ cache format versions
+
+V1_CACHE = Path(__file__).parent / "data" / "superpixel_cache_v1"  # built by fastal d3acc91 (version 1)
+
+
+def test_new_layout_gives_the_old_layouts_local_maps_and_csr_order(tmp_path):
+    """Version 1 stored labels.npy and the CSR order (order.npy, uint32): version 2 stores only the
+    labels and rebuilds the order by a counting sort. Read against the stored version-1 files."""
+    root = tmp_path / "cache"
+    old_dir = root / "synthetic-train-89592efc50ab"
+    old_dir.mkdir(parents=True)
+    for f in V1_CACHE.iterdir():
+        (old_dir / f.name).write_bytes(f.read_bytes())
+    old_labels, old_order = np.load(old_dir / "labels.npy"), np.load(old_dir / "order.npy")
+    offsets = np.load(old_dir / "pixel_offsets.npy")
+
+    cache = build_cache(small_synthetic(3), superpixels=40, cache_dir=root, workers=1, show_progress=False)
+    assert not cache.reused and cache.manifest["version"] == spx.CACHE_VERSION == 2
+    assert sorted(p.name for p in cache.path.iterdir()) == [
+        "counts.npy", "labels.npy", "manifest.json", "pixel_offsets.npy", "shapes.npy", "sizes.npy"]
+    assert not old_dir.exists()  # the superseded version-1 cache of the same data went
+    assert (cache.path / "labels.npy").stat().st_size <= 2 * offsets[-1] + 128  # 2 bytes a pixel + header
+    assert np.array_equal(cache.sizes, np.load(V1_CACHE / "sizes.npy"))
+    for i in range(3):
+        pixels = slice(offsets[i], offsets[i + 1])
+        assert np.array_equal(cache.local(i).ravel(), old_labels[pixels])
+        perm, indptr = cache.csr(i)
+        assert np.array_equal(perm, old_order[pixels].astype(np.int64))
+        assert np.array_equal(indptr, np.concatenate([[0], np.cumsum(cache.sizes[cache.offsets[i]:cache.offsets[i + 1]])]))
+
+
+def test_csr_order_hand_computed_and_against_argsort():
+    from fastal.kernels.cpu import csr_order
+
+    perm, indptr = csr_order(np.array([[2, 0, 2], [1, 0, 2]], np.uint16), 4)
+    assert perm.tolist() == [1, 4, 3, 0, 2, 5] and indptr.tolist() == [0, 2, 3, 6, 6]
+    seg = np.random.default_rng(0).integers(0, 300, 100_003).astype(np.int32)
+    perm, indptr = csr_order(seg, 300)
+    assert np.array_equal(perm, np.argsort(seg, kind="stable"))
+    assert np.array_equal(np.diff(indptr), np.bincount(seg, minlength=300))

@@ -1,4 +1,4 @@
-"""`fastal run --log tensorboard` (issue 30): the event files read back with TensorBoard's own
+"""`fastal run --log tensorboard`: the event files read back with TensorBoard's own
 reader hold what results.json and epochs.json say, once per step, also after SIGKILLs and resumes."""
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ pool, and the teacher's pass plus pooling over a pool of images, timed per stage
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,13 +18,30 @@ def print_stages(title: str, stages: dict[str, float], total: float, count: int,
     from rich.console import Console
     from rich.table import Table
 
+    from fastal.progress import print_table
+
     table = Table(title=title)
     table.add_column("stage")
     table.add_column("seconds", justify="right")
     table.add_column(rate, justify="right")
     for name, sec in [*stages.items(), ("total", total)]:
         table.add_row(name, f"{sec:.3f}", f"{count / sec:,.{digits}f}" if sec > 0 else "-")
-    Console().print(table)
+    print_table(table, Console())
+
+
+def check_fits(superpixels: int, dim: int, device: Any) -> None:
+    """FastalError, before anything is allocated, when the synthetic pool's features alone
+    (float32, ``dim`` + 2 scores each) exceed the device's memory."""
+    import torch
+
+    need = superpixels * (dim + 2) * 4
+    if device.type == "cuda":
+        have, where = torch.cuda.mem_get_info(device)[1], f"{device}'s memory"
+    else:
+        have, where = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine's memory"
+    if need > have:
+        raise FastalError(f"--superpixels {superpixels}: the pool's features alone take {need / 2**30:,.0f} GiB, "
+                          f"more than {where} ({have / 2**30:,.0f} GiB)")
 
 
 @bench_app.command("selection")
@@ -63,7 +81,10 @@ def selection(
         raise FastalError(f"--strategy {strategy!r}: unknown; choose one of {', '.join(STRATEGIES)}")
     if json_path is not None:
         check_writable(json_path)  # before the work, not after it
+    if profile is not None:
+        check_writable(profile, directory=True)  # a folder: trace.json goes in it
     dev = resolve_device(device)
+    check_fits(superpixels, dim, dev)
     engine_name = resolve_engine(engine, dev)
     budget = max(1, round(budget_fraction * superpixels))
 

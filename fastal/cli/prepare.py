@@ -30,6 +30,7 @@ def prepare(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the summary here as JSON."),
 ) -> None:
     """Compute (or reuse) the SEEDS superpixel cache of a dataset split and summarise it."""
+    import resource
     import time
 
     import numpy as np
@@ -37,6 +38,7 @@ def prepare(
     from rich.table import Table
 
     from fastal.atomic import atomic_write_json, check_writable
+    from fastal.progress import print_table
     from fastal.data import load_dataset
     from fastal.data.superpixels import build_cache
 
@@ -62,6 +64,7 @@ def prepare(
     seconds = time.perf_counter() - start
 
     pixels = int(sp.sizes.sum())
+    cache_bytes = sum(f.stat().st_size for f in sp.path.iterdir())
     summary = {
         "dataset": ds.name,
         "split": ds.split,
@@ -81,6 +84,10 @@ def prepare(
         "size": list(ds.size) if ds.size else None,
         "image_shapes": sorted({f"{h}x{w}" for h, w in sp.shapes.tolist()}),
         "cache": portable_path(sp.path),
+        "cache_bytes_per_pixel": round(cache_bytes / pixels, 4),
+        # This process's and its workers' (the SEEDS processes') highest resident memory.
+        "peak_rss_gb": {who: round(resource.getrusage(w).ru_maxrss / 2**20, 3)
+                        for who, w in (("main", resource.RUSAGE_SELF), ("worker", resource.RUSAGE_CHILDREN))},
     }
 
     table = Table(title=f"superpixels of {ds.name}/{ds.split}", show_header=False)
@@ -93,11 +100,11 @@ def prepare(
         ("purity", f"{sp.purity:.4f}"),
         ("seconds", f"{seconds:.2f}" + (" (reused)" if sp.reused else f" (built with {sp.manifest['workers']} workers)")),
         ("reused", "yes" if sp.reused else "no"),
-        ("cache", str(sp.path)),
+        ("cache", f"{sp.path} ({summary['cache_bytes_per_pixel']:.2f} bytes a pixel)"),
     ]
     for k, v in rows:
         table.add_row(k, v)
-    Console().print(table)
+    print_table(table, Console())
 
     if json_path is not None:
         from fastal.machine import machine_info

@@ -57,6 +57,16 @@ def select_cmd(
         raise FastalError("select: give --run RUN_DIR, or --checkpoint PATH with --dataset")
     if run is not None:
         open_run(run)  # checks it is a run directory, before its lock file is made in it
+        # The run's pool is over its own data and superpixels, and its round is stamped with its id:
+        # neither other data nor another run's model can select it.
+        fixed = next((k for k in ("dataset", "data_root", "scale", "superpixels") if overrides[k] is not None), None)
+        if fixed is not None:
+            raise FastalError(f"--{fixed.replace('_', '-')}: the run {run} fixes it (its config.toml); drop it, "
+                              f"or select from a checkpoint without --run")  # fmt: skip
+        if checkpoint is not None and checkpoint.resolve().parent != (run / "checkpoints").resolve():
+            raise FastalError(f"--checkpoint {checkpoint}: not a model of the run {run} (its own are in "
+                              f"{run / 'checkpoints'}); the round would carry the run's id. Drop --run to select "
+                              f"with another model")  # fmt: skip
     # The run's writer lock: its pool and checkpoints must not change while they are read.
     with run_lock(run) if run is not None else contextlib.nullcontext():
         if run is not None:
@@ -64,6 +74,9 @@ def select_cmd(
             setup = prepare(cfg)
             r = RunDir(setup, run)
             latest = r.trained_checkpoint()  # also refuses a run whose latest cycle is not trained yet
+            if checkpoint is None and not latest.is_file():
+                raise FastalError(f"{latest}: missing; it is the run's latest model, which `fastal select --run` "
+                                  f"selects with (or give --checkpoint, another model of the run)")  # fmt: skip
             checkpoint = checkpoint or latest
             labelled = r.pool.labelled_mask
             run_id = run_record(run)["run_id"]

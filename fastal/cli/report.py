@@ -26,11 +26,13 @@ def report(
     """Group runs by strategy; mean ± std of mIoU over seeds at each cycle. Given sweep directories
     (`fastal sweep`), per strategy and budget, with paired differences to a baseline; a strategy
     a later sweep shares with an earlier one is named "<strategy> @ <sweep name>"."""
+    from fastal.errors import FastalError, check_path_names
     from fastal.sweep.report import is_sweep_dir, sweep_report
-    from fastal.errors import FastalError
     from fastal.progress import console
     from fastal.run_report import write_report
 
+    for d in run_dirs:
+        check_path_names(d)
     sweeps = [is_sweep_dir(d) for d in run_dirs]
     if all(sweeps):
         out = out or (run_dirs[0] / "report.png" if len(run_dirs) == 1 else Path("report.png"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,7 +46,9 @@ def run(
         None, "--target-ratio", help="Stop at this fraction of the fully supervised mIoU."
     ),
     log: str | None = typer.Option(None, "--log", help="none | tensorboard: event files in RUN_DIR/tensorboard/."),
-    out: Path | None = typer.Option(None, "--out", help="Run directory (default runs/<dataset>-<strategy>-seed<S>-<time>)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Run directory (default runs/<dataset>-<strategy>-seed<S>-<time>-<random>)."
+    ),
     resume: Path | None = typer.Option(None, "--resume", help="Continue the run in this directory."),
     accept_config_change: bool = typer.Option(
         False, "--accept-config-change", help="With --resume: continue under an edited config.toml (recorded in results.json)."
@@ -85,7 +88,9 @@ def run(
         raise FastalError("--accept-config-change goes with --resume RUN_DIR (a new run has nothing to change)")
     cfg = load_config(config, overrides)
     if out is None:
-        out = Path("runs") / f"{cfg.dataset}-{cfg.strategy}-seed{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        # The time alone is not unique: two runs started in the same second would share it.
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        out = Path("runs") / f"{cfg.dataset}-{cfg.strategy}-seed{cfg.seed}-{stamp}"
     if launches(nproc, cfg.nproc):  # the processes get the one --out decided here
         raise typer.Exit(distributed.launch(nproc or cfg.nproc, [*without_nproc(invocation), "--out", str(out)]))
     with distributed.session(cfg.device), resumable(out):
@@ -93,9 +98,10 @@ def run(
 
 
 @contextlib.contextmanager
-def resumable(run_dir: Path) -> Iterator[None]:
-    """Ctrl-C (SIGINT) or SIGTERM in the block: say how to continue, exit 128 + the signal's number.
-    SIGTERM is raised as KeyboardInterrupt, so atomic writes under way remove their temp files."""
+def resumable(directory: Path, command: str = "run", marker: str = "config.toml") -> Iterator[None]:
+    """Ctrl-C (SIGINT) or SIGTERM in the block: say how to continue (`fastal COMMAND --resume
+    DIRECTORY`, once ``DIRECTORY/marker`` is there), exit 128 + the signal's number. SIGTERM is
+    raised as KeyboardInterrupt, so atomic writes under way remove their temp files."""
 
     def terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt("SIGTERM")
@@ -105,11 +111,10 @@ def resumable(run_dir: Path) -> Iterator[None]:
         yield
     except KeyboardInterrupt as e:
         from fastal.progress import console
-        from fastal.rundir import CONFIG
 
         sig = signal.SIGTERM if e.args == ("SIGTERM",) else signal.SIGINT
-        then = (f"continue with `fastal run --resume {run_dir}`" if (run_dir / CONFIG).is_file()
-                else "the run directory was not made yet")  # fmt: skip
+        then = (f"continue with `fastal {command} --resume {directory}`" if (directory / marker).is_file()
+                else f"the {command} directory was not made yet")  # fmt: skip
         console.print(f"stopped by {sig.name}: {then}", highlight=False, soft_wrap=True)
         raise typer.Exit(128 + sig) from None
     finally:

@@ -27,8 +27,11 @@ def sweep(
     resume: Path | None = typer.Option(None, "--resume", help="Run what is left of the sweep in this directory."),
 ) -> None:
     """Run every combination of a sweep file's axes, one Dask task per run (exit 1 if any failed)."""
+    from fastal.cli.run import resumable
     from fastal.errors import FastalError
     from fastal.sweep import load_sweep, open_sweep_dir, run_sweep
+    from fastal.sweep.driver import check_local_cluster
+    from fastal.sweep.spec import SPEC
 
     if resume is not None:
         if sweep_file is not None or out is not None:
@@ -40,7 +43,11 @@ def sweep(
     else:
         spec = load_sweep(sweep_file)
         out = out or Path("sweeps") / sweep_file.stem
+    # Everything that can be checked is, before the sweep directory is made.
+    check_local_cluster(spec.runs(), scheduler, workers, threads_per_worker)
+    if resume is None:
         spec = open_sweep_dir(out, spec)
-    outcome = run_sweep(spec, out, scheduler=scheduler, workers=workers, threads=threads_per_worker)
+    with resumable(out, "sweep", SPEC):
+        outcome = run_sweep(spec, out, scheduler=scheduler, workers=workers, threads=threads_per_worker)
     if outcome.failed:
         raise typer.Exit(1)

@@ -71,15 +71,17 @@ def train(
 
     from rich.console import Console
 
-    from fastal.atomic import atomic_write_json
+    from fastal.atomic import atomic_write_json, check_writable
     from fastal.data import load_dataset
     from fastal.data.base import check_labels
     from fastal.device import resolve_device
     from fastal.errors import FastalError
+    from fastal.progress import print_table
     from fastal.train import TrainConfig, Trainer, evaluate
 
     if epochs < 1:  # TrainConfig allows 0 (fit nothing); a command that trains must train
         raise FastalError(f"--epochs {epochs}: must be at least 1")
+    check_writable(out, directory=True)  # before the cache and the epochs, not after them
     if seed < 0:  # numpy seeds are non-negative
         raise FastalError(f"--seed {seed}: must be >= 0")
     cfg = TrainConfig(backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size, amp=amp, seed=seed)
@@ -99,8 +101,8 @@ def train(
     teacher = evaluate(trainer.teacher, val_ds, train_ds.num_classes, dev, amp=amp, progress=True)
     student = evaluate(trainer.student, val_ds, train_ds.num_classes, dev, amp=amp, progress=True)
     console = Console()
-    console.print(_history_table(history))
-    console.print(_iou_table(f"{dataset} val, teacher, {backbone}", train_ds.classes, teacher))
+    print_table(_history_table(history), console)
+    print_table(_iou_table(f"{dataset} val, teacher, {backbone}", train_ds.classes, teacher), console)
     atomic_write_json(
         out / "train.json",
         {
@@ -156,6 +158,7 @@ def evaluate_command(
     from fastal.data import load_dataset
     from fastal.device import resolve_device
     from fastal.errors import FastalError
+    from fastal.progress import print_table
     from fastal.train import Trainer, evaluate
 
     if model not in ("teacher", "student"):
@@ -170,7 +173,7 @@ def evaluate_command(
     trainer = Trainer.load(checkpoint, dev, num_classes=ds.num_classes)
     net = trainer.teacher if model == "teacher" else trainer.student
     metrics = evaluate(net, ds, ds.num_classes, dev, batch_size=batch_size, amp=amp, progress=True)
-    Console().print(_iou_table(f"{dataset} {split}, {model}, {checkpoint.name}", ds.classes, metrics))
+    print_table(_iou_table(f"{dataset} {split}, {model}, {checkpoint.name}", ds.classes, metrics), Console())
     if json_path is not None:
         atomic_write_json(
             json_path,

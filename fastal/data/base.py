@@ -63,10 +63,16 @@ def resize_pair(
     h, w = shape
     # INTER_AREA averages when shrinking (no aliasing); bilinear when enlarging.
     interp = cv2.INTER_AREA if h * w < image.shape[0] * image.shape[1] else cv2.INTER_LINEAR
-    return (
-        cv2.resize(image, (w, h), interpolation=interp),
-        cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST),
-    )
+    return cv2.resize(image, (w, h), interpolation=interp), resize_label(label, shape)
+
+
+def resize_label(label: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``label`` at ``shape`` (H, W), nearest neighbour (:func:`resize_pair`'s label half)."""
+    import cv2
+
+    if label.shape == tuple(shape):
+        return label
+    return cv2.resize(label, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
 
 
 def _imread(path: Path, flags: int) -> np.ndarray | None:
@@ -94,9 +100,18 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def read_label(path: Path) -> np.ndarray:
-    """A single-channel uint8 (H, W) label image; FastalError when unreadable or not 8-bit grey."""
+    """A single-channel uint8 (H, W) label image; FastalError when unreadable, not 8-bit grey, or
+    JPEG data whatever its name: lossy compression invents class ids at the edges."""
     import cv2
 
+    try:
+        with open(path, "rb") as f:
+            lossy = f.read(3) == b"\xff\xd8\xff"
+    except OSError:
+        lossy = False  # missing or unreadable: said below
+    if lossy:
+        raise FastalError(f"{path}: JPEG data; label images must be lossless (PNG), JPEG compression changes "
+                          f"the class ids at the edges")  # fmt: skip
     label = _imread(path, cv2.IMREAD_UNCHANGED)
     if label is None:
         raise FastalError(f"{path}: cannot read label image (missing, truncated or not an image)")
@@ -224,6 +239,11 @@ class SegDataset:
             )
         return resize_pair(image, label, self.image_shape(i))
 
+    def label(self, i: int) -> np.ndarray:
+        """The label of item ``i`` as ``self[i][1]`` gives it; datasets that store labels in files
+        read only the label (an oracle needs no image: at 1024x2048 the image is most of the decoding)."""
+        return self[i][1]
+
     def describe(self, i: int) -> str:
         """Names item ``i`` in error messages (its files, where there are files)."""
         return f"{self.name}/{self.split} image {self.image_id(i)!r}"
@@ -297,6 +317,16 @@ class FileDataset(SegDataset):
         image = read_image(image_path)
         label = apply_lut(read_label(label_path), self.lut, label_path)
         return image, label
+
+    def label(self, i: int) -> np.ndarray:
+        i = self._check_index(i)
+        label_path = self.pairs[i][2]
+        label = apply_lut(read_label(label_path), self.lut, label_path)
+        raw = self._raw_shape(i)  # the image's, from its header: the check __getitem__ makes
+        if label.shape != tuple(raw):
+            raise FastalError(f"{self.describe(i)}: image is {raw[0]}x{raw[1]} "
+                              f"but its label is {label.shape[0]}x{label.shape[1]}")  # fmt: skip
+        return resize_label(label, self.image_shape(i))
 
     def _raw_shape(self, i: int) -> tuple[int, int]:
         image_path = self.pairs[i][1]

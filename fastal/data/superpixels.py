@@ -1,15 +1,15 @@
 """SEEDS superpixels of a dataset split, computed once in parallel and cached on disk.
 
 Index spaces: *local* ids ``0..counts[i]-1`` within image ``i``; *global* ids
-``offsets[i] + local`` across the pool. Per image the cache holds the local label map and
-its CSR form: the flat pixel indices sorted by superpixel (``order``) with ``indptr`` from
-the superpixel sizes, so reductions over superpixels need no atomics.
+``offsets[i] + local`` across the pool. Per image the cache holds the local label map; its CSR
+form (the flat pixel indices sorted by superpixel, with ``indptr`` from the superpixel sizes, so
+that reductions over superpixels need no atomics) is rebuilt from it on demand by a counting sort.
 
-On disk (one directory per dataset identity and parameters, written atomically)::
+On disk (one directory per dataset identity and parameters, written atomically), 2 bytes a pixel
+while an image has at most 65,536 superpixels (version 1 also stored the CSR order, 6 bytes)::
 
     manifest.json      parameters, image ids, shapes, counts, content hash, code version
     labels.npy         all local label maps, flattened and concatenated (uint16 when it fits)
-    order.npy          all per-image CSR pixel orders, concatenated (uint32)
     pixel_offsets.npy  int64 [N+1]: image i's pixels are [pixel_offsets[i], pixel_offsets[i+1])
     shapes.npy         int64 [N, 2]
     counts.npy         int64 [N]
@@ -41,7 +41,8 @@ from fastal.data.base import IGNORE, SegDataset, stable_hash
 from fastal.errors import FastalError
 
 # Bump when the on-disk format or the computation changes: old caches are then rebuilt.
-CACHE_VERSION = 1
+# 2: no order.npy (the CSR order is a counting sort of the label map away).
+CACHE_VERSION = 2
 SPACES = ("lab", "hsv")
 MAX_LEVELS = 5  # SEEDS block levels tried; more levels = finer block moves, coarser count steps
 
@@ -197,7 +198,6 @@ class SuperpixelCache:
         self.manifest: dict[str, Any] = json.loads((self.path / "manifest.json").read_text())
         self.reused = False  # set by build_cache
         self._labels = np.load(self.path / "labels.npy", mmap_mode="r")
-        self._order = np.load(self.path / "order.npy", mmap_mode="r")
         self.pixel_offsets = np.load(self.path / "pixel_offsets.npy")
         self.shapes = np.load(self.path / "shapes.npy")
         self.counts = np.load(self.path / "counts.npy")
@@ -243,10 +243,15 @@ class SuperpixelCache:
         return self.local(i).astype(np.int64) + self.offsets[i]
 
     def csr(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(perm int64 [H*W], indptr int64 [counts[i]+1]): flat pixel indices grouped by superpixel."""
-        perm = self._order[self._pixels(i)].astype(np.int64)
-        sizes = self.sizes[self.offsets[i] : self.offsets[i + 1]]
-        return perm, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        """(perm int64 [H*W], indptr int64 [counts[i]+1]): flat pixel indices grouped by superpixel,
+        in raster order within each (``np.argsort(local(i).ravel(), kind="stable")``).
+
+        A counting sort of the label map, O(pixels): the stored order of cache version 1 took 4 more
+        bytes a pixel on disk and loaded no faster (docs/cityscapes-scale.md).
+        """
+        from fastal.kernels.cpu import csr_order
+
+        return csr_order(np.asarray(self._labels[self._pixels(i)]), int(self.counts[i]))
 
     def image_of(self, gids: np.ndarray | int) -> np.ndarray:
         """Image index of each global id; FastalError for ids outside 0..num_superpixels-1."""
@@ -269,12 +274,7 @@ def _init_worker(ds: SegDataset, out_dir: Path, params: dict[str, Any], single_t
         import cv2
 
         cv2.setNumThreads(1)
-    _worker.update(
-        ds=ds,
-        params=params,
-        labels=np.load(out_dir / "labels.npy", mmap_mode="r+"),
-        order=np.load(out_dir / "order.npy", mmap_mode="r+"),
-    )
+    _worker.update(ds=ds, params=params, labels=np.load(out_dir / "labels.npy", mmap_mode="r+"))
 
 
 def _process(i: int, grid: SeedsGrid, start: int) -> tuple[int, np.ndarray, float, int]:
@@ -288,8 +288,6 @@ def _process(i: int, grid: SeedsGrid, start: int) -> tuple[int, np.ndarray, floa
     flat = local.ravel()
     stop = start + flat.size
     _worker["labels"][start:stop] = flat
-    # Stable, so pixels within a superpixel stay in raster order.
-    _worker["order"][start:stop] = np.argsort(flat, kind="stable")
     pure = purity(local, label, count, ds.num_classes, ds.ignore_index)
     return i, np.bincount(flat, minlength=count), float(np.nansum(pure)), int(np.isfinite(pure).sum())
 
@@ -305,13 +303,10 @@ def _build(ds: SegDataset, params: dict[str, Any], out: Path, workers: int, show
     grids = {(h, w): seeds_grid(h, w, params["superpixels"], params["max_levels"]) for h, w in {tuple(s) for s in shapes.tolist()}}
     max_count = max(g.realised for g in grids.values())
     label_dtype = np.uint16 if max_count <= np.iinfo(np.uint16).max + 1 else np.int32
-    if shapes.prod(1).max() > np.iinfo(np.uint32).max:
-        raise FastalError(f"{ds.name}: an image of {shapes.prod(1).max()} pixels is too large")
     total = int(pixel_offsets[-1])
-    for name, dtype in (("labels", label_dtype), ("order", np.uint32)):
-        # Only the header and the file size here: workers fill it through their own memory maps.
-        empty = open_memmap(out / f"{name}.npy", mode="w+", dtype=dtype, shape=(total,))
-        del empty
+    # Only the header and the file size here: workers fill it through their own memory maps.
+    empty = open_memmap(out / "labels.npy", mode="w+", dtype=label_dtype, shape=(total,))
+    del empty
 
     sizes: list[np.ndarray] = [np.empty(0, np.int64)] * n
     pure_sum, pure_n = 0.0, 0
@@ -388,6 +383,23 @@ def _open_valid(path: Path, content_hash: str) -> SuperpixelCache | None:
         return SuperpixelCache(path)
     except (OSError, ValueError, KeyError):
         return None
+
+
+def _remove_superseded(root: Path, keep: Path, identity: dict[str, Any], params: dict[str, Any]) -> None:
+    """Delete the caches of this dataset and parameters that an older CACHE_VERSION built: never
+    read again (their key holds the version), they would only hold the disk (37 GB at version 1
+    for Cityscapes' training split)."""
+    import shutil
+
+    identity = json.loads(json.dumps(identity))  # as a manifest holds it (tuples -> lists)
+    for other in root.glob(f"{keep.name.rsplit('-', 1)[0]}-*"):
+        try:
+            manifest = json.loads((other / "manifest.json").read_text())
+        except (OSError, ValueError):
+            continue  # not a cache, or another process's: not ours to judge
+        old = isinstance(manifest, dict) and manifest.get("version", CACHE_VERSION) < CACHE_VERSION
+        if other != keep and old and manifest.get("dataset") == identity and manifest.get("params") == params:
+            shutil.rmtree(other, ignore_errors=True)
 
 
 def cache_params(superpixels: int, space: str, iterations: int, prior: int, histogram_bins: int) -> dict[str, Any]:
@@ -469,6 +481,7 @@ def build_cache(
                     **summary,
                 }
                 atomic_write_json(tmp / "manifest.json", manifest)
+            _remove_superseded(root, path, ds.identity(), params)
     except BaseException as e:
         # Only empty folders go: leave nothing behind when the first build fails.
         for d in created:

@@ -311,8 +311,14 @@ def _ids(t: torch.Tensor) -> np.ndarray:
 
 
 def _csr_of(seg: torch.Tensor, num_segments: int) -> tuple[np.ndarray, np.ndarray]:
+    return csr_order(_ids(seg), num_segments)
+
+
+def csr_order(seg: np.ndarray, num_segments: int) -> tuple[np.ndarray, np.ndarray]:
+    """(perm int64, indptr int64 [num_segments + 1]) of the ids ``seg`` (any integer dtype, 1-D or
+    not): ``perm[indptr[s]:indptr[s+1]]`` are the flat indices with id s, ascending (a stable sort)."""
     # Thread count is read here: inside a cached kernel numba.get_num_threads() blocks caching.
-    return _csr(_ids(seg), num_segments, nb.get_num_threads())
+    return _csr(np.ascontiguousarray(seg).reshape(-1), num_segments, nb.get_num_threads())
 
 
 def segment_sum(values: torch.Tensor, seg: torch.Tensor, num_segments: int) -> torch.Tensor:

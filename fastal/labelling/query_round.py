@@ -109,6 +109,11 @@ def check_round(q: Any, qpath: Path, num_images: int) -> None:
             raise FastalError(f"{qpath}: query {r!r} lacks an integer superpixel, image or local")
         if not 0 <= r["image"] < num_images:
             raise FastalError(f"{qpath}: query {r!r}: image {r['image']} is not in 0..{num_images - 1}")
+    first: dict[int, int] = {}  # superpixel -> its first row
+    for k, r in enumerate(rows, start=1):
+        if first.setdefault(r["superpixel"], k) != k:
+            raise FastalError(f"{qpath}: superpixel {r['superpixel']} is queried twice (rows "
+                              f"{first[r['superpixel']]} and {k})")
 
 
 def check_round_fits(q: dict[str, Any], qpath: Path, run_dir: Path, run_id: str, cache: Any) -> None:
@@ -129,6 +134,16 @@ def check_round_fits(q: dict[str, Any], qpath: Path, run_dir: Path, run_id: str,
                               f"selected on other superpixels")  # fmt: skip
 
 
+def check_answered(answer: Any, rows: list[dict[str, Any]], masks: Path, ds: Any) -> None:
+    """FastalError naming the mask when a queried superpixel was left without a labelled pixel
+    (all 255): taken in, it would count as labelled, with no class, and never be asked again."""
+    empty = set(np.asarray(answer.ids)[np.asarray(answer.valid) == 0].tolist())
+    for number, r in enumerate(rows, start=1):
+        if r["superpixel"] in empty:
+            raise FastalError(f"{masks / ds.image_id(r['image'])}.png: query {number} of queries.csv (superpixel "
+                              f"{r['superpixel']}) has no labelled pixel (all 255); give it its class")
+
+
 def import_masks(round_dir: str | Path, run_dir: str | Path, export: str | Path | None = None) -> tuple[int, int]:
     """Label the superpixels of a `fastal select` round from the masks people put in ``round_dir/masks``,
     or from a labelling tool's ``export`` (:func:`fastal.labelling.exports.read_export`: then only
@@ -145,6 +160,8 @@ def import_masks(round_dir: str | Path, run_dir: str | Path, export: str | Path 
     from fastal.oracle import MaskOracle
 
     round_dir, run_dir = Path(round_dir), Path(run_dir)
+    if round_dir.is_file():
+        raise FastalError(f"{round_dir}: a file, not a round directory (give the directory that holds queries.json)")
     qpath = round_dir / "queries.json"
     q = read_json(qpath, f"is {round_dir} a round written by `fastal select`?")
     open_run(run_dir)  # a run directory, before its lock file is made in it
@@ -157,7 +174,6 @@ def import_masks(round_dir: str | Path, run_dir: str | Path, export: str | Path 
             raise FastalError(f"{qpath}: the round was selected on other data than the run {run_dir} uses")
         check_round_fits(q, qpath, run_dir, run_record(run_dir)["run_id"], cache)
         run = RunDir(setup, run_dir)
-        run.trained_checkpoint()  # people's labels go after the cycles the run has trained
         rows = q["queries"]
         if export is not None:
             from fastal.labelling.exports import answered_rows, read_export
@@ -180,11 +196,13 @@ def import_masks(round_dir: str | Path, run_dir: str | Path, export: str | Path 
                 raise FastalError(f"{path}: value {int(m[bad][0])} is no class (0..{ds.num_classes - 1}, 255 = none)")
             masks[i] = m
         answer = MaskOracle(masks, cache, ds.num_classes, mode=cfg.labels).query(gids)
+        check_answered(answer, rows, round_dir / "masks" if export is None else Path(export), ds)
         cycle = run.pool.current_cycle + 1
         try:
             run.pool.check_answer(answer, cycle)  # e.g. already labelled: refused before labels/ changes
         except FastalError as e:
             raise FastalError(f"{qpath}: {e}") from None
+        run.trained_checkpoint()  # people's labels go after the cycles the run has trained
         if cfg.labels == "full":
             # Keep the returned pixels inside the queried superpixels; training reads them from labels/.
             # Written before the pool commit: a kill in between leaves masks of unlabelled superpixels,

@@ -237,7 +237,8 @@ def score_pool_sharded(teacher: torch.nn.Module, ds: Any, cache: Any, image_indi
     (:func:`fastal.distributed.shard`, no image twice) and rank 0 returns the whole pool's scores,
     rows in pool order (the shares concatenated in rank order); the other ranks return None.
     ``options``: score_pool's. Not gathered yet: the prediction statistics (``pixels`` ...
-    ``class_pixels``), None in the result: strategies that read them do not run across processes."""
+    ``class_pixels``), None in the result; config.validate refuses the strategies that read them
+    (``strategies.PREDICTION_STRATEGIES``) with nproc > 1."""
     from fastal import distributed
 
     if not distributed.is_distributed():

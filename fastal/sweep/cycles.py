@@ -13,6 +13,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from fastal.errors import FastalError
 from fastal.sweep.spec import RUNS, RunSpec, value_name
 from fastal.sweep.tasks import CLASSES
 
@@ -21,11 +22,11 @@ FIXED = ("strategy", "seed", "cycle", "budget_pct", "pixel_pct", "superpixels", 
 
 
 def read_results(run_dir: Path) -> dict[str, Any] | None:
-    """A run's results.json, or None before its first evaluated cycle."""
-    from fastal.atomic import read_json
+    """A run's results.json, checked (:func:`fastal.run_report.read_results`), or None before its first
+    evaluated cycle."""
+    from fastal.run_report import read_results as checked_results
 
-    path = run_dir / "results.json"
-    return read_json(path) if path.is_file() else None
+    return checked_results(run_dir) if (run_dir / "results.json").is_file() else None
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -56,6 +57,47 @@ def cycle_rows(out: Path, runs: list[RunSpec]) -> list[dict[str, Any]]:
                        seconds=sum(s for s in seconds if s is not None))  # fmt: skip
             rows.append(row)
     return rows
+
+
+def read_cycles(path: Path, axes: list[str]) -> Any:
+    """``cycles.parquet`` as a DataFrame, checked as strictly as input: a parquet table with the
+    columns the report reads (``axes`` among them), of their types, the numbers in range, one row
+    per run and cycle. FastalError naming the file and the first fault."""
+    import pandas as pd
+    import pyarrow as pa
+    from pandas.api import types
+
+    try:
+        df = pd.read_parquet(path)
+    except FileNotFoundError:
+        raise FastalError(f"{path}: not found") from None
+    except (pa.ArrowException, OSError) as e:
+        raise FastalError(f"{path}: not a parquet table ({str(e).splitlines()[0]}); `fastal sweep --resume "
+                          f"{path.parent}` writes it again from the runs") from None  # fmt: skip
+    missing = [c for c in ("run", *axes, *FIXED) if c not in df.columns]
+    if missing:
+        raise FastalError(f"{path}: no column {missing[0]!r}; `fastal sweep --resume {path.parent}` writes it again")
+    if df.empty:
+        return df
+    checks = [("strategy", types.is_string_dtype, "text"), ("seed", types.is_integer_dtype, "integers"),
+              ("cycle", types.is_integer_dtype, "integers")]  # fmt: skip
+    for col, ok, want in checks:
+        if not ok(df[col]):
+            raise FastalError(f"{path}: column {col!r} holds {df[col].dtype}, expected {want}")
+    for col, top, nulls in (("miou", 1, False), ("full_miou", 1, True), ("pixel_pct", 100, False),
+                            ("budget_pct", 100, True)):  # fmt: skip
+        values = df[col]
+        if not (types.is_numeric_dtype(values) or (nulls and values.isna().all())):
+            raise FastalError(f"{path}: column {col!r} holds {values.dtype}, expected numbers")
+        values = values.astype(float)
+        bad = values[~(values.between(0, top) | (values.isna() if nulls else False))]
+        if len(bad):
+            raise FastalError(f"{path}: {col} = {bad.iloc[0]} (run {df['run'][bad.index[0]]}), expected a number "
+                              f"in [0, {top}]")  # fmt: skip
+    twice = df[df.duplicated(["run", "cycle"])]
+    if len(twice):
+        raise FastalError(f"{path}: run {twice['run'].iloc[0]} has cycle {twice['cycle'].iloc[0]} twice")
+    return df
 
 
 def write_cycles(out: Path, runs: list[RunSpec]) -> Any:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from fastal.sweep.cycles import TABLE, is_finished, read_results, write_cycles
 from fastal.sweep.tasks import TOPIC, reference_task, run_task
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+ADDRESS = re.compile(r"([a-z][a-z0-9+]*://)?\S+:\d+|[a-z][a-z0-9+]*://\S+")  # tcp://HOST:PORT, HOST:PORT, ...
 
 
 @dataclass
@@ -56,13 +58,8 @@ def connect(scheduler: str, workers: int | None, threads: int | None) -> Iterato
     import dask
     from distributed import Client, LocalCluster
 
-    if workers is not None and workers < 1:
-        raise FastalError(f"--workers {workers}: must be >= 1")
-    if threads is not None and threads < 1:
-        raise FastalError(f"--threads-per-worker {threads}: must be >= 1")
+    check_options(scheduler, workers, threads)
     if scheduler != "local":
-        if workers is not None:
-            raise FastalError(f"--workers starts a local cluster; the cluster at {scheduler} has its own workers")
         try:
             client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError, ValueError) as e:
@@ -90,6 +87,36 @@ def connect(scheduler: str, workers: int | None, threads: int | None) -> Iterato
             gpu = False
         with cluster, Client(cluster) as client:
             yield client, t, gpu
+
+
+def check_options(scheduler: str, workers: int | None, threads: int | None) -> None:
+    """The cluster options, checked before the sweep directory is made or a cluster started."""
+    if workers is not None and workers < 1:
+        raise FastalError(f"--workers {workers}: must be >= 1")
+    if threads is not None and threads < 1:
+        raise FastalError(f"--threads-per-worker {threads}: must be >= 1")
+    if scheduler != "local" and not ADDRESS.fullmatch(scheduler):
+        raise FastalError(f"--scheduler {scheduler}: expected local, or a running scheduler's address "
+                          f"(tcp://HOST:PORT)")  # fmt: skip
+    if scheduler != "local" and workers is not None:
+        raise FastalError(f"--workers starts a local cluster; the cluster at {scheduler} has its own workers")
+
+
+def check_placeable(runs: list[RunSpec], resources: list[dict[str, float]], where: str, gpu_cluster: bool) -> None:
+    """FastalError when a run needs a worker resource (``GPU``) that no worker has (``resources``:
+    each worker's): Dask would keep its task waiting for one, silently, for ever."""
+    need = next((r for r in runs if wants_gpu(r, gpu_cluster)), None)
+    if need is not None and not any(res.get("GPU", 0) >= 1 for res in resources):
+        raise FastalError(f"{need.name}: device = {need.cfg.device!r} needs a worker with a GPU (Dask resource "
+                          f"GPU), and {where} has none; use device = \"cpu\" or a cluster with GPU workers")
+
+
+def check_local_cluster(runs: list[RunSpec], scheduler: str, workers: int | None, threads: int | None) -> None:
+    """What can be known before a cluster starts: the options, and (a local cluster) whether its
+    workers can run every run."""
+    check_options(scheduler, workers, threads)
+    if scheduler == "local" and not cuda_cluster_available():
+        check_placeable(runs, [], "this machine (no CUDA device with dask-cuda)", False)
 
 
 def wants_gpu(run: RunSpec, gpu_cluster: bool) -> bool:
@@ -201,9 +228,13 @@ def run_sweep(sweep: Sweep, out: Path, scheduler: str = "local", workers: int | 
     runs = sweep.runs(out)
     todo = [r for r in runs if not is_finished(out / RUNS / r.name)]
     outcome = Outcome(len(runs), finished=[r.name for r in runs if r not in todo])
+    check_local_cluster(todo, scheduler, workers, threads)
     say(f"sweep {out}: {len(runs)} runs, {len(outcome.finished)} finished before, {len(todo)} to run")
     if todo:
         with connect(scheduler, workers, threads) as (client, t, gpu):
+            resources = [w.get("resources", {}) for w in client.scheduler_info()["workers"].values()]
+            if resources:  # none yet (batch jobs still queued): the tasks wait for workers, as Dask's do
+                check_placeable(todo, resources, f"the cluster at {client.scheduler.address}", gpu)
             say(f"Dask scheduler {client.scheduler.address}; {t} torch threads per run")
             events: queue.SimpleQueue = queue.SimpleQueue()
             client.subscribe_topic(TOPIC, lambda event: events.put(event[1]))  # event: (time, message)

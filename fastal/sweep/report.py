@@ -33,20 +33,18 @@ def is_sweep_dir(path: str | Path) -> bool:
 
 def load_cycles(sweep_dir: str | Path) -> tuple[Any, list[str]]:
     """``cycles.parquet`` of a sweep and its setting columns: the axes other than strategy and seed."""
-    import pandas as pd
-
-    from fastal.atomic import read_json
-    from fastal.sweep.spec import SPEC
-    from fastal.sweep.cycles import TABLE
+    from fastal.sweep.cycles import TABLE, read_cycles
+    from fastal.sweep.spec import SPEC, kept_sweep
 
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / TABLE
     if not path.is_file():
         raise FastalError(f"{path}: not found (run `fastal sweep --resume {sweep_dir}` to write it)")
-    df = pd.read_parquet(path)
+    axes = list(kept_sweep(sweep_dir / SPEC).axes)
+    df = read_cycles(path, axes)
     if df.empty:
         raise FastalError(f"{path}: no run has evaluated a cycle yet")
-    settings = [a for a in read_json(sweep_dir / SPEC)["axes"] if a not in ("strategy", "seed")]
+    settings = [a for a in axes if a not in ("strategy", "seed")]
     numbered = bool(df[BUDGET].isna().any())  # cycles people added have no planned budget
     if numbered:
         df[BUDGET] = df["cycle"].astype(float)
@@ -61,6 +59,8 @@ def load_sweeps(sweep_dirs: list[str | Path]) -> tuple[Any, list[str]]:
     strategy that an earlier sweep already has is named ``"<strategy> @ <sweep directory name>"``
     in the later ones. Column ``sweep``: "" for the first sweep's rows, the name for the others'."""
     import pandas as pd
+
+    from fastal.run_report import refuse_repeats
 
     frames, names, seen, settings = [], {}, set(), []
     for d in sweep_dirs:
@@ -89,6 +89,8 @@ def load_sweeps(sweep_dirs: list[str | Path]) -> tuple[Any, list[str]]:
         names[where.name] = where
         seen |= set(df["strategy"])
         frames.append(df)
+    # A copied sweep holds the same runs (run ids): paired with itself, it would double every seed.
+    refuse_repeats([r for d in sweep_dirs for r in sorted((Path(d) / "runs").glob("*/")) if (r / "run.json").is_file()])
     return pd.concat(frames, ignore_index=True), settings
 
 
@@ -239,7 +241,7 @@ def sweep_report(sweep_dirs: list[str | Path], out: str | Path | None, json_path
 
     from fastal.atomic import atomic_write_json, check_writable
     from fastal.machine import portable_path
-    from fastal.progress import console
+    from fastal.progress import print_table
 
     df, settings = load_sweeps(sweep_dirs)
     baseline = baseline or default_baseline(df)
@@ -257,7 +259,7 @@ def sweep_report(sweep_dirs: list[str | Path], out: str | Path | None, json_path
             t.add_column(h, justify="left" if i == 0 else "right")
         for r in rows:
             t.add_row(*r)
-        console.print(t)
+        print_table(t)
     if out is not None:
         plot(df, settings, out)
     if json_path is not None:

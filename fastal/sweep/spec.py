@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from fastal.config import REFERENCE_KEYS, RunConfig, load_config, merge_config, parse_toml, read_toml, to_dict
-from fastal.errors import FastalError
+from fastal.errors import NAME_MAX, TEMP_ROOM, FastalError
 
 SWEEP_KEYS = ("base", "axes", "set")
 SPEC = "sweep.json"  # DIR/sweep.json: the resolved sweep
 RUNS, REFERENCES = "runs", "references"  # DIR/runs/<run name>/, DIR/references/<name>/ and <name>.json
+# A run directory is made in a temp sibling ".<name>.<8 random>.tmp", beside <name>.lock and <name>.log.
+RUN_NAME_MAX = NAME_MAX - TEMP_ROOM
 PATH_KEYS = ("data_root", "cache_dir")  # made absolute: a worker's working directory may be another
 
 
@@ -79,8 +81,14 @@ def value_name(value: Any) -> str:
 
 
 def run_name(point: dict[str, Any]) -> str:
-    """``strategy=random,seed=0``: the run's directory name under DIR/runs."""
-    return ",".join(f"{k}={value_name(v)}" for k, v in point.items())
+    """``strategy=random,seed=0``: the run's directory name under DIR/runs. A name longer than a
+    file name may be (a long list on an axis) is cut, and ends in a digest of the whole name
+    (the point itself is in cycles.parquet's axis columns)."""
+    name = ",".join(f"{k}={value_name(v)}" for k, v in point.items())
+    if len(name.encode()) <= RUN_NAME_MAX:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{name.encode()[:RUN_NAME_MAX - 9].decode(errors='ignore')}~{digest}"
 
 
 def reference_key(cfg: RunConfig) -> dict[str, Any]:
@@ -104,9 +112,29 @@ def load_sweep(path: str | Path) -> Sweep:
     if base is not None and not isinstance(base, str):
         raise FastalError(f"{path}: base = {base!r}: expected the path of a run configuration")
     axes, fixed = data.get("axes", {}), data.get("set", {})
-    for name, table in (("axes", axes), ("set", fixed)):
-        if not isinstance(table, dict):
-            raise FastalError(f"{path}: {name} must be a table ([{name}]), not {type(table).__name__}")
+    if not isinstance(fixed, dict):
+        raise FastalError(f"{path}: set must be a table ([set]), not {type(fixed).__name__}")
+    check_axes(axes, fixed, path)
+    if "full_shared" in fixed:
+        raise FastalError(f"{path}: full_shared: a sweep trains and shares the references itself; drop it")
+    base_values: dict[str, Any] = {}
+    if base is not None:
+        base_path = path.parent / base
+        load_config(base_path)  # its own errors name the base file
+        # A base's full_shared (a single run's) gives way to the sweep's own references.
+        base_values = {k: v for k, v in read_toml(base_path).items() if k != "full_shared"}
+    cfg = merge_config(base_values, fixed, str(path))
+    config = to_dict(replace(cfg, **{k: str(Path(v).absolute()) for k in PATH_KEYS if (v := getattr(cfg, k))}))
+    sweep = Sweep(config, axes, str(path))
+    check_runs(sweep)
+    return sweep
+
+
+def check_axes(axes: Any, fixed: dict[str, Any], path: str | Path) -> None:
+    """FastalError naming ``path`` unless ``axes`` is a table of non-empty lists of distinct values,
+    one per known key not also in ``fixed`` (a sweep file's [set])."""
+    if not isinstance(axes, dict):
+        raise FastalError(f"{path}: axes must be a table ([axes]), not {type(axes).__name__}")
     if not axes:
         raise FastalError(f"{path}: [axes] names no key to cross (e.g. seed = [0, 1])")
     known = set(RunConfig.__dataclass_fields__)
@@ -123,19 +151,25 @@ def load_sweep(path: str | Path) -> Sweep:
             raise FastalError(f"{path}: axes.{key} = {values!r}: {repeated!r} is there twice")
         if key in fixed:
             raise FastalError(f"{path}: {key} is both in [axes] and [set]")
-    if "full_shared" in axes or "full_shared" in fixed:
+    if "full_shared" in axes:
         raise FastalError(f"{path}: full_shared: a sweep trains and shares the references itself; drop it")
-    base_values: dict[str, Any] = {}
-    if base is not None:
-        base_path = path.parent / base
-        load_config(base_path)  # its own errors name the base file
-        # A base's full_shared (a single run's) gives way to the sweep's own references.
-        base_values = {k: v for k, v in read_toml(base_path).items() if k != "full_shared"}
-    cfg = merge_config(base_values, fixed, str(path))
-    config = to_dict(replace(cfg, **{k: str(Path(v).absolute()) for k in PATH_KEYS if (v := getattr(cfg, k))}))
-    sweep = Sweep(config, axes, str(path))
-    check_runs(sweep)
-    return sweep
+
+
+def kept_sweep(spec: Path) -> Sweep:
+    """The sweep a sweep directory keeps in ``spec`` (sweep.json), checked as strictly as the sweep
+    file it was made from: read back from disk, it may have been edited or damaged since."""
+    from fastal.atomic import read_json
+
+    kept = read_json(spec)
+    if not isinstance(kept, dict) or sorted(kept) != ["axes", "config", "sweep_file"]:
+        raise FastalError(f"{spec}: expected the resolved sweep fastal wrote (keys sweep_file, config, axes), "
+                          f"found {sorted(kept) if isinstance(kept, dict) else type(kept).__name__}")  # fmt: skip
+    if not isinstance(kept["config"], dict) or not isinstance(kept["sweep_file"], str):
+        raise FastalError(f"{spec}: config must be an object and sweep_file a string")
+    check_axes(kept["axes"], {}, spec)
+    merge_config(kept["config"], None, f"{spec}: config")
+    check_runs(Sweep(kept["config"], kept["axes"], str(spec)))  # a message names sweep.json, not the file
+    return Sweep(kept["config"], kept["axes"], kept["sweep_file"])
 
 
 def check_runs(sweep: Sweep) -> None:
@@ -143,7 +177,7 @@ def check_runs(sweep: Sweep) -> None:
     try:
         sweep.runs()
     except FastalError as e:
-        raise FastalError(f"{sweep.source}: {str(e).removeprefix('config: ')}") from None
+        raise FastalError(f"{sweep.source}: {str(e).removeprefix('config: ').removeprefix(f'{sweep.source}: ')}") from None
 
 
 def first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
@@ -161,13 +195,15 @@ def first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 def open_sweep_dir(out: Path, sweep: Sweep | None) -> Sweep:
     """The sweep kept in ``out``: checked against ``sweep`` (a changed sweep file is refused), or
     ``out`` made for ``sweep`` when new. ``sweep=None`` (``--resume``): the kept one."""
-    from fastal.atomic import atomic_dir, read_json
+    from fastal.atomic import atomic_dir, check_writable
 
+    check_writable(out, directory=True)
     spec = out / SPEC
     if spec.is_file():
-        kept = read_json(spec)
+        kept_spec = kept_sweep(spec)
         if sweep is None:
-            return Sweep(kept["config"], kept["axes"], kept["sweep_file"])
+            return kept_spec
+        kept = kept_spec.to_json()
         key = first_difference(kept, sweep.to_json())
         if key is not None:
             section, name = ("axes", key[5:]) if key.startswith("axes.") else ("config", key)
