@@ -153,8 +153,8 @@ def test_cudf_table_on_the_device_equals_pandas(pool: dict, tmp_path: Path) -> N
 
 # ---- fastal report --------------------------------------------------------------------------------
 def fake_table(rows: list[tuple[int, int, int]]) -> pd.DataFrame:
-    """A table of picks (class, pixels, rank) and one row not picked."""
-    rows = [*rows, (3, 1000, -1)]
+    """A table of picks (class, pixels, rank) and one row not picked (never queried: class -1)."""
+    rows = [*rows, (-1, 1000, -1)]
     n = len(rows)
     cols = {name: np.full(n, -1) for name in SCHEMA}
     cols.update(superpixel=np.arange(n), image=np.zeros(n), entropy=np.zeros(n), margin=np.zeros(n),

@@ -140,6 +140,12 @@ def test_a_stopped_sweep_says_how_to_resume(tmp_path: Path, capsys, monkeypatch,
 
     monkeypatch.setattr(fastal.sweep, "run_sweep", stopped)
     out = tmp_path / "S"
-    code, err = cli(["sweep", sweep_file(tmp_path, {"seed": [0, 1]}), "--out", out], capsys)
+    # A suite started as a shell's background job inherits SIGINT ignored: handle it as a terminal's
+    # foreground job does (as tests/test_run_guard.py does for its child processes).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        code, err = cli(["sweep", sweep_file(tmp_path, {"seed": [0, 1]}), "--out", out], capsys)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert code == 128 + sig, err
     assert err.strip().splitlines()[-1] == f"stopped by {sig.name}: continue with `fastal sweep --resume {out}`"
