@@ -21,7 +21,7 @@ bench_app = typer.Typer(help="Benchmarks: kernels, selection throughput.", no_ar
 app.add_typer(bench_app, name="bench")
 
 
-def command_line(ctx: typer.Context) -> str:
+def command_of(ctx: typer.Context) -> str:
     """The command behind a result file, every option that was set spelled out (right also when
     the command runs in-process, e.g. under tests), paths as :func:`fastal.machine.portable_path`
     records them."""

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import typer
 
-from fastal.cli.app import bench_app, command_line
+from fastal.cli.app import bench_app, command_of
 from fastal.errors import FastalError
 
 
@@ -118,7 +118,7 @@ def selection(
 
     if json_path is not None:
         atomic_write_json(json_path, {
-            "command": command_line(ctx),
+            "command": command_of(ctx),
             "strategy": strategy, "engine": engine_name, "device": str(dev),
             "superpixels": superpixels, "dim": dim, "bank": bank, "classes": classes,
             "budget": budget, "seed": seed,
@@ -252,7 +252,7 @@ def scoring(
                  stages, seconds, images, "images/s", digits=2)
     if json_path is not None:
         atomic_write_json(json_path, {
-            "command": command_line(ctx),
+            "command": command_of(ctx),
             "dataset": dataset, "images": images, "size": list(hw), "backbone": backbone, "device": str(dev),
             "amp": amp, "batch_size": batch_size, "superpixels": kind, "superpixels_scored": counted[0],
             "distinct_images": len(ds) if dataset == "synthetic" else None,

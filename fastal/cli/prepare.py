@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from fastal.cli.app import app, command_line
+from fastal.cli.app import app, command_of
 from fastal.machine import portable_path
 
 
@@ -109,6 +109,6 @@ def prepare(
     if json_path is not None:
         from fastal.machine import machine_info
 
-        summary["command"] = command_line(ctx)
+        summary["command"] = command_of(ctx)
         summary["machine"] = machine_info()
         atomic_write_json(json_path, summary)
