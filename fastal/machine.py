@@ -26,6 +26,7 @@ def machine_info() -> dict[str, Any]:
     """CPU, cores, library versions and, where present, the GPU's name."""
     import numba
     import numpy
+    import pandas
     import torch
 
     info: dict[str, Any] = {
@@ -38,12 +39,23 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "numba": numba.__version__,
+        "pandas": pandas.__version__,
         "gpu": None,
     }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def made_on(info: dict[str, Any]) -> str:
+    """One line for the foot of a table: the machine and library versions of ``info`` (a
+    :func:`machine_info` record)."""
+    gpu = f", {info['gpu']} (CUDA {info.get('cuda')})" if info.get("gpu") else ", no GPU"
+    libraries = ", ".join(f"{name} {info[key]}" for key, name in (("torch", "torch"), ("numpy", "NumPy"),
+                          ("numba", "numba"), ("pandas", "pandas")) if key in info)  # fmt: skip
+    return (f"Made on {info['cpu']} ({info['cores']} cores{gpu}), {info['platform']}, with Python {info['python']}, "
+            f"{libraries}.")
 
 
 def portable_path(path: str | Path, cwd: str | Path | None = None) -> str:

@@ -259,8 +259,11 @@ def report_table(groups: list[Group]):
     return table
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path | None, json_path: str | Path | None) -> list[Group]:
-    """Table on the console, plot at ``out`` and JSON at ``json_path`` when given."""
+def write_report(run_dirs: list[str | Path], out: str | Path | None, json_path: str | Path | None,
+                 command: str | None = None) -> list[Group]:
+    """Table on the console, plot at ``out`` and JSON at ``json_path`` when given, with ``command``
+    (the command that made it) and the machine."""
+    from fastal.machine import machine_info
     from fastal.progress import print_table
 
     groups = group_runs(run_dirs)
@@ -274,7 +277,8 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None, json_path: 
     if out is not None:
         plot_curves(groups, out)
     if json_path is not None:
-        atomic_write_json(json_path, {"groups": [g.to_json() for g in groups], "query_classes": classes})
+        atomic_write_json(json_path, {"command": command, "machine": machine_info(),
+                                      "groups": [g.to_json() for g in groups], "query_classes": classes})
     return groups
 
 

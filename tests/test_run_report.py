@@ -70,6 +70,9 @@ def test_cli_writes_plot_and_json(runs: list[Path], tmp_path: Path, capsys, monk
     assert e.value.code == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     data = json.loads(js.read_text())
+    names = " ".join(f"{tmp_path.name}/{r.name}" for r in runs)
+    assert data["command"] == f"fastal report {names} --out {tmp_path.name}/rep.png --json {tmp_path.name}/rep.json"
+    assert data["machine"]["cores"] >= 1 and data["machine"]["torch"]
     rand = data["groups"][0]
     assert rand["strategy"] == "random" and rand["runs"] == [f"{tmp_path.name}/r0", f"{tmp_path.name}/r1"]
     assert rand["points"][0]["miou_mean"] == pytest.approx(0.3)

@@ -38,7 +38,7 @@ TINY = {
 }  # fmt: skip
 STRATEGIES, SEEDS = ["random", "entropy"], [0, 1]
 NAMES = [f"strategy={st},seed={s}" for st in STRATEGIES for s in SEEDS]
-TIMES = ("train_seconds", "select_seconds", "seconds")
+TIMES = ("train_seconds", "select_seconds", "strategy_seconds", "seconds")
 SWEEP = ["--workers", "2", "--threads-per-worker", "1"]
 
 
@@ -126,7 +126,7 @@ def test_sweep_runs_the_grid(uninterrupted: Path, tmp_path: Path) -> None:
     # cycles.parquet, row by row against results.json.
     df = pd.read_parquet(out / "cycles.parquet")
     assert list(df.columns[:4]) == ["run", "strategy", "seed", "cycle"]
-    assert list(df.columns[-3:]) == list(TIMES)
+    assert list(df.columns[-4:]) == list(TIMES)
     assert [c for c in df.columns if c.startswith("iou_")] == [f"iou_{c}" for c in CLASSES]
     assert len(df) == 8 and sorted(set(df["run"])) == sorted(NAMES)
     for row in df.itertuples():
@@ -138,6 +138,7 @@ def test_sweep_runs_the_grid(uninterrupted: Path, tmp_path: Path) -> None:
         assert row.pixel_pct == pytest.approx(100 * c["labelled_pixel_fraction"])
         assert (row.superpixels, row.clicks) == (c["labelled_superpixels"], c["cost_clicks"])
         assert row.seconds == pytest.approx(c["train_seconds"] + c["select_seconds"])
+        assert row.strategy_seconds == c["stages"]["select"]["seconds"]
         got = df.loc[row.Index, [f"iou_{k}" for k in CLASSES]].to_numpy(dtype=float)
         np.testing.assert_array_equal(got, [np.nan if v is None else v for v in c["per_class_iou"]])
     # fastal report on the sweep: entropy minus random at 8 %, seed by seed, by hand.

@@ -23,17 +23,22 @@ app.add_typer(bench_app, name="bench")
 
 def command_of(ctx: typer.Context) -> str:
     """The command behind a result file, every option that was set spelled out (right also when
-    the command runs in-process, e.g. under tests), paths as :func:`fastal.machine.portable_path`
-    records them."""
+    the command runs in-process, e.g. under tests), arguments in their place, paths as
+    :func:`fastal.machine.portable_path` records them."""
     parts = ["fastal", *ctx.command_path.split()[1:]]
-    for name, value in ctx.params.items():
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
         if value is None:
             continue
-        flag = "--json" if name == "json_path" else "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + flag[2:])
+        values = value if isinstance(value, list) else [value]  # a list: an argument or option given several times
+        words = [portable_path(v) if isinstance(v, Path) else str(v) for v in values]
+        if param.param_type_name == "argument":  # typer carries its own click: no isinstance
+            parts += words
+        elif isinstance(value, bool):  # a flag; one without a "--no-" spelling left out when off (its default)
+            parts += (param.opts if value else param.secondary_opts)[:1]
         else:
-            parts += [flag, portable_path(value) if isinstance(value, Path) else str(value)]
+            flag = max(param.opts, key=len)  # the long spelling
+            parts += [w for word in words for w in (flag, word)]
     return shlex.join(parts)
 
 

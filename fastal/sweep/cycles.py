@@ -3,13 +3,16 @@
 Columns: ``run`` (its directory name), one column per axis (list values joined by '+', as in the
 run names), ``strategy`` and ``seed`` (always), ``cycle``, ``budget_pct`` (the % of pixels the
 cycle aimed at), ``pixel_pct`` (the % labelled), ``superpixels``, ``clicks``, ``miou``,
-``full_miou``, ``iou_<class>`` per class (``iou_<index>`` until a run has recorded its class
-names), ``train_seconds``, ``select_seconds`` and ``seconds`` (their sum).
+``full_miou``, ``iou_<class>`` per class (``iou_<index>`` where a run records no class names),
+``train_seconds``, ``select_seconds`` (the selection phase: loading the teacher, scoring the pool,
+choosing), ``strategy_seconds`` (the choosing alone, results.json's ``stages.select``; null for a run
+older than the stages) and ``seconds`` (train + select).
 """
 
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from fastal.sweep.spec import RUNS, RunSpec, value_name
 from fastal.sweep.tasks import CLASSES
 
 TABLE = "cycles.parquet"
+STRATEGY_SECONDS = "strategy_seconds"
 FIXED = ("strategy", "seed", "cycle", "budget_pct", "pixel_pct", "superpixels", "clicks", "miou", "full_miou")
 
 
@@ -34,16 +38,33 @@ def is_finished(run_dir: Path) -> bool:
     return res is not None and res.get("stopped") is not None
 
 
-def cycle_rows(out: Path, runs: list[RunSpec]) -> list[dict[str, Any]]:
+def class_names(run_dir: Path, res: dict[str, Any] | None) -> list[str] | None:
+    """The names of a run's class ids: its results.json's ``classes`` (``res``), else the sweep's
+    classes.json beside it (runs older than the names in results.json); None where neither has them."""
     from fastal.atomic import read_json
 
+    path = run_dir / CLASSES
+    names = (res or {}).get("classes") or (read_json(path) if path.is_file() else None)
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise FastalError(f"{run_dir}: class names {str(names)[:80]}: expected a list of strings")
+    return names
+
+
+def stage_seconds(cycle: dict[str, Any], stage: str) -> float | None:
+    """Seconds of ``stage`` in a results.json cycle record (:mod:`fastal.stages`); None where the
+    run recorded none (runs older than the stages)."""
+    stages = cycle.get("stages")
+    record = stages.get(stage) if isinstance(stages, dict) else None
+    return record.get("seconds") if isinstance(record, dict) else None
+
+
+def cycle_rows(out: Path, runs: list[RunSpec]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         res = read_results(out / RUNS / run.name)
         if res is None:
             continue
-        names_path = out / RUNS / run.name / CLASSES
-        names = read_json(names_path) if names_path.is_file() else None
+        names = class_names(out / RUNS / run.name, res)
         for c in res["cycles"]:
             row: dict[str, Any] = {"run": run.name, **{k: value_name(v) if isinstance(v, list) else v
                                                       for k, v in run.point.items()}}  # fmt: skip
@@ -54,6 +75,7 @@ def cycle_rows(out: Path, runs: list[RunSpec]) -> list[dict[str, Any]]:
                 row[f"iou_{names[i] if names and i < len(names) else i}"] = iou
             seconds = [c.get(k) for k in ("train_seconds", "select_seconds")]
             row.update(train_seconds=seconds[0], select_seconds=seconds[1],
+                       strategy_seconds=stage_seconds(c, "select"),
                        seconds=sum(s for s in seconds if s is not None))  # fmt: skip
             rows.append(row)
     return rows
@@ -85,7 +107,9 @@ def read_cycles(path: Path, axes: list[str]) -> Any:
         if not ok(df[col]):
             raise FastalError(f"{path}: column {col!r} holds {df[col].dtype}, expected {want}")
     for col, top, nulls in (("miou", 1, False), ("full_miou", 1, True), ("pixel_pct", 100, False),
-                            ("budget_pct", 100, True)):  # fmt: skip
+                            ("budget_pct", 100, True), (STRATEGY_SECONDS, math.inf, True)):  # fmt: skip
+        if col not in df:  # strategy_seconds: not in tables written before it
+            continue
         values = df[col]
         if not (types.is_numeric_dtype(values) or (nulls and values.isna().all())):
             raise FastalError(f"{path}: column {col!r} holds {values.dtype}, expected numbers")
@@ -110,7 +134,7 @@ def write_cycles(out: Path, runs: list[RunSpec]) -> Any:
     head = ["run", *axes, *(k for k in FIXED if k not in axes)]
     rows = cycle_rows(out, runs)
     rest = list(dict.fromkeys(k for r in rows for k in r if k not in head))
-    tail = ["train_seconds", "select_seconds", "seconds"]
+    tail = ["train_seconds", "select_seconds", STRATEGY_SECONDS, "seconds"]
     df = pd.DataFrame(rows, columns=head + [k for k in rest if k not in tail] + tail)
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)

@@ -4,7 +4,8 @@ Per strategy and budget (and per value of every other axis but the seed): the mI
 std over seeds, and its ratio to the fully supervised reference; per strategy, the paired
 difference to a baseline strategy, seed by seed at the same budget (the seed-to-seed noise of
 the data and the initial set cancels in part): mean ± standard error (std / sqrt(n)) and how
-many seeds are ahead of / behind the baseline.
+many seeds are ahead of / behind the baseline; per strategy, its selection seconds per cycle
+(mean ± std over seeds) and which classes it picks (:mod:`fastal.sweep.picks`).
 
     >>> from fastal.sweep.report import load_cycles, summary, paired
     >>> df, settings = load_cycles("sweeps/camvid_cpu")
@@ -33,8 +34,8 @@ def is_sweep_dir(path: str | Path) -> bool:
 
 def load_cycles(sweep_dir: str | Path) -> tuple[Any, list[str]]:
     """``cycles.parquet`` of a sweep and its setting columns: the axes other than strategy and seed."""
-    from fastal.sweep.cycles import TABLE, read_cycles
-    from fastal.sweep.spec import SPEC, kept_sweep
+    from fastal.sweep.cycles import STRATEGY_SECONDS, TABLE, read_cycles
+    from fastal.sweep.spec import RUNS, SPEC, kept_sweep
 
     sweep_dir = Path(sweep_dir)
     path = sweep_dir / TABLE
@@ -50,6 +51,9 @@ def load_cycles(sweep_dir: str | Path) -> tuple[Any, list[str]]:
         df[BUDGET] = df["cycle"].astype(float)
     df.attrs["budgets"] = "cycle numbers" if numbered else "% of pixels"
     df["ratio"] = df["miou"] / df["full_miou"]
+    df["run_dir"] = [str(sweep_dir / RUNS / r) for r in df["run"]]  # where its queries.jsonl is
+    # A table written before the column: no run's seconds known.
+    df[STRATEGY_SECONDS] = df[STRATEGY_SECONDS].astype(float) if STRATEGY_SECONDS in df else math.nan
     return df, settings
 
 
@@ -146,6 +150,23 @@ def paired(df: Any, settings: list[str], baseline: str) -> Any:
     return out
 
 
+def selection_seconds(df: Any, settings: list[str]) -> Any:
+    """One row per (settings, strategy): the seconds its strategy took to select, per cycle
+    (``strategy_seconds``, cycles 2 on: cycle 1 draws the random initial set), averaged over each
+    run's cycles, then n runs (seeds) that recorded them, mean and sample std over those (std 0 for
+    one; n 0 and NaN for none: runs older than the stages)."""
+    from fastal.sweep.cycles import STRATEGY_SECONDS
+    from fastal.sweep.picks import FIRST_PICK
+
+    per_run = (df[df["cycle"] >= FIRST_PICK].groupby([*settings, "strategy", "run"], sort=False)[STRATEGY_SECONDS]
+                 .mean().rename("seconds").reset_index())  # fmt: skip
+    out = (per_run.groupby([*settings, "strategy"], sort=False)
+                  .agg(n=("seconds", "count"), seconds_mean=("seconds", "mean"), seconds_std=("seconds", "std"))
+                  .reset_index())  # fmt: skip
+    out.loc[out["n"] == 1, "seconds_std"] = 0.0
+    return out
+
+
 def default_baseline(df: Any) -> str:
     """``random`` when the sweep has it, else its first strategy."""
     strategies = list(dict.fromkeys(df["strategy"]))
@@ -163,14 +184,27 @@ def miou_cell(mean: float, std: float, ratio: float | None, n: int, seeds: int) 
     return cell + ("" if n == seeds else f" [n={n}]")
 
 
-def tables(df: Any, settings: list[str], baseline: str) -> list[Table]:
-    """The report's tables as (title, header, rows) of strings: mIoU per budget, paired differences."""
+def seconds_cell(row: Any, seeds: int) -> str:
+    """A :func:`selection_seconds` row as "mean ± std" ("n/a" where no run recorded them), "[n=k]"
+    where fewer than ``seeds`` seeds did."""
+    if row is None or row["n"] == 0:
+        return "n/a"
+    digits = 3 if row["seconds_mean"] < 10 else 1  # the score strategies choose in milliseconds
+    cell = f"{row['seconds_mean']:.{digits}f} ± {row['seconds_std']:.{digits}f}"
+    return cell + ("" if row["n"] == seeds else f" [n={row['n']}]")
+
+
+def tables(df: Any, settings: list[str], baseline: str, picks: list[dict[str, Any]]) -> list[Table]:
+    """The report's tables as (title, header, rows) of strings: mIoU per budget and selection
+    seconds per cycle, paired differences, the classes picked (``picks``:
+    :func:`fastal.sweep.picks.pick_shares`)."""
     summ, pair, full = summary(df, settings), paired(df, settings, baseline), fully_supervised(df, settings)
+    seconds = {tuple(r[[*settings, "strategy"]]): r for _, r in selection_seconds(df, settings).iterrows()}
     budgets = sorted(df[BUDGET].unique())
     header = ["", *(f"{b:g} %" for b in budgets)]
     seeds = df["seed"].nunique()
     rows = []
-    for _, g in summ.groupby([*settings, "strategy"], sort=False):
+    for key, g in summ.groupby([*settings, "strategy"], sort=False):
         cells = {r[BUDGET]: r for _, r in g.iterrows()}
         row = [_label(g.iloc[0], settings)]
         for b in budgets:
@@ -180,12 +214,14 @@ def tables(df: Any, settings: list[str], baseline: str) -> list[Table]:
                 continue
             ratio = None if math.isnan(r["ratio_mean"]) else r["ratio_mean"]
             row.append(miou_cell(r["miou_mean"], r["miou_std"], ratio, r["n"], seeds))
-        rows.append(row)
+        rows.append([*row, seconds_cell(seconds.get(key), seeds)])
     for _, r in full.iterrows():
         name = ", ".join([*(f"{k}={r[k]}" for k in settings), "fully supervised"]) + (
             f" @ {r['sweep']}" if r.get("sweep") else "")  # fmt: skip
-        rows.append([name, *([f"{r['miou_mean']:.3f} ± {r['miou_std']:.3f}"] * len(budgets))])
-    out = [("mIoU, mean ± std over seeds (ratio to fully supervised)", header, rows)]
+        rows.append([name, *([f"{r['miou_mean']:.3f} ± {r['miou_std']:.3f}"] * len(budgets)), ""])
+    title = ("mIoU, mean ± std over seeds (ratio to fully supervised); selection seconds per cycle: the strategy's "
+             "own step (cycles 2 on, after scoring the pool), mean ± std over seeds")
+    out = [(title, [*header, "selection s / cycle"], rows)]
     prow = []
     for _, g in pair.groupby([*settings, "strategy"], sort=False):
         cells = {r[BUDGET]: r for _, r in g.iterrows()}
@@ -196,6 +232,14 @@ def tables(df: Any, settings: list[str], baseline: str) -> list[Table]:
         ])  # fmt: skip
     if prow:
         out.append((f"minus {baseline}, seed by seed: mean ± standard error, seeds ahead/behind", header, prow))
+    if any(p["runs"] for p in picks):
+        classes = list(dict.fromkeys(k for p in picks for k in p["region_pct"]))
+        title = ("% of the regions each strategy picked, by the class the oracle gave them (void: no labelled "
+                 "pixel); its own picks only, cycles 2 on (cycle 1 is the random initial set); mean over the seeds "
+                 "with picks (the JSON has the % of pixels too)")
+        out.append((title, ["", "seeds", *classes],
+                    [[_label(p, settings), str(p["runs"]), *(f"{p['region_pct'].get(c, 0.0):.1f}" if p["runs"]
+                      else "" for c in classes)] for p in picks]))  # fmt: skip
     return out
 
 
@@ -233,22 +277,33 @@ def plot(df: Any, settings: list[str], path: str | Path) -> None:
 Table = tuple[str, list[str], list[list[str]]]  # title, header, rows
 
 
+def picks_plot_path(out: str | Path) -> Path:
+    """Where the bars of the classes picked go: beside the report's plot (``report-classes.png``)."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}-classes{out.suffix}")
+
+
 def sweep_report(sweep_dirs: list[str | Path], out: str | Path | None, json_path: str | Path | None,
-                 baseline: str | None = None, as_markdown: bool = False) -> list[Table]:
-    """Print the tables of one sweep or several side by side (:func:`load_sweeps`); plot at ``out``
-    and write the numbers as JSON at ``json_path`` when given."""
+                 baseline: str | None = None, as_markdown: bool = False, command: str | None = None) -> list[Table]:
+    """Print the tables of one sweep or several side by side (:func:`load_sweeps`) and the machine
+    and library versions they were made with; plot at ``out`` (and the classes picked beside it,
+    :func:`picks_plot_path`) and write the numbers as JSON at ``json_path`` when given, with
+    ``command`` (the command that made them) and the machine."""
     from rich.table import Table
 
     from fastal.atomic import atomic_write_json, check_writable
-    from fastal.machine import portable_path
-    from fastal.progress import print_table
+    from fastal.machine import machine_info, made_on, portable_path
+    from fastal.progress import console, print_table
+    from fastal.sweep.picks import pick_shares, plot_picks
 
     df, settings = load_sweeps(sweep_dirs)
     baseline = baseline or default_baseline(df)
-    for target in (out, json_path):
+    picks = pick_shares(df, settings)
+    bought = any(p["runs"] for p in picks)  # some strategy has picks: their bars are drawn
+    for target in (out, json_path, *([picks_plot_path(out)] if out is not None and bought else [])):
         if target is not None:
             check_writable(target)
-    result = tables(df, settings, baseline)
+    result = tables(df, settings, baseline, picks)
     for table in result:
         if as_markdown:
             print(markdown(table) + "\n")
@@ -260,13 +315,25 @@ def sweep_report(sweep_dirs: list[str | Path], out: str | Path | None, json_path
         for r in rows:
             t.add_row(*r)
         print_table(t)
+    machine = machine_info()
+    # The project's rule: a table says on which machine and library versions it was made.
+    if as_markdown:
+        print(made_on(machine))
+    else:
+        console.print(made_on(machine), highlight=False, soft_wrap=True)
     if out is not None:
         plot(df, settings, out)
+        if bought:
+            plot_picks(picks, [_label(p, settings) for p in picks], picks_plot_path(out))
+            console.print(f"classes picked: {picks_plot_path(out)}")
     if json_path is not None:
         atomic_write_json(json_path, {
+            "command": command, "machine": machine,
             "sweeps": [portable_path(d) for d in sweep_dirs], "baseline": baseline,
             "summary": summary(df, settings).to_dict(orient="records"),
             "paired": paired(df, settings, baseline).to_dict(orient="records"),
             "fully_supervised": fully_supervised(df, settings).to_dict(orient="records"),
+            "selection_seconds": selection_seconds(df, settings).to_dict(orient="records"),
+            "picks": picks,
         })  # fmt: skip
     return result
