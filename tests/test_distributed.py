@@ -7,10 +7,15 @@ one process doing the same work alone:
 - sharded pool scoring = one process's scoring, exactly, every column (the prediction statistics
   and the pool's class statistics too), also with a rank that gets no image, and the strategies
   that read them pick the same regions from either;
+- the same at Cityscapes size: 3 generated full-size images (1024x2048, ~2,000 SEEDS regions each),
+  scored by one random strided convolution on EfficientNet-Lite0's stride-16 grid (the sharing
+  of full-size images, regions and kernels is what is tested; a real backbone, as on the tiny
+  data, would only multiply the seconds);
 - sharded evaluation = one process's confusion matrix, exactly.
 
-The job runs once per module (spawning 2 processes costs seconds); each rank writes what it
-computed to a file, and the tests compare those with references computed here.
+The job runs once per module (spawning 2 processes costs seconds, more than all the Cityscapes
+scoring); each rank writes what it computed to a file, and the tests compare those with references
+computed here.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from test_select_scoring import TinyTeacher
 
 from fastal import distributed
 from fastal.data import load_dataset
+from fastal.data.generate_cityscapes import generate_cityscapes
 from fastal.data.superpixels import build_cache
 from fastal.errors import FastalError
 from fastal.select.scoring import PoolScores, score_pool, score_pool_sharded
@@ -45,12 +52,21 @@ LONE = {"lone": ([5], "mean"), "none": ([], "sum")}
 # The strategies that read the prediction columns (PoolScores.pixels ... class_pixels).
 PREDICTION_STRATEGIES = ("cb-ratio", "cb-ratio-pixels", "impurity-entropy", "weighted-ratio", "contrastive-balanced")
 VAL_IMAGES = 5
+CITYSCAPES = 3  # full-size generated images: shares of 2 and 1
 
 
 def data(cache_dir: str):
     train = load_dataset("synthetic", split="train", num_images=8, size=(32, 48))
     val = load_dataset("synthetic", split="val", num_images=VAL_IMAGES, size=(32, 48))
     return train, val, build_cache(train, superpixels=12, cache_dir=cache_dir, show_progress=False)
+
+
+def cityscapes(root: Path) -> tuple:
+    """The generated tree's training split, its cache of ~2,000 regions an image (one worker: SEEDS
+    on 3 images takes seconds, starting a pool of workers more) and the network that scores it."""
+    ds = load_dataset("cityscapes", root=root)
+    cache = build_cache(ds, superpixels=2000, cache_dir=root / "spcache", workers=1, show_progress=False)
+    return ds, cache, TinyTeacher(ds.num_classes, dim=128, stride=16)
 
 
 def batches(train) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -116,6 +132,9 @@ def rank_main(rank: int, port: int, cache_dir: str, out: str) -> None:
             scores = score_pool_sharded(teacher, train, cache, images, "cpu", region_entropy=region_entropy,
                                         show_progress=False)  # fmt: skip
             result[f"scores-{name}"] = None if scores is None else vars(scores)
+        full, full_cache, full_teacher = cityscapes(Path(out) / "cityscapes")
+        scores = score_pool_sharded(full_teacher, full, full_cache, np.arange(CITYSCAPES), "cpu", show_progress=False)
+        result["scores-cityscapes"] = None if scores is None else vars(scores)
         result["confusion"] = evaluate(teacher, val, val.num_classes, "cpu", batch_size=2)["confusion"]
     torch.save(result, Path(out) / f"rank-{rank}.pt")
 
@@ -131,10 +150,12 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The ranks' results (rank -> dict), with the data they worked on."""
     out = tmp_path_factory.mktemp("ddp")
     cache_dir = str(out / "spcache")
-    train, val, cache = data(cache_dir)  # the cache is built once, before the ranks read it
+    train, val, cache = data(cache_dir)  # the caches are built once, before the ranks read them
+    generate_cityscapes(out / "cityscapes", train=CITYSCAPES, val=1, seed=2, workers=1, show_progress=False)
+    full = cityscapes(out / "cityscapes")
     mp.spawn(rank_main, args=(free_port(), cache_dir, str(out)), nprocs=WORLD)
     ranks = {r: torch.load(out / f"rank-{r}.pt", weights_only=False) for r in range(WORLD)}
-    return {"ranks": ranks, "train": train, "val": val, "cache": cache}
+    return {"ranks": ranks, "train": train, "val": val, "cache": cache, "cityscapes": full}
 
 
 # ---- the equivalences ---------------------------------------------------------------------------
@@ -252,6 +273,15 @@ def test_prediction_strategies_pick_the_same_regions_from_sharded_scores(job: di
                     umap={"n_neighbors": 5, "n_epochs": 20}).ids for scores in (got, scored)]  # fmt: skip
     np.testing.assert_array_equal(*picks)
     assert not labelled[picks[0]].any()
+
+
+def test_sharded_scoring_of_full_size_cityscapes_images_equals_one_process(job: dict) -> None:
+    ds, cache, teacher = job["cityscapes"]
+    assert cache.shapes.tolist() == [[1024, 2048]] * CITYSCAPES and np.all(cache.counts > 1500)
+    want = scored_alone(teacher, ds, cache, np.arange(CITYSCAPES))
+    assert int(want.pixels.sum()) == CITYSCAPES * 1024 * 2048
+    assert job["ranks"][1]["scores-cityscapes"] is None
+    assert_same_scores(job["ranks"][0]["scores-cityscapes"], want)
 
 
 def test_sharded_evaluation_gives_the_same_confusion_matrix(job: dict) -> None:
