@@ -188,7 +188,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     of strategies and backbones, and a budget that fits in 100% of the pixels."""
     from fastal.model import BACKBONES
     from fastal.select import STRATEGIES
-    from fastal.select.strategies import PREDICTION_STRATEGIES
     from fastal.select.umap.params import range_problems
 
     def need(cond: bool, msg: str) -> None:
@@ -225,9 +224,6 @@ def validate(cfg: RunConfig) -> RunConfig:
     need(math.isfinite(cfg.lr) and cfg.lr > 0, f"lr = {cfg.lr}: must be > 0")
     need(math.isfinite(cfg.clusters) and cfg.clusters >= 1, f"clusters = {cfg.clusters}: must be >= 1 (KMeans clusters per queried region)")
     need(cfg.strategy in STRATEGIES, f"strategy {cfg.strategy!r}: choose one of {', '.join(STRATEGIES)}")
-    need(cfg.nproc == 1 or cfg.strategy not in PREDICTION_STRATEGIES,
-         f"strategy {cfg.strategy!r} runs in one process only (nproc = {cfg.nproc}): its predicted-class "
-         "scores are not gathered across processes yet")  # fmt: skip
     need(cfg.backbone in BACKBONES, f"backbone {cfg.backbone!r}: choose one of {', '.join(BACKBONES)}")
     key_of = {name: key for key, name in UMAP_KEYS.items()}
     for name, rule in range_problems({name: getattr(cfg, key) for key, name in UMAP_KEYS.items()}):

@@ -4,11 +4,18 @@ one process doing the same work alone:
 
 - a DDP training step with B images per rank = one step with the 2B images (parameters, batch-norm
   statistics, teacher and memory bank afterwards, to float tolerance);
-- sharded pool scoring = one process's scoring, exactly;
+- sharded pool scoring = one process's scoring, exactly, every column (the prediction statistics
+  and the pool's class statistics too), also with a rank that gets no image, and the strategies
+  that read them pick the same regions from either;
+- the same at Cityscapes size: 3 generated full-size images (1024x2048, ~2,000 SEEDS regions each),
+  scored by one random strided convolution on EfficientNet-Lite0's stride-16 grid (the sharing
+  of full-size images, regions and kernels is what is tested; a real backbone, as on the tiny
+  data, would only multiply the seconds);
 - sharded evaluation = one process's confusion matrix, exactly.
 
-The job runs once per module (spawning 2 processes costs seconds); each rank writes what it
-computed to a file, and the tests compare those with references computed here.
+The job runs once per module (spawning 2 processes costs seconds, more than all the Cityscapes
+scoring); each rank writes what it computed to a file, and the tests compare those with references
+computed here.
 """
 
 from __future__ import annotations
@@ -21,12 +28,15 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from test_select_scoring import TinyTeacher
 
 from fastal import distributed
 from fastal.data import load_dataset
+from fastal.data.generate_cityscapes import generate_cityscapes
 from fastal.data.superpixels import build_cache
 from fastal.errors import FastalError
-from fastal.select.scoring import score_pool, score_pool_sharded
+from fastal.select.scoring import PoolScores, score_pool, score_pool_sharded
+from fastal.select.strategies import select
 from fastal.train import TrainConfig, Trainer, evaluate
 
 WORLD = 2
@@ -36,13 +46,27 @@ TRAIN = dict(backbone="resnet18", batch_size=WORLD * PER_RANK, negatives=16, ban
 TRAIN_LR = TrainConfig().lr
 STEPS = 2  # the second step checks that Adam's moments and the bank's queues go on alike
 SCORED = np.array([6, 0, 1, 3, 4, 7, 2])  # 7 images, not in order: shares of 4 and 3
+# Shares of 1 and 0 (rank 1 enters every gather with empty columns), scored with the mean entropy;
+# and no image at all.
+LONE = {"lone": ([5], "mean"), "none": ([], "sum")}
+# The strategies that read the prediction columns (PoolScores.pixels ... class_pixels).
+PREDICTION_STRATEGIES = ("cb-ratio", "cb-ratio-pixels", "impurity-entropy", "weighted-ratio", "contrastive-balanced")
 VAL_IMAGES = 5
+CITYSCAPES = 3  # full-size generated images: shares of 2 and 1
 
 
 def data(cache_dir: str):
     train = load_dataset("synthetic", split="train", num_images=8, size=(32, 48))
     val = load_dataset("synthetic", split="val", num_images=VAL_IMAGES, size=(32, 48))
     return train, val, build_cache(train, superpixels=12, cache_dir=cache_dir, show_progress=False)
+
+
+def cityscapes(root: Path) -> tuple:
+    """The generated tree's training split, its cache of ~2,000 regions an image (one worker: SEEDS
+    on 3 images takes seconds, starting a pool of workers more) and the network that scores it."""
+    ds = load_dataset("cityscapes", root=root)
+    cache = build_cache(ds, superpixels=2000, cache_dir=root / "spcache", workers=1, show_progress=False)
+    return ds, cache, TinyTeacher(ds.num_classes, dim=128, stride=16)
 
 
 def batches(train) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -104,6 +128,13 @@ def rank_main(rank: int, port: int, cache_dir: str, out: str) -> None:
         teacher = Trainer(TrainConfig(**TRAIN), train.num_classes).teacher
         scores = score_pool_sharded(teacher, train, cache, SCORED, "cpu", show_progress=False)
         result["scores"] = None if scores is None else vars(scores)
+        for name, (images, region_entropy) in LONE.items():
+            scores = score_pool_sharded(teacher, train, cache, images, "cpu", region_entropy=region_entropy,
+                                        show_progress=False)  # fmt: skip
+            result[f"scores-{name}"] = None if scores is None else vars(scores)
+        full, full_cache, full_teacher = cityscapes(Path(out) / "cityscapes")
+        scores = score_pool_sharded(full_teacher, full, full_cache, np.arange(CITYSCAPES), "cpu", show_progress=False)
+        result["scores-cityscapes"] = None if scores is None else vars(scores)
         result["confusion"] = evaluate(teacher, val, val.num_classes, "cpu", batch_size=2)["confusion"]
     torch.save(result, Path(out) / f"rank-{rank}.pt")
 
@@ -119,10 +150,12 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The ranks' results (rank -> dict), with the data they worked on."""
     out = tmp_path_factory.mktemp("ddp")
     cache_dir = str(out / "spcache")
-    train, val, cache = data(cache_dir)  # the cache is built once, before the ranks read it
+    train, val, cache = data(cache_dir)  # the caches are built once, before the ranks read them
+    generate_cityscapes(out / "cityscapes", train=CITYSCAPES, val=1, seed=2, workers=1, show_progress=False)
+    full = cityscapes(out / "cityscapes")
     mp.spawn(rank_main, args=(free_port(), cache_dir, str(out)), nprocs=WORLD)
     ranks = {r: torch.load(out / f"rank-{r}.pt", weights_only=False) for r in range(WORLD)}
-    return {"ranks": ranks, "train": train, "val": val, "cache": cache}
+    return {"ranks": ranks, "train": train, "val": val, "cache": cache, "cityscapes": full}
 
 
 # ---- the equivalences ---------------------------------------------------------------------------
@@ -181,19 +214,74 @@ def test_ranks_stay_identical_with_the_contrastive_term(job: dict) -> None:
     assert not torch.equal(a["student.projector.4.weight"], job["ranks"][0]["train-0.0"]["student.projector.4.weight"])
 
 
-def test_sharded_scoring_equals_one_process_exactly(job: dict) -> None:
-    teacher = Trainer(TrainConfig(**TRAIN), job["train"].num_classes).teacher
+def scored_alone(teacher: torch.nn.Module, ds, cache, images, **options) -> PoolScores:
+    """score_pool in this one process, on one thread as each rank runs (a convolution's sums follow
+    the thread count)."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each rank runs: a convolution's sums follow the thread count
+    torch.set_num_threads(1)
     try:
-        want = score_pool(teacher, job["train"], job["cache"], SCORED, "cpu", show_progress=False)
+        return score_pool(teacher, ds, cache, images, "cpu", show_progress=False, **options)
     finally:
         torch.set_num_threads(threads)
-    got = job["ranks"][0]["scores"]
-    assert job["ranks"][1]["scores"] is None  # rank 0 alone holds the pool's rows
+
+
+def single_process_scores(job: dict, images, **options) -> PoolScores:
+    teacher = Trainer(TrainConfig(**TRAIN), job["train"].num_classes).teacher
+    return scored_alone(teacher, job["train"], job["cache"], images, **options)
+
+
+def assert_same_scores(got: dict, want: PoolScores) -> None:
+    """Every field of ``want`` in ``got`` (a PoolScores' vars), exactly: values, dtypes, shapes, Nones."""
+    assert got.keys() == vars(want).keys()
     np.testing.assert_array_equal(got["gids"], want.gids)
-    for name in ("features", "entropy", "margin"):
-        assert torch.equal(got[name], getattr(want, name)), name
+    for name, value in vars(want).items():
+        if name != "gids":
+            assert (got[name] is None and value is None) or torch.equal(got[name], value), name
+
+
+@pytest.fixture(scope="module")
+def scored(job: dict) -> PoolScores:
+    """One process's scores of SCORED, the reference of the sharded ones."""
+    return single_process_scores(job, SCORED)
+
+
+def test_sharded_scoring_equals_one_process_exactly(job: dict, scored: PoolScores) -> None:
+    assert job["ranks"][1]["scores"] is None  # rank 0 alone holds the pool's rows
+    assert all(value is not None for value in vars(scored).values())  # the prediction columns are scored
+    assert_same_scores(job["ranks"][0]["scores"], scored)
+    # Pool statistics from every rank's rows: the share of rank 0 alone gives other ones.
+    alone = single_process_scores(job, SCORED[:4])
+    assert not torch.equal(alone.class_prob, scored.class_prob)
+
+
+@pytest.mark.parametrize("name", list(LONE))
+def test_sharded_scoring_with_a_rank_without_images(job: dict, name: str) -> None:
+    images, region_entropy = LONE[name]
+    assert job["ranks"][1][f"scores-{name}"] is None
+    want = single_process_scores(job, images, region_entropy=region_entropy)
+    assert_same_scores(job["ranks"][0][f"scores-{name}"], want)
+
+
+@pytest.mark.parametrize("strategy", PREDICTION_STRATEGIES)
+def test_prediction_strategies_pick_the_same_regions_from_sharded_scores(job: dict, scored: PoolScores,
+                                                                         strategy: str) -> None:  # fmt: skip
+    got = PoolScores(**job["ranks"][0]["scores"])
+    labelled = np.zeros(job["cache"].num_superpixels, dtype=bool)
+    labelled[scored.gids[::3]] = True  # some scored regions are labelled: normalised over, never picked
+    bank = torch.nn.functional.normalize(torch.randn(40, 128, generator=torch.Generator().manual_seed(0)), dim=1)
+    picks = [select(strategy, scores, bank, budget=6, labelled_mask=labelled, engine="torch",
+                    umap={"n_neighbors": 5, "n_epochs": 20}).ids for scores in (got, scored)]  # fmt: skip
+    np.testing.assert_array_equal(*picks)
+    assert not labelled[picks[0]].any()
+
+
+def test_sharded_scoring_of_full_size_cityscapes_images_equals_one_process(job: dict) -> None:
+    ds, cache, teacher = job["cityscapes"]
+    assert cache.shapes.tolist() == [[1024, 2048]] * CITYSCAPES and np.all(cache.counts > 1500)
+    want = scored_alone(teacher, ds, cache, np.arange(CITYSCAPES))
+    assert int(want.pixels.sum()) == CITYSCAPES * 1024 * 2048
+    assert job["ranks"][1]["scores-cityscapes"] is None
+    assert_same_scores(job["ranks"][0]["scores-cityscapes"], want)
 
 
 def test_sharded_evaluation_gives_the_same_confusion_matrix(job: dict) -> None:

@@ -1,7 +1,8 @@
 """`fastal run` across processes (issue 31): a 2-process run killed in a cycle resumes with 2
 processes and with 1, losing and repeating no query; the launch errors are one line, exit 2,
-nothing written. The tiny synthetic run of the loop tests, with the entropy strategy (the
-selection engine is not what is shared among processes) and one epoch per cycle."""
+nothing written. The tiny synthetic run of the loop tests, with one epoch per cycle and the
+weighted-ratio strategy: it reads the prediction columns and the pool's class probability, which
+rank 0 gathers from every process (no clustering: the selection engine is not what is shared)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def settings(tiny: dict) -> dict:
-    return {**tiny, "strategy": "entropy", "epochs": 1, "selection_plot": False}
+    return {**tiny, "strategy": "weighted-ratio", "epochs": 1, "selection_plot": False}
 
 
 def fastal_command(*args: str, crash_at: str = "") -> subprocess.CompletedProcess:
@@ -43,11 +44,11 @@ def queries(run_dir: Path) -> list[int]:
 
 def test_a_two_process_run_killed_in_a_cycle_resumes_with_two_or_one(settings: dict, tmp_path: Path) -> None:
     config = tmp_path / "tiny.toml"
-    config.write_text(dumps_toml(settings))
+    config.write_text(dumps_toml({**settings, "nproc": 2}))  # the config's key, not --nproc, starts them
     run_dir = tmp_path / "run"
     # SIGKILL of rank 0 once cycle 2's selection is committed, before its model is trained: torchrun
     # takes the other rank down with it.
-    killed = fastal_command("run", str(config), "--nproc", "2", "--out", str(run_dir), crash_at="pool:2")
+    killed = fastal_command("run", str(config), "--out", str(run_dir), crash_at="pool:2")
     assert killed.returncode != 0, killed.stderr
     picked = RegionPool.load(run_dir / "pool.npz")
     assert picked.current_cycle == 2 and not (run_dir / "checkpoints" / "cycle-2.pt").exists()

@@ -13,12 +13,12 @@ from fastal.train import to_tensor_batch
 
 
 class TinyTeacher(torch.nn.Module):
-    """(logits (B, C, h, w), emb (B, D, h, w)) at half resolution, like a strided segmentation net."""
+    """(logits (B, C, h, w), emb (B, D, h, w)) at 1/``stride`` resolution, like a strided segmentation net."""
 
-    def __init__(self, classes: int = 4, dim: int = 6) -> None:
+    def __init__(self, classes: int = 4, dim: int = 6, stride: int = 2) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.head = torch.nn.Conv2d(3, classes + dim, 3, stride=2, padding=1)
+        self.head = torch.nn.Conv2d(3, classes + dim, 3, stride=stride, padding=1)
         self.classes = classes
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

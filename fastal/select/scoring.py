@@ -119,6 +119,125 @@ def _same_shape_batches(ds: Any, image_indices: np.ndarray, batch_size: int) -> 
     return [g[s : s + batch_size] for g in groups.values() for s in range(0, len(g), batch_size)]
 
 
+# The per-superpixel columns score_pool keeps, with their dtypes (every rank of a sharded scoring
+# sends them in this order and these dtypes, images or not); "image_prob" (I, C) is per image:
+# each image's summed softmax over its pixels, for the pool's mean class probability.
+_COLUMNS = {"features": torch.float32, "entropy": torch.float32, "margin": torch.float32, "pixels": torch.float32,
+            "predicted": torch.int64, "impurity": torch.float32, "mean_entropy": torch.float32,
+            "ratio": torch.float32, "ratio_by_class": torch.float32, "image_prob": torch.float64}  # fmt: skip
+_WIDE = ("features", "ratio_by_class", "image_prob")  # (rows, width); the others (rows,)
+
+
+def _checked_images(cache: Any, image_indices: np.ndarray | list[int], region_entropy: str) -> np.ndarray:
+    """``image_indices`` as int64, FastalError for an image outside the cache or an unknown ``region_entropy``."""
+    images = np.asarray(image_indices, dtype=np.int64).reshape(-1)
+    if images.size and (images.min() < 0 or images.max() >= cache.num_images):
+        raise FastalError(f"image_indices outside 0..{cache.num_images - 1}")
+    if region_entropy not in ("sum", "mean"):
+        raise FastalError(f"region_entropy = {region_entropy!r}: choose sum or mean")
+    return images
+
+
+def _score_images(
+    teacher: torch.nn.Module,
+    ds: Any,
+    cache: Any,
+    image_indices: np.ndarray,
+    device: torch.device | str,
+    batch_size: int = 8,
+    amp: bool | str | None = None,
+    num_workers: int | None = None,
+    show_progress: bool = True,
+) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """(the :data:`_COLUMNS` of the images' superpixels, rows in ``image_indices`` order; their
+    global ids). Every value of an image depends on that image alone (not on its batch), so any
+    split of the images scores the same rows. No images: empty columns of the same dtypes."""
+    from fastal.kernels import superpixel_mean_features, superpixel_prediction_stats
+    from fastal.model.precision import autocast, resolve_amp, to_tensor_batch
+    from fastal.progress import progress
+
+    device = torch.device(device)
+    if batch_size < 1:
+        raise FastalError(f"batch_size = {batch_size}: must be >= 1")
+    cuda = device.type == "cuda"
+    amp_dtype = resolve_amp(amp, device)
+    counts = np.asarray(cache.counts, dtype=np.int64)[image_indices]
+    row_start = np.concatenate([[0], np.cumsum(counts)])  # first row of each position
+    n = int(row_start[-1])
+    gids = np.concatenate(
+        [np.arange(cache.offsets[i], cache.offsets[i + 1], dtype=np.int64) for i in image_indices]
+        or [np.zeros(0, np.int64)]
+    )
+    # Empty until the first batch gives the feature and class widths (and so for no images).
+    columns = {k: torch.zeros((0, 0) if k in _WIDE else 0, dtype=dtype, device=device) for k, dtype in _COLUMNS.items()}
+    loader = torch.utils.data.DataLoader(
+        _ImagesWithSuperpixels(ds, cache, image_indices),
+        batch_sampler=_same_shape_batches(ds, image_indices, batch_size),
+        collate_fn=_collate,
+        num_workers=(2 if cuda else 0) if num_workers is None else num_workers,
+        pin_memory=cuda,
+    )
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.inference_mode(), progress(transient=True) as bar:
+            task = bar.add_task("scoring pool", total=len(image_indices), visible=show_progress)
+            for b, (pos, images, sps) in enumerate(loader):
+                x = to_tensor_batch(images, device)
+                with autocast(device, amp_dtype):
+                    logits, emb = teacher(x)
+                logits, emb = logits.float(), emb.float()  # kernels accumulate in float32
+                # Batch-local ids: each image's local ids shifted past the previous images'.
+                local_counts = torch.as_tensor(counts[pos], device=device)
+                shift = torch.cumsum(local_counts, 0) - local_counts
+                sp = sps.to(device, non_blocking=True) + shift[:, None, None]
+                num_sp = int(local_counts.sum())
+                stats = superpixel_prediction_stats(logits, sp, num_sp)  # entropy, (num_sp, C) by class
+                # Margin from the superpixel's mean softmax: one more C-channel mean, no extra map kept.
+                p = superpixel_mean_features(torch.softmax(logits, 1), sp, num_sp)  # (num_sp, C)
+                top2 = torch.topk(p, 2, dim=1).values if p.shape[1] > 1 else torch.cat([p, 0 * p], 1)
+                size = stats.counts.sum(1).float()  # (num_sp,)
+                predicted, impurity = predicted_classes(stats.counts)
+                batch = {"features": superpixel_mean_features(emb, sp, num_sp),  # (num_sp, D)
+                         "entropy": stats.entropy, "margin": top2[:, 0] - top2[:, 1], "pixels": size,
+                         "predicted": predicted, "impurity": impurity,
+                         "mean_entropy": stats.entropy / size.clamp(min=1) / math.log2(max(p.shape[1], 2)),
+                         "ratio": stats.ratio.sum(1) / size.clamp(min=1), "ratio_by_class": stats.ratio}  # fmt: skip
+                # The pool's mean class probability (MulActSeg's label distribution), from the same
+                # means, summed per image: any split of the images then sums the same numbers.
+                mass = p.double() * size.double()[:, None]  # (num_sp, C)
+                if b == 0:
+                    columns = {k: torch.zeros((n, *v.shape[1:]), dtype=_COLUMNS[k], device=device)
+                               for k, v in batch.items()}  # fmt: skip
+                    columns["image_prob"] = torch.zeros(len(image_indices), p.shape[1], dtype=torch.float64,
+                                                        device=device)  # fmt: skip
+                off = 0
+                for q in pos:  # rows of each image: the batch's images need not be adjacent in the pool
+                    c = int(counts[q])
+                    r = int(row_start[q])
+                    for k, v in batch.items():
+                        columns[k][r : r + c] = v[off : off + c]
+                    columns["image_prob"][q] = mass[off : off + c].sum(0)
+                    off += c
+                bar.advance(task, len(pos))
+    finally:
+        teacher.train(was_training)
+    return columns, gids
+
+
+def _pool_scores(columns: dict[str, torch.Tensor], gids: np.ndarray, cache: Any, region_entropy: str) -> PoolScores:
+    """The PoolScores of scored ``columns`` (:func:`_score_images`'s, of the whole pool): the
+    pool statistics reduced over all of them. No rows: features, entropy and margin only."""
+    if gids.size == 0:
+        device = columns["entropy"].device
+        return PoolScores(features=torch.zeros(0, 0, device=device), entropy=torch.zeros(0, device=device),
+                          margin=torch.zeros(0, device=device), gids=gids)  # fmt: skip
+    rows = {k: v for k, v in columns.items() if k != "image_prob"}
+    class_prob = (columns["image_prob"].sum(0) / rows["pixels"].double().sum().clamp(min=1)).float()
+    scores = with_pool_statistics(PoolScores(gids=gids, class_prob=class_prob, **rows))
+    return per_pixel_entropy(scores, cache.sizes) if region_entropy == "mean" else scores
+
+
 def score_pool(
     teacher: torch.nn.Module,
     ds: Any,
@@ -145,115 +264,35 @@ def score_pool(
         scores = score_pool(trainer.teacher, ds, cache, np.arange(len(ds)), "cpu")
         scores.features.shape  # (cache.num_superpixels, 128)
     """
-    from fastal.kernels import superpixel_mean_features, superpixel_prediction_stats
-    from fastal.model.precision import autocast, resolve_amp, to_tensor_batch
-    from fastal.progress import progress
-
-    device = torch.device(device)
-    image_indices = np.asarray(image_indices, dtype=np.int64).reshape(-1)
-    if image_indices.size and (image_indices.min() < 0 or image_indices.max() >= cache.num_images):
-        raise FastalError(f"image_indices outside 0..{cache.num_images - 1}")
-    if batch_size < 1:
-        raise FastalError(f"batch_size = {batch_size}: must be >= 1")
-    if region_entropy not in ("sum", "mean"):
-        raise FastalError(f"region_entropy = {region_entropy!r}: choose sum or mean")
-    cuda = device.type == "cuda"
-    amp_dtype = resolve_amp(amp, device)
-    counts = np.asarray(cache.counts, dtype=np.int64)[image_indices]
-    row_start = np.concatenate([[0], np.cumsum(counts)])  # first row of each position
-    n = int(row_start[-1])
-    gids = np.concatenate(
-        [np.arange(cache.offsets[i], cache.offsets[i + 1], dtype=np.int64) for i in image_indices]
-        or [np.zeros(0, np.int64)]
-    )
-    features: torch.Tensor | None = None
-    rows: dict[str, torch.Tensor] = {}  # per-row outputs other than features, allocated on the first batch
-    prob_sum: torch.Tensor | None = None  # (C,) float64 summed softmax over the pool's pixels
-    loader = torch.utils.data.DataLoader(
-        _ImagesWithSuperpixels(ds, cache, image_indices),
-        batch_sampler=_same_shape_batches(ds, image_indices, batch_size),
-        collate_fn=_collate,
-        num_workers=(2 if cuda else 0) if num_workers is None else num_workers,
-        pin_memory=cuda,
-    )
-    was_training = teacher.training
-    teacher.eval()
-    try:
-        with torch.inference_mode(), progress(transient=True) as bar:
-            task = bar.add_task("scoring pool", total=len(image_indices), visible=show_progress)
-            for pos, images, sps in loader:
-                x = to_tensor_batch(images, device)
-                with autocast(device, amp_dtype):
-                    logits, emb = teacher(x)
-                logits, emb = logits.float(), emb.float()  # kernels accumulate in float32
-                # Batch-local ids: each image's local ids shifted past the previous images'.
-                local_counts = torch.as_tensor(counts[pos], device=device)
-                shift = torch.cumsum(local_counts, 0) - local_counts
-                sp = sps.to(device, non_blocking=True) + shift[:, None, None]
-                num_sp = int(local_counts.sum())
-                f = superpixel_mean_features(emb, sp, num_sp)  # (num_sp, D)
-                stats = superpixel_prediction_stats(logits, sp, num_sp)  # entropy, (num_sp, C) by class
-                # Margin from the superpixel's mean softmax: one more C-channel mean, no extra map kept.
-                p = superpixel_mean_features(torch.softmax(logits, 1), sp, num_sp)  # (num_sp, C)
-                top2 = torch.topk(p, 2, dim=1).values if p.shape[1] > 1 else torch.cat([p, 0 * p], 1)
-                size = stats.counts.sum(1).float()  # (num_sp,)
-                predicted, impurity = predicted_classes(stats.counts)
-                batch = {"entropy": stats.entropy, "margin": top2[:, 0] - top2[:, 1], "pixels": size,
-                         "predicted": predicted, "impurity": impurity,
-                         "mean_entropy": stats.entropy / size.clamp(min=1) / math.log2(max(p.shape[1], 2)),
-                         "ratio": stats.ratio.sum(1) / size.clamp(min=1), "ratio_by_class": stats.ratio}  # fmt: skip
-                # The pool's mean class probability (MulActSeg's label distribution), from the same means.
-                prob = (p.double() * size.double()[:, None]).sum(0)
-                prob_sum = prob if prob_sum is None else prob_sum + prob
-                if features is None:
-                    features = torch.zeros(n, f.shape[1], dtype=torch.float32, device=device)
-                    rows = {k: torch.zeros((n, *v.shape[1:]), dtype=v.dtype, device=device) for k, v in batch.items()}
-                off = 0
-                for q in pos:  # rows of each image: the batch's images need not be adjacent in the pool
-                    c = int(counts[q])
-                    r = int(row_start[q])
-                    features[r : r + c] = f[off : off + c]
-                    for k, v in batch.items():
-                        rows[k][r : r + c] = v[off : off + c]
-                    off += c
-                bar.advance(task, len(pos))
-    finally:
-        teacher.train(was_training)
-    if features is None:
-        features = torch.zeros(0, 0, dtype=torch.float32, device=device)
-        rows = {k: torch.zeros(0, dtype=torch.float32, device=device) for k in ("entropy", "margin")}
-    total = None if prob_sum is None else rows["pixels"].double().sum().clamp(min=1)
-    class_prob = None if prob_sum is None else (prob_sum / total).float()
-    scores = PoolScores(features=features, gids=gids, class_prob=class_prob, **rows)
-    if class_prob is not None:
-        scores = with_pool_statistics(scores)
-    return per_pixel_entropy(scores, cache.sizes) if region_entropy == "mean" else scores
+    images = _checked_images(cache, image_indices, region_entropy)
+    columns, gids = _score_images(teacher, ds, cache, images, device, batch_size, amp, num_workers, show_progress)
+    return _pool_scores(columns, gids, cache, region_entropy)
 
 
 def score_pool_sharded(teacher: torch.nn.Module, ds: Any, cache: Any, image_indices: np.ndarray | list[int],
-                       device: torch.device | str, **options: Any) -> PoolScores | None:  # fmt: skip
+                       device: torch.device | str, region_entropy: str = "sum",
+                       **options: Any) -> PoolScores | None:  # fmt: skip
     """:func:`score_pool` shared by the processes of a DDP job (a collective call; alone, the same
     as score_pool): each scores its contiguous share of ``image_indices``
-    (:func:`fastal.distributed.shard`, no image twice) and rank 0 returns the whole pool's scores,
-    rows in pool order (the shares concatenated in rank order); the other ranks return None.
-    ``options``: score_pool's. Not gathered yet: the prediction statistics (``pixels`` ...
-    ``class_pixels``), None in the result; config.validate refuses the strategies that read them
-    (``strategies.PREDICTION_STRATEGIES``) with nproc > 1."""
+    (:func:`fastal.distributed.shard`, no image twice; a rank beyond the images scores none) and
+    rank 0 returns the whole pool's scores, every column, rows in pool order (the shares
+    concatenated in rank order), with the pool statistics reduced over the gathered rows as one
+    process reduces them; the other ranks return None. ``options``: score_pool's."""
     from fastal import distributed
 
     if not distributed.is_distributed():
-        return score_pool(teacher, ds, cache, image_indices, device, **options)
-    images = np.asarray(image_indices, dtype=np.int64).reshape(-1)
+        return score_pool(teacher, ds, cache, image_indices, device, region_entropy=region_entropy, **options)
+    images = _checked_images(cache, image_indices, region_entropy)  # on every rank, before any collective
     main = distributed.rank() == 0
     options["show_progress"] = options.get("show_progress", True) and main
     share = distributed.shard(images.size)
-    part = score_pool(teacher, ds, cache, images[share.start : share.stop], device, **options)
-    # Features go flat: a rank with no image has no feature width to agree on.
-    features = distributed.gather_rows(part.features.flatten())
-    values = distributed.gather_rows(torch.stack([part.entropy, part.margin], 1))
-    gids = distributed.gather_rows(torch.as_tensor(part.gids, device=part.entropy.device))
+    part, part_gids = _score_images(teacher, ds, cache, images[share.start : share.stop], device, **options)
+    # Every column goes flat, in _COLUMNS' order: a rank without images knows no feature or class width.
+    flat = {k: distributed.gather_rows(part[k].flatten()) for k in _COLUMNS}
+    gids = distributed.gather_rows(torch.as_tensor(part_gids, device=part["entropy"].device))
     if not main:
         return None
-    n = values.shape[0]
-    return PoolScores(features=features.view(n, -1) if n else part.features, entropy=values[:, 0].contiguous(),
-                      margin=values[:, 1].contiguous(), gids=gids.cpu().numpy())  # fmt: skip
+    n = gids.shape[0]
+    length = {"image_prob": images.size}  # the other columns have one row per superpixel
+    columns = {k: v.view(length.get(k, n), -1) if k in _WIDE and n else v for k, v in flat.items()}
+    return _pool_scores(columns, gids.cpu().numpy(), cache, region_entropy)  # device -> host: the ids

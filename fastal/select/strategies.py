@@ -112,9 +112,6 @@ Strategy = Callable[[Candidates], torch.Tensor]
 STRATEGIES: dict[str, Strategy] = {}
 # One pick per KMeans cluster (and the pixel budget's search over k).
 CLUSTER_STRATEGIES = ("contrastive", "kmeans-entropy", "contrastive-balanced", "contrastive-uncertain")
-# Those that read the pixels' predicted classes (PoolScores.predicted ... class_prob), which
-# scoring across processes does not gather yet (fastal.select.scoring.score_pool_sharded).
-PREDICTION_STRATEGIES = ("cb-ratio", "cb-ratio-pixels", "impurity-entropy", "weighted-ratio", "contrastive-balanced")
 
 
 def register(name: str) -> Callable[[Strategy], Strategy]:
