@@ -9,10 +9,11 @@ with a score of its own and no embedding. For each, the loop's own code runs unc
 ``fastal.loop._write_selection`` (measured as the loop measures "write") and ``RunDir.commit``
 ("commit"), with ``selection_table = "all"`` and ``selection_plot = true``. Each function they call
 (table, parquet, sample, plot, query lines, pool.npz) is wrapped in a :func:`fastal.stages.measured`
-stage of its own, so every step reports its seconds and peak resident memory; ``rss_before_gb`` is
-the resident size when the write began (the pool's rows and state), so a step's extra memory is
-its peak minus that. The oracle is a lookup table of classes: the real one reads a label image per
-touched image, a cost of the "oracle" stage and of the plot's colours, not of memory.
+stage of its own, so every step reports its wall and CPU seconds and its peak resident memory:
+``extra_gb`` above the resident size when the write began (the pool's rows and state,
+``rss_before_gb``), ``step_gb`` above the size when the step began. The oracle is a lookup table of
+classes: the real one reads a label image per touched image, a cost of the "oracle" stage and of
+the plot's colours, not of memory.
 
     python benchmarks/bench_write_stage.py --rows 6100000 --out benchmarks/results/write_stage_6100k.json
 """
@@ -54,16 +55,10 @@ from fastal.select.pixel_budget import Ranking
 from fastal.select.scoring import PoolScores
 from fastal.select.selection_table import SCHEMA
 from fastal.select.strategies import Selection
-from fastal.stages import measured
+from fastal.stages import measured, resident_bytes
 
 PER_IMAGE, DIM, CLASSES = 2048, 128, 19
 _GB = 1 << 30
-
-
-def rss_bytes() -> int:
-    """This process's resident size now (``VmRSS``)."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
 def synthetic_scores(n: int, seed: int) -> PoolScores:
@@ -116,6 +111,19 @@ def selections(scores: PoolScores, labelled: np.ndarray, k: int, seed: int) -> d
 
 
 @contextlib.contextmanager
+def measured_from(stages: dict[str, Any], step: str) -> Iterator[None]:
+    """:func:`fastal.stages.measured`, the resident size when the step began (``rss_start_gb``; its
+    peak minus that is what the step itself added, ``step_gb``) and this process's CPU seconds
+    (``cpu_seconds``: on a shared machine, less at the mercy of the other processes than wall time)."""
+    start, cpu = resident_bytes() / _GB, time.process_time()
+    with measured(stages, step):
+        yield
+    record = stages[step]
+    record.update(rss_start_gb=round(start, 3), step_gb=round(record["peak_rss_gb"] - start, 3),
+                  cpu_seconds=round(time.process_time() - cpu, 3))  # fmt: skip
+
+
+@contextlib.contextmanager
 def steps_measured(stages: dict[str, Any]) -> Iterator[None]:
     """Every function the loop's write and commit call, measured as a stage of its own."""
     targets = [(Ranking, "table", "table"), (fastal.select.selection_table, "write_table", "parquet"),
@@ -125,7 +133,7 @@ def steps_measured(stages: dict[str, Any]) -> Iterator[None]:
     def wrapped(fn: Any, step: str) -> Any:
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
-            with measured(stages, step):
+            with measured_from(stages, step):
                 return fn(*args, **kwargs)
 
         return call
@@ -171,11 +179,11 @@ def write_cycle(root: Path, strategy: str, scores: PoolScores, sel: Selection, s
     ranking = Ranking(sel, scores, [sel], [sel.ids])
     answer = oracle.query(sel.ids)
     stages: dict[str, Any] = {}
-    before = rss_bytes()
+    before = resident_bytes()
     with steps_measured(stages):
-        with measured(stages, "write"):  # as fastal.loop.select_phase
+        with measured_from(stages, "write"):  # as fastal.loop.select_phase
             _write_selection(run, 2, ranking, answer.classes, oracle)
-        with measured(stages, "commit"):
+        with measured_from(stages, "commit"):
             run.commit(answer, 2)
     for record in stages.values():  # above what the process held when the write began
         record["extra_gb"] = round(record["peak_rss_gb"] - before / _GB, 3)
@@ -215,7 +223,8 @@ def main() -> None:
             results[strategy] = in_child(functools.partial(write_cycle, Path(root), strategy, scores, sel, setup,
                                                            initial, oracle))  # fmt: skip
             print(strategy, results[strategy]["rss_before_gb"],
-                  {s: (v["seconds"], v["extra_gb"]) for s, v in results[strategy]["stages"].items()}, flush=True)
+                  {s: (v["seconds"], v["cpu_seconds"], v["extra_gb"], v["step_gb"]) for s, v in results[strategy]["stages"].items()},
+                  flush=True)  # fmt: skip
     table_rows = n - k
     summary = {
         "rows": n, "images": images, "picks": k, "table_rows": table_rows,
@@ -224,8 +233,9 @@ def main() -> None:
         "build_seconds": round(built, 1),
         "strategies": results,
         "note": "per step: peak_rss_gb is the process's (the pool included), extra_gb that minus rss_before_gb (the "
-                "resident size when the write began); each strategy's write in a forked child of the process that "
-                "built the pool. The oracle is a class lookup (no label images read).",
+                "resident size when the write began), step_gb that minus rss_start_gb (the resident size when the "
+                "step began); each strategy's write in a forked child of the process that built the pool. The "
+                "oracle is a class lookup (no label images read).",
         "command": command_line(["python", *sys.argv]),
         "machine": machine_info(),
     }  # fmt: skip

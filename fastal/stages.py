@@ -40,6 +40,15 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
+def resident_bytes() -> int:
+    """This process's resident size now (Linux: ``VmRSS``; elsewhere its peak so far, an upper bound)."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _fold(peak: int) -> None:
     for entry in _open:
         entry["peak"] = max(entry["peak"], peak)
