@@ -154,14 +154,15 @@ def test_a_writer_failing_midway_leaves_the_old_table_or_none(pool: dict, tmp_pa
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
 def test_table_and_write_hold_one_copy_of_the_rows(tmp_path: Path) -> None:
-    """At a million rows, building and writing the table adds the table's own bytes and a margin
-    (it added ~4x: int64 columns cast one by one, a pandas copy, the whole file in memory)."""
-    n, rng = 1_000_000, np.random.default_rng(0)
+    """Building and writing a table of two million rows adds the table's own bytes and a margin:
+    ~1.5x here (a column's intermediate at a time, and the writer's buffers, ~30 MB whatever the
+    rows); it was ~2.8x (int64 columns cast one by one, a pandas copy, the whole file in memory)."""
+    n, rng = 2_000_000, np.random.default_rng(0)
     scores = PoolScores(features=torch.empty(n, 0), entropy=torch.rand(n), margin=torch.rand(n),
                         gids=np.arange(n, dtype=np.int64), predicted=torch.randint(0, 19, (n,)))  # fmt: skip
-    ids = rng.choice(n, 10_000, replace=False)
+    ids = rng.choice(n, 20_000, replace=False)
     sel = Selection(ids=ids, rows=torch.arange(n), fitted={"embedding": torch.rand(n, 2),
-                                                           "cluster": torch.randint(0, 10_000, (n,))})  # fmt: skip
+                                                           "cluster": torch.randint(0, 20_000, (n,))})  # fmt: skip
     offsets, sizes = np.arange(0, n + 1, 2000, dtype=np.int64), np.full(n, 64, dtype=np.int64)
     table_bytes = n * sum(torch.empty(0, dtype=d).element_size() for d in SCHEMA.values())
     stages: dict = {}
@@ -170,7 +171,7 @@ def test_table_and_write_hold_one_copy_of_the_rows(tmp_path: Path) -> None:
         table = selection_table(scores, [sel], [ids], offsets, sizes, np.zeros(ids.size, dtype=np.int16))
         write_table(table, tmp_path / "cycle-2.parquet", row_group_rows=1 << 16)
     extra = stages["write"]["peak_rss_gb"] * (1 << 30) - start
-    assert extra < 1.5 * table_bytes, f"{extra / table_bytes:.2f} tables"
+    assert extra < 1.5 * table_bytes + (32 << 20), f"{extra / table_bytes:.2f} tables"
 
 
 def test_picked_keeps_the_picks_in_rank_order_and_none_nothing(pool: dict) -> None:
