@@ -354,16 +354,23 @@ def query_class_table(stats: list[dict[str, Any]]) -> Any:
 def embedding_sample(table: Any, max_points: int = 5000, seed: int = 0) -> Any:
     """Rows of a selection table (pandas or cuDF) to draw, as pandas: every pick and up to
     ``max_points`` others (seeded); picks beyond ``max_points`` are sampled too. None when
-    the table has no embedding (``x`` null)."""
-    import pandas as pd
-
-    if int(table["x"].notna().sum()) == 0:
+    the table has no embedding (``x`` null). The rows are drawn as positions and only they are
+    taken: no filtered copy of a pool-sized table is made."""
+    if not bool(table["x"].notna().any()):
         return None
-    parts = []
-    for part in (table[table["rank"] >= 0], table[table["rank"] < 0]):
-        part = part.sample(n=max_points, random_state=seed) if len(part) > max_points else part
-        parts.append(part.to_pandas() if hasattr(part, "to_pandas") else part)  # cuDF -> host: the sample only
-    return pd.concat(parts, ignore_index=True)
+    picked = table["rank"].to_numpy() >= 0  # cuDF -> host: one column
+    rows = np.concatenate([_sample_positions(np.flatnonzero(part), max_points, seed) for part in (picked, ~picked)])
+    sample = table.iloc[rows]
+    sample = sample.to_pandas() if hasattr(sample, "to_pandas") else sample  # cuDF -> host: the sample only
+    return sample.reset_index(drop=True)
+
+
+def _sample_positions(positions: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` of ``positions`` (all when there are no more), drawn as pandas' ``sample(n, random_state=seed)``
+    draws rows: the same plot as when the sample was taken from a filtered table."""
+    if positions.size <= n:
+        return positions
+    return positions[np.random.RandomState(seed).choice(positions.size, size=n, replace=False)]
 
 
 def plot_embedding(sample: Any, classes: np.ndarray, names: list[str], path: str | Path, title: str) -> None:

@@ -30,13 +30,20 @@ def _reset_peak() -> None:
 
 def peak_rss_bytes() -> int:
     """This process's resident high-water mark since the last reset (or since it started)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    return _status_bytes("VmHWM:")
+
+
+def resident_bytes() -> int:
+    """This process's resident size now (where Linux's ``/proc`` is missing: its peak so far, an upper bound)."""
+    return _status_bytes("VmRSS:")
+
+
+def _status_bytes(key: str) -> int:
+    """A size that ``/proc/self/status`` gives in KiB under ``key``; else the process's peak (``ru_maxrss``)."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 

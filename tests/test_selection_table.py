@@ -5,6 +5,7 @@ per-class query statistics and embedding plot, checked by hand."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,16 @@ import torch
 from fastal.errors import FastalError
 from fastal.run_report import embedding_sample, group_runs, plot_embedding, query_class_stats, write_report
 from fastal.select import PoolScores, select
-from fastal.select.selection_table import SCHEMA, read_table, selection_table, table_columns, write_table
+from fastal.select.selection_table import (
+    SCHEMA,
+    _pandas_frame,
+    read_table,
+    selection_table,
+    table_columns,
+    write_table,
+)
+from fastal.select.strategies import Selection
+from fastal.stages import measured, resident_bytes
 
 DTYPE = {name: str(d).removeprefix("torch.") for name, d in SCHEMA.items()}  # numpy's spelling
 NUM_IMAGES, PER_IMAGE = 12, 10  # 120 superpixels; images 2.. are scored (rows 20..119)
@@ -107,6 +117,61 @@ def test_parquet_round_trip_and_nulls(pool: dict, tmp_path: Path) -> None:
         nulls = pq.read_table(path).column("x").null_count
         assert nulls == (len(t) if strategy == "entropy" else 0)  # null in the file, not NaN
         assert not list(path.parent.glob(".*.tmp"))  # written atomically
+
+
+def test_written_table_equals_the_columns_over_several_row_groups(pool: dict, tmp_path: Path) -> None:
+    rounds, kept = two_rounds(pool, "contrastive")
+    args = (pool["scores"], rounds, kept, pool["offsets"], pool["sizes"], np.arange(9) % 3)
+    cols = table_columns(*args)
+    t = _pandas_frame(cols)
+    pd.testing.assert_frame_equal(t, selection_table(*args))
+    # The frame holds the columns themselves (no pandas copy of them).
+    assert all(np.shares_memory(t[name].to_numpy(), col.numpy()) for name, col in cols.items())
+    path = tmp_path / "cycle-2.parquet"
+    write_table(t, path, row_group_rows=16)
+    rows = len(t)
+    assert pq.ParquetFile(path).metadata.num_row_groups == -(-rows // 16) >= 4
+    pd.testing.assert_frame_equal(read_table(path), pd.DataFrame({name: col.numpy() for name, col in cols.items()}))
+
+
+@pytest.mark.parametrize("old", [True, False])
+def test_a_writer_failing_midway_leaves_the_old_table_or_none(pool: dict, tmp_path: Path, disk_with_room,
+                                                                old: bool) -> None:  # fmt: skip
+    rounds, kept = two_rounds(pool, "contrastive")
+    t = selection_table(pool["scores"], rounds, kept, pool["offsets"], pool["sizes"])
+    whole = tmp_path / "whole.parquet"
+    write_table(t, whole, row_group_rows=8)
+    path = tmp_path / "selection" / "cycle-2.parquet"
+    if old:
+        path.parent.mkdir()
+        path.write_bytes(b"the old table")
+    disk_with_room(whole.stat().st_size // 2)  # the writer fails after some of its row groups
+    with pytest.raises(FastalError, match="cannot write .*cycle-2.parquet"):
+        write_table(t, path, row_group_rows=8)
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["whole.parquet", *(["cycle-2.parquet"] * old)]
+    assert not old or path.read_bytes() == b"the old table"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_table_and_write_hold_one_copy_of_the_rows(tmp_path: Path) -> None:
+    """Building and writing a table of two million rows adds the table's own bytes and a margin:
+    ~1.5x here (a column's intermediate at a time, and the writer's buffers, ~30 MB whatever the
+    rows); it was ~2.8x (int64 columns cast one by one, a pandas copy, the whole file in memory)."""
+    n, rng = 2_000_000, np.random.default_rng(0)
+    scores = PoolScores(features=torch.empty(n, 0), entropy=torch.rand(n), margin=torch.rand(n),
+                        gids=np.arange(n, dtype=np.int64), predicted=torch.randint(0, 19, (n,)))  # fmt: skip
+    ids = rng.choice(n, 20_000, replace=False)
+    sel = Selection(ids=ids, rows=torch.arange(n), fitted={"embedding": torch.rand(n, 2),
+                                                           "cluster": torch.randint(0, 20_000, (n,))})  # fmt: skip
+    offsets, sizes = np.arange(0, n + 1, 2000, dtype=np.int64), np.full(n, 64, dtype=np.int64)
+    table_bytes = n * sum(torch.empty(0, dtype=d).element_size() for d in SCHEMA.values())
+    stages: dict = {}
+    start = resident_bytes()
+    with measured(stages, "write"):
+        table = selection_table(scores, [sel], [ids], offsets, sizes, np.zeros(ids.size, dtype=np.int16))
+        write_table(table, tmp_path / "cycle-2.parquet", row_group_rows=1 << 16)
+    extra = stages["write"]["peak_rss_gb"] * (1 << 30) - start
+    assert extra < 1.5 * table_bytes + (32 << 20), f"{extra / table_bytes:.2f} tables"
 
 
 def test_picked_keeps_the_picks_in_rank_order_and_none_nothing(pool: dict) -> None:
@@ -201,6 +266,9 @@ def test_embedding_png(pool: dict, tmp_path: Path) -> None:
     sample = embedding_sample(t, max_points=20, seed=0)
     assert len(sample) == 9 + 20 and (sample["rank"][:9] >= 0).all()  # every pick, 20 others
     pd.testing.assert_frame_equal(sample, embedding_sample(t, max_points=20, seed=0))  # seeded
+    # The rows pandas' sample draws from the table filtered to the others (drawn without that copy).
+    others = t[t["rank"] < 0].sample(n=20, random_state=0)
+    pd.testing.assert_frame_equal(sample, pd.concat([t[t["rank"] >= 0], others], ignore_index=True))
     path = tmp_path / "embedding-cycle-2.png"
     plot_embedding(sample, np.arange(len(sample)) % 4 - 1, ["sky", "road", "car"], path, "cycle 2: contrastive")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from fastal.stages import measured, overall_peak_gb
+from fastal.stages import measured, overall_peak_gb, resident_bytes
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
 
@@ -21,7 +21,7 @@ def touch(megabytes: int) -> np.ndarray:
 def test_each_stage_sees_its_own_peak_and_an_outer_one_the_highest():
     stages: dict = {}
     # What is resident now (not the process's high-water mark: earlier tests may have set it higher).
-    base = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:")) / 2**20
+    base = resident_bytes() / 2**30
     with measured(stages, "outer"):
         with measured(stages, "big"):
             a = touch(400)

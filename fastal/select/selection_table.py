@@ -34,7 +34,6 @@ Example::
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fastal.atomic import atomic_write_bytes
+from fastal.atomic import atomic_open
 from fastal.device import resolve_backend
 from fastal.errors import FastalError
 from fastal.select.scoring import PoolScores
@@ -75,6 +74,10 @@ def table_columns(scores: PoolScores, rounds: list[Selection], kept: list[np.nda
     ``rounds[r].ids`` that was kept; ``classes``: the oracle's class of each kept id, in the
     order of ``concatenate(kept)`` (None: not queried yet). ``keep="picked"``: the kept picks
     only, in rank order.
+
+    Each column is made in its final dtype before the next one starts: the table is the one
+    pool-sized copy this holds, plus one column's intermediate at a time (a fitted score already
+    in its dtype is not even copied).
     """
     if keep not in ("all", "picked"):
         raise FastalError(f"selection_table = {keep!r}: a table keeps all rows or the picked ones")
@@ -83,47 +86,57 @@ def table_columns(scores: PoolScores, rounds: list[Selection], kept: list[np.nda
     rows = first.rows  # (Nc,) scored rows the first round chose from
     n = int(rows.numel())
     gids = torch.as_tensor(np.asarray(scores.gids, dtype=np.int64), device=device)[rows]
-    sizes_t = torch.as_tensor(np.asarray(sizes, dtype=np.int64), device=device)
-    offsets_t = torch.as_tensor(np.asarray(offsets, dtype=np.int64), device=device)
-    where = torch.full((sizes_t.numel(),), -1, dtype=torch.int64, device=device)  # global id -> table row
-    where[gids] = torch.arange(n, device=device)
-    picked = torch.as_tensor(np.concatenate(kept).astype(np.int64), device=device)
-    at = where[picked]  # (P,) table row of each kept pick
+    at = _pick_rows(gids, np.concatenate(kept), len(sizes))  # (P,) table row of each kept pick
+    take = at if keep == "picked" else slice(None)
+
+    def column(name: str, values: torch.Tensor) -> torch.Tensor:
+        return values[take].to(SCHEMA[name]).contiguous()
+
+    def unset() -> torch.Tensor:
+        return torch.full((n,), -1, dtype=torch.int32, device=device)
+
+    def at_picks(values: torch.Tensor) -> torch.Tensor:  # (P,) values of the picks, -1 elsewhere
+        out = unset()
+        out[at] = values.to(device=device, dtype=torch.int32)
+        return out
+
+    emb = first.fitted.get("embedding")
+    nan = torch.full((n,), float("nan"), device=device)  # shared by the columns a strategy leaves null
+    count = [len(k) for k in kept]
+    return {
+        "superpixel": column("superpixel", gids),
+        "image": column("image", torch.searchsorted(torch.as_tensor(np.asarray(offsets, dtype=np.int64), device=device),
+                                                    gids, right=True, out_int32=True).sub_(1)),
+        "pixels": column("pixels", torch.as_tensor(np.asarray(sizes, dtype=np.int64), device=device)[gids]),
+        "entropy": column("entropy", scores.entropy[rows]),
+        "margin": column("margin", scores.margin[rows]),
+        "score": column("score", first.fitted.get("score", nan)),
+        "predicted": column("predicted", unset() if scores.predicted is None else scores.predicted[rows]),
+        "x": column("x", nan if emb is None else emb[:, 0]),
+        "y": column("y", nan if emb is None or emb.shape[1] < 2 else emb[:, 1]),
+        "cluster": column("cluster", first.fitted.get("cluster", unset())),
+        "rank": column("rank", at_picks(torch.arange(at.numel()))),
+        "round": column("round", at_picks(torch.repeat_interleave(torch.arange(len(kept)), torch.tensor(count)))),
+        "class": column("class", unset() if classes is None else at_picks(torch.as_tensor(np.asarray(classes)))),
+    }  # fmt: skip
+
+
+def _pick_rows(gids: torch.Tensor, picked: np.ndarray, num_superpixels: int) -> torch.Tensor:
+    """(P,) the row of ``gids`` (the table's superpixels) holding each of ``picked``."""
+    where = torch.full((num_superpixels,), -1, dtype=torch.int64, device=gids.device)  # global id -> table row
+    where[gids] = torch.arange(gids.numel(), device=gids.device)
+    at = where[torch.as_tensor(picked.astype(np.int64), device=gids.device)]
     if bool((at < 0).any()):  # device -> host: one flag
         raise RuntimeError("a kept pick is not among the first round's candidates")
-    unset = lambda dtype: torch.full((n,), -1, dtype=dtype, device=device)  # noqa: E731
-    rank, round_, cls = unset(torch.int64), unset(torch.int64), unset(torch.int64)
-    rank[at] = torch.arange(at.numel(), device=device)
-    round_[at] = torch.repeat_interleave(torch.arange(len(kept), device=device),
-                                         torch.as_tensor([len(k) for k in kept], device=device))  # fmt: skip
-    if classes is not None:
-        cls[at] = torch.as_tensor(np.asarray(classes, dtype=np.int64), device=device)
-    emb = first.fitted.get("embedding")
-    nan = torch.full((n,), float("nan"), device=device)
-    cols = {
-        "superpixel": gids,
-        "image": torch.searchsorted(offsets_t, gids, right=True) - 1,
-        "pixels": sizes_t[gids],
-        "entropy": scores.entropy[rows],
-        "margin": scores.margin[rows],
-        "score": first.fitted.get("score", nan),
-        "predicted": unset(torch.int64) if scores.predicted is None else scores.predicted[rows],
-        "x": nan if emb is None else emb[:, 0],
-        "y": nan if emb is None or emb.shape[1] < 2 else emb[:, 1],
-        "cluster": first.fitted.get("cluster", unset(torch.int64)),
-        "rank": rank,
-        "round": round_,
-        "class": cls,
-    }
-    take = at if keep == "picked" else slice(None)
-    return {name: cols[name][take].to(dtype).contiguous() for name, dtype in SCHEMA.items()}
+    return at
 
 
 def _pandas_frame(cols: dict[str, torch.Tensor]) -> Any:
     import pandas as pd
 
-    # device -> host: the table itself, for the host's parquet writer. NaN in score/x/y is written as null.
-    return pd.DataFrame({name: col.cpu().numpy() for name, col in cols.items()})
+    # device -> host: the table itself, for the host's parquet writer (on the CPU: views, no copy, and
+    # copy=False keeps pandas from consolidating them into a copy). NaN in score/x/y is written as null.
+    return pd.DataFrame({name: col.cpu().numpy() for name, col in cols.items()}, copy=False)
 
 
 def _cudf_frame(cols: dict[str, torch.Tensor]) -> Any:
@@ -153,11 +166,21 @@ def selection_table(scores: PoolScores, rounds: list[Selection], kept: list[np.n
     return _FRAMES[name](table_columns(scores, rounds, kept, offsets, sizes, classes, keep))
 
 
-def write_table(table: Any, path: str | Path) -> None:
-    """Write a pandas or cuDF table as parquet, atomically (their writers take a buffer alike)."""
-    buf = io.BytesIO()
-    table.to_parquet(buf, index=False)
-    atomic_write_bytes(path, buf.getvalue())
+def write_table(table: Any, path: str | Path, row_group_rows: int | None = None) -> None:
+    """Write a pandas or cuDF table as parquet, atomically: each writer streams it, a row group at
+    a time, into the temporary file that :func:`fastal.atomic.atomic_open` renames over ``path``
+    once it is whole, so no second copy of the table is held as bytes. ``row_group_rows``: rows
+    per row group (None: the writer's default, pyarrow's 1,048,576 rows)."""
+    with atomic_open(path, "wb") as f:
+        table.to_parquet(f, index=False, **_row_groups(table, row_group_rows))
+
+
+def _row_groups(table: Any, rows: int | None) -> dict[str, int]:
+    """``to_parquet``'s row-group size in the spelling of ``table``'s library (cuDF's differs)."""
+    if rows is None:
+        return {}
+    cudf = type(table).__module__.startswith("cudf")
+    return {"row_group_size_rows" if cudf else "row_group_size": rows}
 
 
 def read_table(path: str | Path) -> Any:
