@@ -220,8 +220,11 @@ def _write_selection(run: RunDir, cycle: int, ranking: Ranking, classes: np.ndar
     seed = phase_seed(run.cfg.seed, cycle, PHASE_SELECT)
     sample = embedding_sample(table, seed=seed) if run.cfg.selection_plot else None
     if sample is not None:  # None: the strategy has no embedding
-        # Colours from the ground truth of the drawn regions (a simulation can look; the table cannot).
-        truth = oracle.query(sample["superpixel"].to_numpy()).classes
+        # Colours from the ground truth of the drawn regions (a simulation can look; the table cannot):
+        # the picks' is in the table already, the others' is read from their few images.
+        truth = sample["class"].to_numpy().copy()
+        others = sample["rank"].to_numpy() < 0
+        truth[others] = oracle.query(sample["superpixel"].to_numpy()[others]).classes
         plot_embedding(sample, truth, run.setup.train.classes, path.with_name(f"embedding-cycle-{cycle}.png"),
                        title=f"cycle {cycle}: {run.cfg.strategy}")
     crash_point(f"table:{cycle}")

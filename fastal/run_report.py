@@ -351,15 +351,22 @@ def query_class_table(stats: list[dict[str, Any]]) -> Any:
     return table
 
 
-def embedding_sample(table: Any, max_points: int = 5000, seed: int = 0) -> Any:
+def embedding_sample(table: Any, max_points: int = 5000, seed: int = 0, max_images: int = 64) -> Any:
     """Rows of a selection table (pandas or cuDF) to draw, as pandas: every pick and up to
-    ``max_points`` others (seeded); picks beyond ``max_points`` are sampled too. None when
-    the table has no embedding (``x`` null). The rows are drawn as positions and only they are
+    ``max_points`` others (seeded); picks beyond ``max_points`` are sampled too. The others come
+    from at most ``max_images`` images (seeded): their colours are the ground truth, read image by
+    image, and a sample spread over a Cityscapes-sized pool would read every label map of it. None
+    when the table has no embedding (``x`` null). The rows are drawn as positions and only they are
     taken: no filtered copy of a pool-sized table is made."""
     if not bool(table["x"].notna().any()):
         return None
     picked = table["rank"].to_numpy() >= 0  # cuDF -> host: one column
-    rows = np.concatenate([_sample_positions(np.flatnonzero(part), max_points, seed) for part in (picked, ~picked)])
+    others = ~picked
+    images = table["image"].to_numpy()
+    shown = np.unique(images[others])
+    if shown.size > max_images:
+        others &= np.isin(images, np.random.RandomState(seed).choice(shown, size=max_images, replace=False))
+    rows = np.concatenate([_sample_positions(np.flatnonzero(part), max_points, seed) for part in (picked, others)])
     sample = table.iloc[rows]
     sample = sample.to_pandas() if hasattr(sample, "to_pandas") else sample  # cuDF -> host: the sample only
     return sample.reset_index(drop=True)

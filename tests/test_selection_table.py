@@ -269,6 +269,10 @@ def test_embedding_png(pool: dict, tmp_path: Path) -> None:
     # The rows pandas' sample draws from the table filtered to the others (drawn without that copy).
     others = t[t["rank"] < 0].sample(n=20, random_state=0)
     pd.testing.assert_frame_equal(sample, pd.concat([t[t["rank"] >= 0], others], ignore_index=True))
+    # The others from at most max_images images (their truth is read image by image); every pick stays.
+    few = embedding_sample(t, max_points=20, seed=0, max_images=2)
+    assert (few["rank"][:9] >= 0).all() and len(few) > 9
+    assert few["image"][9:].nunique() <= 2 < t[t["rank"] < 0]["image"].nunique()
     path = tmp_path / "embedding-cycle-2.png"
     plot_embedding(sample, np.arange(len(sample)) % 4 - 1, ["sky", "road", "car"], path, "cycle 2: contrastive")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
