@@ -340,8 +340,9 @@ def run_experiment(cfg: RunConfig | None, run_dir: str | Path, resume: bool = Fa
     (``cfg`` is then ignored), refused when it differs from the run's creation unless
     ``accept_config_change`` (the change is recorded in results.json). ``setup`` reuses data
     already prepared for ``cfg``. ``stop_after``: return once that cycle is evaluated, leaving the
-    run as a kill there would (a sweep's shared first cycle; a resume goes on from it). The process is the run directory's one writer while this runs:
-    another gets :class:`fastal.errors.RunDirLocked` before anything is touched.
+    run as a kill there would (a sweep's shared first cycle; a resume goes on from it). The
+    process is the run directory's one writer while this runs: another gets
+    :class:`fastal.errors.RunDirLocked` before anything is touched.
     """
     if distributed.rank() > 0:  # one of several processes (torchrun): rank 0 runs the experiment
         follow()

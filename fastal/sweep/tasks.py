@@ -1,6 +1,7 @@
-"""What a Dask worker runs for a sweep: one fully supervised reference, one shared first cycle, or one run.
+"""What a Dask worker runs for a sweep: one fully supervised reference, one shared first cycle
+(a run stopped after cycle 1), or one run.
 
-Both are idempotent, so a task lost with its worker is simply run again: a reference already
+All are idempotent, so a task lost with its worker is simply run again: a reference already
 written is returned; a run continues from its directory (``fastal run --resume``), and a
 finished one only reads its results. A lock beside each directory (``<dir>.lock``, released by
 the kernel when a process dies) keeps a retried task from writing next to a zombie of the first.
