@@ -146,6 +146,17 @@ NOT_REFERENCE_KEYS = ("strategy", "labels", "superpixels", "cache_dir", "initial
                       "umap_neighbors", "umap_min_dist", "bank_lifetime", "selection_table", "selection_plot",
                       "weighted_ratio_coeff", "cluster_shortlist", "log", "nproc")  # fmt: skip
 
+# What acts only from cycle 2 on (the selection, and what training reads only after cycle 1): runs
+# that differ only in these have the same cycle 1 (a seeded random set, trained and evaluated alike),
+# which a sweep with share_first_cycle trains once (fastal.sweep.spec names the groups by the
+# others). Every key is in one of the two lists (tests/test_config.py).
+LATER_CYCLE_KEYS = ("strategy", "engine", "region_entropy", "clusters", "cluster_budget", "umap_components",
+                    "umap_neighbors", "umap_min_dist", "weighted_ratio_coeff", "cluster_shortlist", "selection_table",
+                    "selection_plot", "bank_lifetime", "keep_checkpoints")  # fmt: skip
+# The rest; retrain and the schedule among them: they decide the reference's epochs and cycle 1's stop.
+FIRST_CYCLE_KEYS = (*REFERENCE_KEYS, "labels", "superpixels", "cache_dir", "initial", "budget_per_cycle", "cycles",
+                    "budgets", "target_ratio", "full_shared", "full_epochs", "epochs", "retrain", "log", "nproc")  # fmt: skip
+
 
 def _hints() -> dict[str, Any]:
     return typing.get_type_hints(RunConfig)

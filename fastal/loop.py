@@ -331,25 +331,28 @@ def _stop_reason(run: RunDir, cycle: int, miou: float) -> str | None:
 
 
 def run_experiment(cfg: RunConfig | None, run_dir: str | Path, resume: bool = False,
-                   setup: Setup | None = None, accept_config_change: bool = False) -> dict[str, Any]:
+                   setup: Setup | None = None, accept_config_change: bool = False,
+                   stop_after: int | None = None) -> dict[str, Any]:
     """Run (or, with ``resume``, continue) the experiment in ``run_dir``; returns results.json's dict.
 
     A new run validates everything (config, data, budget against the pool) before the
     directory is created; a resumed run takes its configuration from ``run_dir/config.toml``
     (``cfg`` is then ignored), refused when it differs from the run's creation unless
     ``accept_config_change`` (the change is recorded in results.json). ``setup`` reuses data
-    already prepared for ``cfg``. The process is the run directory's one writer while this runs:
-    another gets :class:`fastal.errors.RunDirLocked` before anything is touched.
+    already prepared for ``cfg``. ``stop_after``: return once that cycle is evaluated, leaving the
+    run as a kill there would (a sweep's shared first cycle; a resume goes on from it). The
+    process is the run directory's one writer while this runs: another gets
+    :class:`fastal.errors.RunDirLocked` before anything is touched.
     """
     if distributed.rank() > 0:  # one of several processes (torchrun): rank 0 runs the experiment
         follow()
         return {}
     with leading():
-        return _run_or_resume(cfg, Path(run_dir), resume, setup, accept_config_change)
+        return _run_or_resume(cfg, Path(run_dir), resume, setup, accept_config_change, stop_after)
 
 
 def _run_or_resume(cfg: RunConfig | None, run_dir: Path, resume: bool, setup: Setup | None,
-                   accept_config_change: bool) -> dict[str, Any]:
+                   accept_config_change: bool, stop_after: int | None) -> dict[str, Any]:
     if resume:
         open_run(run_dir)  # a run directory, before its lock file is made in it
         with run_lock(run_dir):
@@ -357,16 +360,18 @@ def _run_or_resume(cfg: RunConfig | None, run_dir: Path, resume: bool, setup: Se
             check_backend(cfg.log)
             setup = setup or prepare(cfg)
             check_world(setup)
-            return _run(run_dir, setup, changes)
+            return _run(run_dir, setup, changes, stop_after)
     setup = new_run_dir(cfg, run_dir, setup)
     with run_lock(run_dir):
-        return _run(run_dir, setup, {})
+        return _run(run_dir, setup, {}, stop_after)
 
 
-def new_run_dir(cfg: RunConfig, run_dir: Path, setup: Setup | None = None, world: int | None = None) -> Setup:
+def new_run_dir(cfg: RunConfig, run_dir: Path, setup: Setup | None = None, world: int | None = None,
+                first: Path | None = None) -> Setup:
     """Check everything a new run can be checked for (config, data, budget against the pool, the
-    shared reference, ``world`` processes: default, this job's), then create its directory;
-    returns the prepared data. FastalError with nothing written when a check fails."""
+    shared reference, ``world`` processes: default, this job's), then create its directory (from
+    the first cycle in ``first``: :func:`fastal.rundir.create_run_dir`); returns the prepared data.
+    FastalError with nothing written when a check fails."""
     check_new_run_dir(run_dir)  # before the data is prepared: that can take minutes
     check_backend(cfg.log)
     shared = Path(cfg.full_shared) if cfg.full_reference and cfg.full_shared else None
@@ -377,7 +382,7 @@ def new_run_dir(cfg: RunConfig, run_dir: Path, setup: Setup | None = None, world
     if shared is not None and shared.exists():
         check_reference(shared, setup)  # refused before the run directory exists
     check_before_training(setup)
-    create_run_dir(cfg, run_dir)
+    create_run_dir(cfg, run_dir, first)
     return setup
 
 
@@ -396,7 +401,7 @@ def _record_config_change(run: RunDir, changes: dict[str, list[Any]]) -> None:
     console.print(f"config change accepted and recorded in {run.dir / RESULTS}: {', '.join(changes)}")
 
 
-def _run(run_dir: Path, setup: Setup, changes: dict[str, list[Any]]) -> dict[str, Any]:
+def _run(run_dir: Path, setup: Setup, changes: dict[str, list[Any]], stop_after: int | None) -> dict[str, Any]:
     """The cycles of the run in ``run_dir``, from where its files say it stands (lock held)."""
     import torch
 
@@ -416,7 +421,7 @@ def _run(run_dir: Path, setup: Setup, changes: dict[str, list[Any]]) -> dict[str
             write_tensorboard(run_dir, to_dict(run.cfg))
     full_reference(run)
     cycle = len(run.results["cycles"]) + 1
-    while True:
+    while stop_after is None or cycle <= stop_after:
         if run.pool.current_cycle < cycle:
             # A stopped run still trains on what `fastal label import` added after it stopped.
             if run.results["stopped"]:

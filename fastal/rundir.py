@@ -6,6 +6,7 @@ The layout (see :mod:`fastal.loop` for the order in which a cycle writes it)::
     config.toml          the resolved RunConfig (written once, with the directory)
     run.json             the run's id and the configuration it was created with (its fingerprint):
                          a resume refuses a config.toml edited since, unless told to accept it
+                         (and ``first_cycle``: where a sweep's shared cycle 1 was copied from)
     run.lock             the one-writer lock (:func:`fastal.runlock.run_lock`): the pid holding it
     pool.npz             RegionPool state: which superpixel was labelled in which cycle
     queries.jsonl        one line per queried superpixel, append-only; rebuilt from pool.npz on resume
@@ -28,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import uuid
 from pathlib import Path
@@ -41,6 +43,7 @@ from fastal.errors import FastalError, check_path_names
 from fastal.oracle import OracleAnswer
 from fastal.pool import RegionPool
 from fastal.run_setup import PHASE_SELECT, Setup, phase_seed
+from fastal.runlock import RUN_LOCK
 
 CONFIG, RUN, POOL, QUERIES, FULL, TIMINGS, RESULTS, CURVE, LABELS = (
     "config.toml", "run.json", "pool.npz", "queries.jsonl", "full.json", "timings.json", "results.json",
@@ -72,15 +75,35 @@ def check_new_run_dir(run_dir: str | Path) -> None:
             break
 
 
-def create_run_dir(cfg: RunConfig, run_dir: str | Path) -> Path:
-    """A new run directory holding ``config.toml`` and ``run.json``, created whole or not at all."""
+def create_run_dir(cfg: RunConfig, run_dir: str | Path, first: Path | None = None) -> Path:
+    """A new run directory holding ``config.toml`` and ``run.json``, created whole or not at all.
+
+    ``first``: a run directory whose evaluated cycle 1 the new run starts from (a sweep's shared
+    first cycle: its runs differ only in :data:`fastal.config.LATER_CYCLE_KEYS`); its files are
+    copied, except its configuration, lock and logs, results.json describes ``cfg``, and run.json
+    says where cycle 1 came from (``first_cycle``, relative to the new run directory).
+    """
     run_dir = Path(run_dir)
     check_new_run_dir(run_dir)
+    record = {} if first is None else {"first_cycle": os.path.relpath(first, run_dir)}
     with atomic_dir(run_dir, replace=False) as tmp:  # two runs racing for one --out: one gets it
+        if first is not None:
+            if not (first / RESULTS).is_file():
+                raise FastalError(f"{first}: its first cycle is not evaluated yet ({RESULTS} missing)")
+            shutil.copytree(first, tmp, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns(CONFIG, RUN, RUN_LOCK, ".*", "*.log"))  # fmt: skip
+            atomic_write_json(tmp / RESULTS, {**read_json(tmp / RESULTS), **described(cfg)})
+            crash_point("first-copy")
         save_config(cfg, tmp / CONFIG)
-        atomic_write_json(tmp / RUN, {"run_id": uuid.uuid4().hex, **_fingerprint(cfg)})
-        (tmp / "checkpoints").mkdir()
+        atomic_write_json(tmp / RUN, {"run_id": uuid.uuid4().hex, **_fingerprint(cfg), **record})
+        (tmp / "checkpoints").mkdir(exist_ok=True)
     return run_dir
+
+
+def described(cfg: RunConfig) -> dict[str, Any]:
+    """What results.json says of the run's configuration alone."""
+    return {"dataset": cfg.dataset, "strategy": cfg.strategy, "seed": cfg.seed, "labels": cfg.labels,
+            "backbone": cfg.backbone, "budgets": cfg.schedule()}  # budgets: cumulative % of pixels per cycle
 
 
 def _fingerprint(cfg: RunConfig) -> dict[str, Any]:
@@ -130,8 +153,8 @@ def checked_config(run_dir: str | Path, accept_change: bool = False) -> tuple[Ru
 
 def accept_config(run_dir: str | Path, cfg: RunConfig) -> None:
     """From now on ``cfg`` is the configuration the run is checked against (a lost run.json: under a new id)."""
-    run_id = run_record(run_dir)["run_id"] if (Path(run_dir) / RUN).exists() else uuid.uuid4().hex
-    atomic_write_json(Path(run_dir) / RUN, {"run_id": run_id, **_fingerprint(cfg)})
+    rec = run_record(run_dir) if (Path(run_dir) / RUN).exists() else {"run_id": uuid.uuid4().hex}
+    atomic_write_json(Path(run_dir) / RUN, {**rec, **_fingerprint(cfg)})  # keeps the rest (first_cycle)
 
 
 def open_run(run_dir: str | Path) -> RunConfig:
@@ -253,15 +276,10 @@ class RunDir:
     def empty_results(self) -> dict[str, Any]:
         cfg = self.cfg
         return {
-            "dataset": cfg.dataset,
-            "strategy": cfg.strategy,
-            "seed": cfg.seed,
+            **described(cfg),
             "classes": list(self.setup.train.classes),  # names of the class ids in queries and selection tables
-            "labels": cfg.labels,
-            "backbone": cfg.backbone,
             "num_superpixels": self.setup.cache.num_superpixels,
             "num_pixels": self.pool.total_pixels,
-            "budgets": cfg.schedule(),  # cumulative % of pixels aimed at, per cycle
             "cycle_superpixels": self.setup.cycle_ks,  # planned for cycles 2, 3, ... at the mean size
             # null when the schedule's cycles differ in size
             "superpixels_per_cycle": self.setup.cycle_ks[0] if len(set(self.setup.cycle_ks)) == 1 else None,

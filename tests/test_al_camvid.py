@@ -121,6 +121,7 @@ def test_issue28_probe_and_verdict_sweeps(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert strategies <= set(STRATEGIES) and variants <= set(CLUSTER_STRATEGIES)
     assert sorted((r.cfg.seed, r.cfg.strategy) for r in verdict) == [(s, k) for s in range(5) for k in sorted(strategies)]
     assert len({r.reference for r in verdict}) == 5  # one per seed, shared by its strategies
+    assert len({r.first for r in verdict}) == 5  # cycle 1 too (share_first_cycle)
     epochs = {r.cfg.epochs for r in verdict}
     assert len(epochs) == 1 and epochs <= {2, 4, 8} and {r.cfg.full_epochs for r in verdict} == {4 * epochs.pop()}
     for r in verdict:

@@ -38,6 +38,12 @@ def is_finished(run_dir: Path) -> bool:
     return res is not None and res.get("stopped") is not None
 
 
+def is_started(run_dir: Path) -> bool:
+    """Its cycle 1 is evaluated (what a shared first cycle's task leaves)."""
+    res = read_results(run_dir)
+    return res is not None and bool(res["cycles"])
+
+
 def class_names(run_dir: Path, res: dict[str, Any] | None) -> list[str] | None:
     """The names of a run's class ids: its results.json's ``classes`` (``res``), else the sweep's
     classes.json beside it (runs older than the names in results.json); None where neither has them."""

@@ -1,4 +1,5 @@
-"""The sweep's driver: the runs left to do as Dask tasks, their references as tasks they wait for,
+"""The sweep's driver: the runs left to do as Dask tasks, their references (and shared first
+cycles) as tasks they wait for,
 a progress display, failures reported one line each, and cycles.parquet kept up to date.
 
 ``scheduler="local"`` starts a ``distributed.LocalCluster`` for the sweep (one run per worker
@@ -26,9 +27,9 @@ from rich.markup import escape
 
 from fastal.errors import FastalError
 from fastal.progress import console, progress
-from fastal.sweep.spec import REFERENCES, RUNS, RunSpec, Sweep
-from fastal.sweep.cycles import TABLE, is_finished, read_results, write_cycles
-from fastal.sweep.tasks import TOPIC, reference_task, run_task
+from fastal.sweep.spec import FIRST, REFERENCES, RUNS, RunSpec, Sweep
+from fastal.sweep.cycles import TABLE, is_finished, is_started, read_results, write_cycles
+from fastal.sweep.tasks import TOPIC, first_cycle_task, reference_task, run_task
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 ADDRESS = re.compile(r"([a-z][a-z0-9+]*://)?\S+:\d+|[a-z][a-z0-9+]*://\S+")  # tcp://HOST:PORT, HOST:PORT, ...
@@ -140,9 +141,11 @@ def say(text: str) -> None:
 
 
 def submit(client: Any, todo: list[RunSpec], out: Path, threads: int,
-           gpu: bool) -> tuple[dict[str, Any], dict[Any, RunSpec]]:  # fmt: skip
-    """One task per reference still missing (before the runs: higher priority), one per run
-    (depending on its reference's task). Returns ({reference name: future}, {future: run})."""
+           gpu: bool) -> tuple[dict[str, Any], dict[str, Any], dict[Any, RunSpec]]:  # fmt: skip
+    """One task per reference still missing (before the runs: higher priority), one per shared
+    first cycle still missing that a new run needs (after its reference), one per run (after its
+    reference's and first cycle's tasks). Returns ({reference name: future}, {first cycle name:
+    future}, {future: run})."""
     token = uuid.uuid4().hex[:8]  # a fresh key per submission: a long-lived scheduler may remember old ones
     refs: dict[str, Any] = {}
     for run in todo:
@@ -152,13 +155,24 @@ def submit(client: Any, todo: list[RunSpec], out: Path, threads: int,
             reference_task, f"reference {run.reference}", run.cfg, str(out / REFERENCES / run.reference), threads,
             key=f"fastal-reference-{run.reference}-{token}", priority=1,
             resources={"GPU": 1} if wants_gpu(run, gpu) else None)  # fmt: skip
+    # A run that has a directory goes on from its own cycles; a new one starts from its first cycle.
+    starts = {r.name: str(out / FIRST / r.first) for r in todo
+              if r.first is not None and not (out / RUNS / r.name).exists()}  # fmt: skip
+    firsts: dict[str, Any] = {}
+    for run in todo:
+        if run.name not in starts or run.first in firsts or is_started(Path(starts[run.name])):
+            continue
+        firsts[run.first] = client.submit(
+            first_cycle_task, f"first {run.first}", run.cfg, starts[run.name], threads, refs.get(run.reference),
+            key=f"fastal-first-{run.first}-{token}", priority=1,
+            resources={"GPU": 1} if wants_gpu(run, gpu) else None)  # fmt: skip
     runs = {
         client.submit(run_task, run.name, run.cfg, str(out / RUNS / run.name), threads, refs.get(run.reference),
-                      key=f"fastal-run-{run.name}-{token}",
+                      firsts.get(run.first, starts[run.name]) if run.name in starts else None, key=f"fastal-run-{run.name}-{token}",
                       resources={"GPU": run.cfg.nproc} if wants_gpu(run, gpu) else None): run
         for run in todo
     }  # fmt: skip
-    return refs, runs
+    return refs, firsts, runs
 
 
 @dataclass
@@ -169,6 +183,7 @@ class Tracker:
     out: Path
     outcome: Outcome
     refs: dict[str, Any]  # reference name -> future
+    firsts: dict[str, Any]  # shared first cycle's name -> future
     runs: dict[Any, RunSpec]  # future -> run
     running: dict[str, int] = field(default_factory=dict)  # run name -> cycles evaluated when last looked at
     starts: dict[str, int] = field(default_factory=dict)  # task name -> times started (> 1: a worker was lost)
@@ -178,7 +193,7 @@ class Tracker:
         name = msg["run"]
         self.starts[name] = self.starts.get(name, 0) + 1
         say(f"{name}: started{' again (a worker was lost)' if self.starts[name] > 1 else ''} on {msg['worker']}")
-        if not name.startswith("reference "):
+        if not name.startswith(("reference ", "first ")):
             self.running.setdefault(name, 0)
 
     def look(self) -> None:
@@ -193,7 +208,8 @@ class Tracker:
 
     def ended(self, fut: Any) -> None:
         if fut not in self.runs:
-            name = next(f"reference {n}" for n, f in self.refs.items() if f is fut)
+            name = next(f"{what} {n}" for what, tasks in (("reference", self.refs), ("first", self.firsts))
+                        for n, f in tasks.items() if f is fut)  # fmt: skip
             if fut.status == "error":
                 say(f"[bold red]{name}: failed:[/] {escape(error_line(fut.exception()))}")
             return
@@ -205,9 +221,10 @@ class Tracker:
             pct = 100 * last["labelled_pixel_fraction"]
             say(f"{run.name}: finished, mIoU {last['miou']:.4f} at {pct:.2f} % of pixels")
             return
-        ref = self.refs.get(run.reference)
-        if ref is not None and ref.status == "error":
-            line = f"not run: its reference failed ({error_line(ref.exception())})"
+        needed = {"reference": self.refs.get(run.reference), "first cycle": self.firsts.get(run.first)}
+        failed = next(((what, f) for what, f in needed.items() if f is not None and f.status == "error"), None)
+        if failed is not None:
+            line = f"not run: its {failed[0]} failed ({error_line(failed[1].exception())})"
         else:
             line = error_line(fut.exception())
         self.outcome.failed[run.name] = line
@@ -239,7 +256,7 @@ def run_sweep(sweep: Sweep, out: Path, scheduler: str = "local", workers: int | 
             events: queue.SimpleQueue = queue.SimpleQueue()
             client.subscribe_topic(TOPIC, lambda event: events.put(event[1]))  # event: (time, message)
             track = Tracker(out, outcome, *submit(client, todo, out, t, gpu))
-            done = as_completed([*track.refs.values(), *track.runs])
+            done = as_completed([*track.refs.values(), *track.firsts.values(), *track.runs])
             with progress() as bar:
                 task = bar.add_task("runs", total=len(runs), completed=len(outcome.finished))
                 while not done.is_empty():

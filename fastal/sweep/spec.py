@@ -9,6 +9,9 @@ A sweep file names a base run configuration, the axes to cross and the keys set 
     [set]                              # applied to every run
     cycles = 2
 
+``share_first_cycle = true`` (top level) trains cycle 1 once for the runs that differ only in
+what acts from cycle 2 on (:data:`fastal.config.LATER_CYCLE_KEYS`: the strategy, its knobs).
+
 It resolves to a :class:`Sweep`: the configuration every run starts from (base, then ``[set]``,
 with ``data_root`` and ``cache_dir`` made absolute, since workers may start elsewhere) and the
 axes. The sweep directory keeps it as ``sweep.json``; a sweep file that resolves to another one
@@ -25,12 +28,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from fastal.config import REFERENCE_KEYS, RunConfig, load_config, merge_config, parse_toml, read_toml, to_dict
+from fastal.config import FIRST_CYCLE_KEYS, REFERENCE_KEYS, RunConfig, load_config, merge_config, parse_toml, read_toml, to_dict
 from fastal.errors import NAME_MAX, TEMP_ROOM, FastalError
 
-SWEEP_KEYS = ("base", "axes", "set")
+SHARE = "share_first_cycle"
+SWEEP_KEYS = ("base", "axes", "set", SHARE)
 SPEC = "sweep.json"  # DIR/sweep.json: the resolved sweep
 RUNS, REFERENCES = "runs", "references"  # DIR/runs/<run name>/, DIR/references/<name>/ and <name>.json
+FIRST = "first"  # DIR/first/<name>/: a first cycle shared by the runs that match it
 # A run directory is made in a temp sibling ".<name>.<8 random>.tmp", beside <name>.lock and <name>.log.
 RUN_NAME_MAX = NAME_MAX - TEMP_ROOM
 PATH_KEYS = ("data_root", "cache_dir")  # made absolute: a worker's working directory may be another
@@ -44,6 +49,7 @@ class RunSpec:
     point: dict[str, Any]  # axis -> value
     cfg: RunConfig  # full_shared points at the reference's JSON when it has one
     reference: str | None  # name of the reference it reads (DIR/references/<name>.json)
+    first: str | None = None  # name of the first cycle it starts from (DIR/first/<name>/), when shared
 
 
 @dataclass(frozen=True)
@@ -51,9 +57,10 @@ class Sweep:
     config: dict[str, Any]  # base + [set], as fastal.config.to_dict gives it
     axes: dict[str, list[Any]]  # in the file's order
     source: str  # the sweep file, for messages
+    share_first_cycle: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"sweep_file": self.source, "config": self.config, "axes": self.axes}
+        return {"sweep_file": self.source, "config": self.config, "axes": self.axes, SHARE: self.share_first_cycle}
 
     def runs(self, out: Path | None = None) -> list[RunSpec]:
         """The grid, the last axis varying fastest; under sweep directory ``out`` (absolute), each
@@ -63,9 +70,13 @@ class Sweep:
             point = dict(zip(self.axes, values))
             cfg = merge_config(self.config, point, self.source)
             ref = reference_name(cfg) if cfg.full_reference else None
+            first = first_name(cfg) if self.share_first_cycle else None
+            if first is not None and cfg.nproc > 1:
+                raise FastalError(f"{SHARE}: runs of nproc = {cfg.nproc} processes cannot share their first "
+                                  f"cycle (it is trained in one); set nproc = 1 or {SHARE} = false")  # fmt: skip
             if ref is not None and out is not None:
                 cfg = replace(cfg, full_shared=str(out / REFERENCES / f"{ref}.json"))
-            runs.append(RunSpec(run_name(point), point, cfg, ref))
+            runs.append(RunSpec(run_name(point), point, cfg, ref, first))
         return runs
 
 
@@ -97,7 +108,18 @@ def reference_key(cfg: RunConfig) -> dict[str, Any]:
 
 
 def reference_name(cfg: RunConfig) -> str:
-    digest = hashlib.sha1(json.dumps(reference_key(cfg), sort_keys=True).encode()).hexdigest()
+    return keyed_name(cfg, reference_key(cfg))
+
+
+def first_name(cfg: RunConfig) -> str:
+    """The name of the first cycle ``cfg`` shares (DIR/first/<name>/): the runs that differ only in
+    :data:`fastal.config.LATER_CYCLE_KEYS` have the same one."""
+    return keyed_name(cfg, {k: getattr(cfg, k) for k in FIRST_CYCLE_KEYS})
+
+
+def keyed_name(cfg: RunConfig, key: dict[str, Any]) -> str:
+    """``seed<S>-<digest of key>``: what a sweep's runs share is named by what decides it."""
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
     return f"seed{cfg.seed}-{digest[:8]}"
 
 
@@ -107,7 +129,7 @@ def load_sweep(path: str | Path) -> Sweep:
     data = parse_toml(path, "sweep file")
     unknown = [k for k in data if k not in SWEEP_KEYS]
     if unknown:
-        raise FastalError(f"{path}: unknown key {unknown[0]!r} (a sweep file has base, [axes] and [set])")
+        raise FastalError(f"{path}: unknown key {unknown[0]!r} (a sweep file has base, {SHARE}, [axes] and [set])")
     base = data.get("base")
     if base is not None and not isinstance(base, str):
         raise FastalError(f"{path}: base = {base!r}: expected the path of a run configuration")
@@ -125,9 +147,16 @@ def load_sweep(path: str | Path) -> Sweep:
         base_values = {k: v for k, v in read_toml(base_path).items() if k != "full_shared"}
     cfg = merge_config(base_values, fixed, str(path))
     config = to_dict(replace(cfg, **{k: str(Path(v).absolute()) for k in PATH_KEYS if (v := getattr(cfg, k))}))
-    sweep = Sweep(config, axes, str(path))
+    sweep = Sweep(config, axes, str(path), check_share(data.get(SHARE, False), path))
     check_runs(sweep)
     return sweep
+
+
+def check_share(value: Any, path: str | Path) -> bool:
+    """``share_first_cycle``'s value, FastalError naming ``path`` unless it is true or false."""
+    if not isinstance(value, bool):
+        raise FastalError(f"{path}: {SHARE} = {value!r}: expected true or false")
+    return value
 
 
 def check_axes(axes: Any, fixed: dict[str, Any], path: str | Path) -> None:
@@ -161,15 +190,17 @@ def kept_sweep(spec: Path) -> Sweep:
     from fastal.atomic import read_json
 
     kept = read_json(spec)
-    if not isinstance(kept, dict) or sorted(kept) != ["axes", "config", "sweep_file"]:
+    # share_first_cycle: absent from the sweeps kept before it existed, which did not share
+    if not isinstance(kept, dict) or sorted(k for k in kept if k != SHARE) != ["axes", "config", "sweep_file"]:
         raise FastalError(f"{spec}: expected the resolved sweep fastal wrote (keys sweep_file, config, axes), "
                           f"found {sorted(kept) if isinstance(kept, dict) else type(kept).__name__}")  # fmt: skip
     if not isinstance(kept["config"], dict) or not isinstance(kept["sweep_file"], str):
         raise FastalError(f"{spec}: config must be an object and sweep_file a string")
     check_axes(kept["axes"], {}, spec)
     merge_config(kept["config"], None, f"{spec}: config")
-    check_runs(Sweep(kept["config"], kept["axes"], str(spec)))  # a message names sweep.json, not the file
-    return Sweep(kept["config"], kept["axes"], kept["sweep_file"])
+    share = check_share(kept.get(SHARE, False), spec)
+    check_runs(Sweep(kept["config"], kept["axes"], str(spec), share))  # a message names sweep.json, not the file
+    return Sweep(kept["config"], kept["axes"], kept["sweep_file"], share)
 
 
 def check_runs(sweep: Sweep) -> None:
@@ -181,7 +212,10 @@ def check_runs(sweep: Sweep) -> None:
 
 
 def first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
-    """The first key (``axes.seed``, ``epochs``) whose value differs between two sweep.json dicts."""
+    """The first key (``axes.seed``, ``epochs``, ``share_first_cycle``) whose value differs between
+    two sweep.json dicts."""
+    if old.get(SHARE, False) != new.get(SHARE, False):
+        return SHARE
     for section in ("axes", "config"):
         a, b = old.get(section, {}), new.get(section, {})
         for key in list(a) + [k for k in b if k not in a]:
@@ -190,6 +224,14 @@ def first_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     if list(old.get("axes", {})) != list(new.get("axes", {})):
         return "the order of [axes]"
     return None
+
+
+def value_of(kept: dict[str, Any], key: str) -> Any:
+    """The value of a key :func:`first_difference` names, in a sweep.json dict."""
+    if key == SHARE:
+        return kept.get(SHARE, False)
+    section, name = ("axes", key[5:]) if key.startswith("axes.") else ("config", key)
+    return kept.get(section, {}).get(name)
 
 
 def open_sweep_dir(out: Path, sweep: Sweep | None) -> Sweep:
@@ -206,8 +248,7 @@ def open_sweep_dir(out: Path, sweep: Sweep | None) -> Sweep:
         kept = kept_spec.to_json()
         key = first_difference(kept, sweep.to_json())
         if key is not None:
-            section, name = ("axes", key[5:]) if key.startswith("axes.") else ("config", key)
-            have, want = kept.get(section, {}).get(name), sweep.to_json()[section].get(name)
+            have, want = value_of(kept, key), value_of(sweep.to_json(), key)
             raise FastalError(f"{out}: made by a sweep with {key} = {have!r}; {sweep.source} now gives {want!r} "
                               f"(use another --out, or restore the sweep file)")
         return sweep

@@ -1,6 +1,7 @@
-"""What a Dask worker runs for a sweep: one fully supervised reference, or one run.
+"""What a Dask worker runs for a sweep: one fully supervised reference, one shared first cycle
+(a run stopped after cycle 1), or one run.
 
-Both are idempotent, so a task lost with its worker is simply run again: a reference already
+All are idempotent, so a task lost with its worker is simply run again: a reference already
 written is returned; a run continues from its directory (``fastal run --resume``), and a
 finished one only reads its results. A lock beside each directory (``<dir>.lock``, released by
 the kernel when a process dies) keeps a retried task from writing next to a zombie of the first.
@@ -134,14 +135,24 @@ def reference_task(name: str, cfg: RunConfig, directory: str, threads: int) -> s
     return str(shared)
 
 
-def run_task(name: str, cfg: RunConfig, run_dir: str, threads: int, reference: str | None = None) -> dict[str, Any]:
+def first_cycle_task(name: str, cfg: RunConfig, directory: str, threads: int, reference: str | None = None) -> str:
+    """Cycle 1 of ``cfg``, once for the runs that share it (``share_first_cycle``): a run stopped
+    after that cycle, in ``directory``; returns ``directory``, for :func:`run_task`'s ``first``."""
+    run_task(name, cfg, directory, threads, reference, stop_after=1)
+    return directory
+
+
+def run_task(name: str, cfg: RunConfig, run_dir: str, threads: int, reference: str | None = None,
+             first: str | None = None, stop_after: int | None = None) -> dict[str, Any]:
     """One run of a sweep: new, or resumed from ``run_dir``; returns its results.json dict.
 
     ``reference`` is the path :func:`reference_task` returned: passing its future makes Dask
-    start the run once its reference exists.
+    start the run once its reference exists. ``first``: the first cycle the run starts from when
+    new (:func:`first_cycle_task`'s directory, or its future); a run directory that exists goes
+    on from its own. ``stop_after``: :func:`fastal.loop.run_experiment`'s.
     """
     from fastal.atomic import atomic_write_json
-    from fastal.loop import run_experiment
+    from fastal.loop import new_run_dir, run_experiment
     from fastal.run_setup import prepare
     from fastal.rundir import CONFIG, open_run
     from fastal.runlock import file_lock
@@ -153,10 +164,13 @@ def run_task(name: str, cfg: RunConfig, run_dir: str, threads: int, reference: s
         check_not_daemon()
         resume = (path / CONFIG).is_file()
         setup = prepare(open_run(path) if resume else cfg)
+        if first is not None and not resume:
+            new_run_dir(cfg, path, setup, first=Path(first))  # whole or absent: made aside, renamed
+            resume = True
         if setup.cfg.nproc > 1:
             results = run_processes(setup, path, resume)
         else:
-            results = run_experiment(cfg, path, resume=resume, setup=setup)
+            results = run_experiment(cfg, path, resume=resume, setup=setup, stop_after=stop_after)
         atomic_write_json(path / CLASSES, list(setup.train.classes))
     return results
 
