@@ -191,6 +191,13 @@ def plot_curves(groups: list[Group], path: str | Path, title: str | None = None)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
+    save_png(fig, path)
+
+
+def save_png(fig: Any, path: str | Path) -> None:
+    """Write a matplotlib figure atomically as PNG at ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
@@ -407,7 +414,4 @@ def plot_embedding(sample: Any, classes: np.ndarray, names: list[str], path: str
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)

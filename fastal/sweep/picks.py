@@ -15,7 +15,6 @@ with picks.
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 from pathlib import Path
@@ -108,7 +107,7 @@ def plot_picks(picks: list[dict[str, Any]], labels: list[str], path: str | Path)
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from fastal.atomic import atomic_write_bytes
+    from fastal.run_report import save_png
 
     classes = list(dict.fromkeys(k for p in picks for k in p["region_pct"]))
     drawn = [(i, p, label) for i, (p, label) in enumerate(zip(picks, labels)) if p["runs"]]
@@ -124,7 +123,4 @@ def plot_picks(picks: list[dict[str, Any]], labels: list[str], path: str | Path)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)
