@@ -90,6 +90,7 @@ def main() -> None:
             "stages_peak_rss_gb": peaks,
             "cache_bytes_per_pixel": cache_bytes_per_pixel(res["num_superpixels"], res["num_pixels"]),
             "seconds": round(seconds, 1),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),  # torch's threads; unset: one per core
             "miou": [c["miou"] for c in res["cycles"]],
             "config": cfg | {"train_images": n},
             "run_dir": portable_path(run_dir),

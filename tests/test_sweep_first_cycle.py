@@ -142,7 +142,7 @@ def test_runs_wait_for_their_first_cycle(tmp_path: Path, monkeypatch: pytest.Mon
         assert name == "run_task" and args[4] == refs[run.reference] and args[5] == firsts[run.first]
         fname, fargs, priority = client.tasks[firsts[run.first]]
         assert fname == "first_cycle_task" and fargs[2] == str(out / "first" / run.first)
-        assert fargs[4] == refs[run.reference] and priority == 1
+        assert fargs[4] == refs[run.reference]
     # A first cycle already evaluated is read, not run; a run that has a directory goes on from its own.
     monkeypatch.setattr("fastal.sweep.driver.is_started", lambda path: path.name == runs[0].first)
     (out / "runs" / runs[1].name).mkdir(parents=True)
@@ -151,6 +151,25 @@ def test_runs_wait_for_their_first_cycle(tmp_path: Path, monkeypatch: pytest.Mon
     assert runs[0].first not in firsts
     starts = {run.name: client.tasks[fut][1][5] for fut, run in submitted.items()}
     assert starts[runs[0].name] == str(out / "first" / runs[0].first) and starts[runs[1].name] is None
+
+
+def test_workers_take_the_runs_in_the_grids_order(tmp_path: Path) -> None:
+    """Seed listed first: seed 0's reference, first cycle and every run of it come before anything
+    of seed 1, so a sweep stopped half-way leaves whole seeds."""
+    sweep = load_sweep(write_sweep(tmp_path, {"seed": [0, 1], "strategy": STRATEGIES}))
+    sweep = type(sweep)(sweep.config, sweep.axes, sweep.source, share_first_cycle=True)
+    runs = sweep.runs(tmp_path / "out")
+    client = FakeClient()
+    refs, firsts, submitted = submit(client, runs, tmp_path / "out", 1, False)
+    priority = {key: task[2] for key, task in client.tasks.items()}
+    by_seed = {seed: [r for r in runs if r.cfg.seed == seed] for seed in (0, 1)}
+    runs_of = {seed: [priority[fut] for fut, r in submitted.items() if r.cfg.seed == seed] for seed in (0, 1)}
+    assert len(runs_of[0]) == len(STRATEGIES) > 1
+    for seed in (0, 1):
+        before = [priority[refs[by_seed[seed][0].reference]], priority[firsts[by_seed[seed][0].first]]]
+        assert min(before) > max(runs_of[seed])  # a seed's reference and first cycle before its runs
+    assert min(runs_of[0]) > priority[refs[by_seed[1][0].reference]]  # seed 0's runs before seed 1's reference
+    assert [priority[fut] for fut in submitted] == sorted(priority[fut] for fut in submitted)[::-1]  # grid order
 
 
 def test_share_first_cycle_is_checked_and_kept(tmp_path: Path, capsys) -> None:

@@ -142,18 +142,22 @@ def say(text: str) -> None:
 
 def submit(client: Any, todo: list[RunSpec], out: Path, threads: int,
            gpu: bool) -> tuple[dict[str, Any], dict[str, Any], dict[Any, RunSpec]]:  # fmt: skip
-    """One task per reference still missing (before the runs: higher priority), one per shared
-    first cycle still missing that a new run needs (after its reference), one per run (after its
-    reference's and first cycle's tasks). Returns ({reference name: future}, {first cycle name:
-    future}, {future: run})."""
+    """One task per reference still missing, one per shared first cycle still missing that a new
+    run needs (after its reference), one per run (after its reference's and first cycle's tasks).
+    Returns ({reference name: future}, {first cycle name: future}, {future: run}).
+
+    Free workers take the runs in the grid's order, each run's reference and first cycle just
+    before it: a sweep stopped half-way leaves whole leading points of its first axis (all
+    strategies of the first seeds when seed is listed first), not every reference and no run."""
     token = uuid.uuid4().hex[:8]  # a fresh key per submission: a long-lived scheduler may remember old ones
+    order = {r.name: -2 * i for i, r in enumerate(todo)}  # Dask's priority: higher runs first
     refs: dict[str, Any] = {}
     for run in todo:
         if run.reference is None or run.reference in refs or Path(str(run.cfg.full_shared)).is_file():
             continue
         refs[run.reference] = client.submit(
             reference_task, f"reference {run.reference}", run.cfg, str(out / REFERENCES / run.reference), threads,
-            key=f"fastal-reference-{run.reference}-{token}", priority=1,
+            key=f"fastal-reference-{run.reference}-{token}", priority=order[run.name] + 1,
             resources={"GPU": 1} if wants_gpu(run, gpu) else None)  # fmt: skip
     # A run that has a directory goes on from its own cycles; a new one starts from its first cycle.
     starts = {r.name: str(out / FIRST / r.first) for r in todo
@@ -164,12 +168,12 @@ def submit(client: Any, todo: list[RunSpec], out: Path, threads: int,
             continue
         firsts[run.first] = client.submit(
             first_cycle_task, f"first {run.first}", run.cfg, starts[run.name], threads, refs.get(run.reference),
-            key=f"fastal-first-{run.first}-{token}", priority=1,
+            key=f"fastal-first-{run.first}-{token}", priority=order[run.name] + 1,
             resources={"GPU": 1} if wants_gpu(run, gpu) else None)  # fmt: skip
     runs = {
         client.submit(run_task, run.name, run.cfg, str(out / RUNS / run.name), threads, refs.get(run.reference),
                       firsts.get(run.first, starts[run.name]) if run.name in starts else None, key=f"fastal-run-{run.name}-{token}",
-                      resources={"GPU": run.cfg.nproc} if wants_gpu(run, gpu) else None): run
+                      priority=order[run.name], resources={"GPU": run.cfg.nproc} if wants_gpu(run, gpu) else None): run
         for run in todo
     }  # fmt: skip
     return refs, firsts, runs
