@@ -28,13 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "cityscapes_scale.toml"
 
 
-def flatten(results: dict) -> tuple[dict[str, float], dict[str, float]]:
-    """results.json's setup and per-cycle stages as ``{name: seconds}``, ``{name: peak GB}``
-    (per-cycle names as ``cycle<K>.<stage>``)."""
+def flatten(results: dict, field: str) -> dict[str, float]:
+    """results.json's setup and per-cycle stages as ``{name: the stage's field}`` (per-cycle names
+    as ``cycle<K>.<stage>``); stages recorded without the field are left out."""
     named = {**results.get("setup", {})}
     for c in results["cycles"]:
         named.update({f"cycle{c['cycle']}.{k}": v for k, v in c.get("stages", {}).items()})
-    return {k: v["seconds"] for k, v in named.items()}, {k: v["peak_rss_gb"] for k, v in named.items()}
+    return {k: v[field] for k, v in named.items() if field in v}
 
 
 def cache_bytes_per_pixel(superpixels: int, pixels: int) -> float | None:
@@ -79,7 +79,7 @@ def main() -> None:
         if os.waitstatus_to_exitcode(status) != 0:
             sys.exit(f"{shlex.join(argv)} failed ({os.waitstatus_to_exitcode(status)})")
         res = read_json(run_dir / "results.json")
-        stages, peaks = flatten(res)
+        stages, peaks = flatten(res, "seconds"), flatten(res, "peak_rss_gb")
         out = {
             "images": n or None,
             "superpixels": res["num_superpixels"],
@@ -91,6 +91,7 @@ def main() -> None:
             "wait4_peak_rss_gb": round(usage.ru_maxrss / 2**20, 3),  # KiB -> GiB
             "stages": stages,
             "stages_peak_rss_gb": peaks,
+            "stages_cpu_seconds": flatten(res, "cpu_seconds"),  # this process's; setup's workers not counted
             "cache_bytes_per_pixel": cache_bytes_per_pixel(res["num_superpixels"], res["num_pixels"]),
             "seconds": round(seconds, 1),
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),  # torch's threads; unset: one per core

@@ -3,7 +3,7 @@
 >>> stages = {}
 >>> with measured(stages, "score"):
 ...     scores = score_pool(...)
->>> stages["score"]   # {"seconds": 41.2, "peak_rss_gb": 3.91}
+>>> stages["score"]   # {"seconds": 41.2, "cpu_seconds": 80.5, "peak_rss_gb": 3.91}
 
 The peak is this process's resident high-water mark during the stage (Linux: ``VmHWM``, reset at
 the stage's start through ``/proc/self/clear_refs``), not counting worker processes. Stages nest:
@@ -54,22 +54,25 @@ def _fold(peak: int) -> None:
 
 @contextlib.contextmanager
 def measured(into: dict[str, Any], name: str) -> Iterator[None]:
-    """Record ``{"seconds", "peak_rss_gb"}`` of the block as ``into[name]`` (also when it raises);
-    a stage measured again in the same record adds its seconds and keeps the higher peak."""
+    """Record ``{"seconds", "cpu_seconds", "peak_rss_gb"}`` of the block as ``into[name]`` (also
+    when it raises); a stage measured again in the same record adds its seconds and keeps the higher
+    peak. ``cpu_seconds`` is this process's CPU time (all its threads, not its worker processes):
+    on a shared machine it tells how a stage's work grows where wall seconds tell the load."""
     _fold(peak_rss_bytes())  # what the enclosing stages reached so far, before the reset
     _reset_peak()
     entry = {"peak": 0}
     _open.append(entry)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         _open.pop()
         peak = max(entry["peak"], peak_rss_bytes())
         _fold(peak)
-        before = into.get(name, {"seconds": 0.0, "peak_rss_gb": 0.0})
+        before = into.get(name, {"seconds": 0.0, "cpu_seconds": 0.0, "peak_rss_gb": 0.0})
         into[name] = {"seconds": round(before["seconds"] + seconds, 3),
+                      "cpu_seconds": round(before.get("cpu_seconds", 0.0) + cpu, 3),
                       "peak_rss_gb": max(before["peak_rss_gb"], round(peak / _GB, 3))}  # fmt: skip
 
 

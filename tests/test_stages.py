@@ -47,4 +47,16 @@ def test_a_stage_measured_again_adds_seconds_keeps_the_higher_peak_and_records_o
     assert stages["select"]["seconds"] >= 0.04
     with pytest.raises(ValueError), measured(stages, "fails"):
         raise ValueError
-    assert set(stages["fails"]) == {"seconds", "peak_rss_gb"}
+    assert set(stages["fails"]) == {"seconds", "cpu_seconds", "peak_rss_gb"}
+
+
+def test_cpu_seconds_count_work_not_waiting():
+    stages: dict = {}
+    with measured(stages, "sleep"):
+        time.sleep(0.3)
+    with measured(stages, "work"):
+        end = time.process_time() + 0.3
+        while time.process_time() < end:
+            pass
+    assert stages["sleep"]["seconds"] >= 0.3 and stages["sleep"]["cpu_seconds"] < 0.1
+    assert stages["work"]["cpu_seconds"] >= 0.3
