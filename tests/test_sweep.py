@@ -111,6 +111,7 @@ def test_sweep_runs_the_grid(uninterrupted: Path, tmp_path: Path) -> None:
     for n, r in res.items():
         assert r["stopped"] == "budget" and [c["cycle"] for c in r["cycles"]] == [1, 2], n
         assert re.search(r"started on tcp://127\.0\.0\.1:\d+ \(pid \d+\)", (out / "runs" / n / "sweep.log").read_text())
+    assert json.loads((out / "threads.json").read_text()) == {"torch_threads_per_run": 1}  # kept for resumes
     # One reference per seed, trained once in its own task, read by both strategies of the seed.
     refs = sorted(p for p in (out / "references").glob("*.json"))
     assert [p.name.split("-")[0] for p in refs] == ["seed0", "seed1"]

@@ -18,6 +18,7 @@ from fastal.cli import main
 from fastal.config import dumps_toml
 from fastal.errors import FastalError
 from fastal.sweep import load_sweep, open_sweep_dir
+from fastal.sweep.driver import THREADS, kept_threads
 from fastal.sweep.spec import RUNS
 
 # T of the issue (no run is trained here: only its configuration is read).
@@ -72,6 +73,28 @@ def test_a_damaged_sweep_json_is_refused_and_nothing_is_rewritten(sweep_dir: Pat
     assert snapshot(sweep_dir) == before and not list((sweep_dir / RUNS).iterdir())
     code, err = cli(["report", sweep_dir, "--out", sweep_dir / "r.png"], capsys)  # the report reads it too
     assert code == 2 and message in one_line(err), err
+
+
+@pytest.mark.parametrize("kept, options, message", [
+    ('{"torch_threads_per_run": 1}', ["--threads-per-worker", "2"], "--threads-per-worker 2: this sweep's runs were started with 1 torch threads each"),
+    ('{"torch_threads_per_run": 0}', [], 'expected {"torch_threads_per_run": N} with N >= 1, found'),
+    ("[1]", [], 'expected {"torch_threads_per_run": N} with N >= 1, found [1]'),
+])  # fmt: skip
+def test_a_resumed_sweep_keeps_its_thread_count(sweep_dir: Path, capsys, kept: str, options: list,
+                                                 message: str) -> None:  # fmt: skip
+    """Results on a CPU depend on torch's thread count: a resume may not change it, and without
+    the option takes the kept one whatever --workers would give."""
+    (sweep_dir / THREADS).write_text(kept)
+    before = snapshot(sweep_dir)
+    code, err = cli(["sweep", "--resume", sweep_dir, *options], capsys)
+    assert code == 2 and message in one_line(err), err
+    assert snapshot(sweep_dir) == before and not list((sweep_dir / RUNS).iterdir())
+
+
+def test_the_kept_thread_count_is_the_default(sweep_dir: Path) -> None:
+    assert kept_threads(sweep_dir, None) is None and kept_threads(sweep_dir, 3) == 3  # nothing kept yet
+    (sweep_dir / THREADS).write_text('{"torch_threads_per_run": 1}')
+    assert kept_threads(sweep_dir, None) == 1 and kept_threads(sweep_dir, 1) == 1
 
 
 # ---- item 4: a run no worker can take -----------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 
 from rich.markup import escape
 
+from fastal.atomic import atomic_write_json
 from fastal.errors import FastalError
 from fastal.progress import console, progress
 from fastal.sweep.spec import FIRST, REFERENCES, RUNS, RunSpec, Sweep
@@ -32,6 +33,7 @@ from fastal.sweep.cycles import TABLE, is_finished, is_started, read_results, wr
 from fastal.sweep.tasks import TOPIC, first_cycle_task, reference_task, run_task
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+THREADS = "threads.json"  # DIR/threads.json: {"torch_threads_per_run": N}, kept from the sweep's first start
 ADDRESS = re.compile(r"([a-z][a-z0-9+]*://)?\S+:\d+|[a-z][a-z0-9+]*://\S+")  # tcp://HOST:PORT, HOST:PORT, ...
 
 
@@ -239,6 +241,25 @@ class Tracker:
         return text + (f"; latest {self.latest}" if self.latest else "")
 
 
+def kept_threads(out: Path, threads: int | None) -> int | None:
+    """The torch threads per run for a sweep in ``out``: those its runs were started with (results
+    on a CPU depend on the count, so a resumed sweep keeps it whatever ``--workers`` gives), else
+    ``threads``. A ``threads`` other than the kept count is refused."""
+    from fastal.atomic import read_json
+
+    path = out / THREADS
+    if not path.is_file():
+        return threads
+    kept = read_json(path)
+    n = kept.get("torch_threads_per_run") if isinstance(kept, dict) else None
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise FastalError(f"{path}: expected {{\"torch_threads_per_run\": N}} with N >= 1, found {str(kept)[:80]}")
+    if threads is not None and threads != n:
+        raise FastalError(f"--threads-per-worker {threads}: this sweep's runs were started with {n} torch threads each "
+                          f"({path}), and results on a CPU depend on the count; leave the option out, or use another --out")
+    return n
+
+
 def run_sweep(sweep: Sweep, out: Path, scheduler: str = "local", workers: int | None = None,
               threads: int | None = None, poll: float = 0.5) -> Outcome:  # fmt: skip
     """Run every run of ``sweep`` under ``out`` that has not finished (``out`` already made by
@@ -249,6 +270,7 @@ def run_sweep(sweep: Sweep, out: Path, scheduler: str = "local", workers: int | 
     runs = sweep.runs(out)
     todo = [r for r in runs if not is_finished(out / RUNS / r.name)]
     outcome = Outcome(len(runs), finished=[r.name for r in runs if r not in todo])
+    threads = kept_threads(out, threads)
     check_local_cluster(todo, scheduler, workers, threads)
     say(f"sweep {out}: {len(runs)} runs, {len(outcome.finished)} finished before, {len(todo)} to run")
     if todo:
@@ -257,6 +279,8 @@ def run_sweep(sweep: Sweep, out: Path, scheduler: str = "local", workers: int | 
             if resources:  # none yet (batch jobs still queued): the tasks wait for workers, as Dask's do
                 check_placeable(todo, resources, f"the cluster at {client.scheduler.address}", gpu)
             say(f"Dask scheduler {client.scheduler.address}; {t} torch threads per run")
+            if not (out / THREADS).is_file():
+                atomic_write_json(out / THREADS, {"torch_threads_per_run": t})
             events: queue.SimpleQueue = queue.SimpleQueue()
             client.subscribe_topic(TOPIC, lambda event: events.put(event[1]))  # event: (time, message)
             track = Tracker(out, outcome, *submit(client, todo, out, t, gpu))
