@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+DESCRIBED = ("cpu", "cores", "platform", "python")  # what made_on reads of a record; the rest it reads if there
+
 
 def _cpu_model() -> str:
     try:
