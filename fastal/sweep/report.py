@@ -167,6 +167,24 @@ def selection_seconds(df: Any, settings: list[str]) -> Any:
     return out
 
 
+def run_machines(df: Any) -> list[dict[str, Any]]:
+    """The machines that made the cycles of ``df`` (each cycle's ``machine`` in its run's
+    results.json): ``{"machine": record, "cycles": n}`` per distinct record, in the order met;
+    ``machine`` None for the cycles of runs older than the record (or without a results.json)."""
+    import json
+
+    from fastal.sweep.cycles import read_results
+
+    counts: dict[str, list[Any]] = {}
+    for run_dir, cycles in df.groupby("run_dir", sort=False)["cycle"]:
+        res = read_results(Path(run_dir)) or {"cycles": []}
+        made = {c["cycle"]: c.get("machine") for c in res["cycles"]}
+        for cycle in cycles:
+            machine = made.get(cycle)
+            counts.setdefault(json.dumps(machine, sort_keys=True), [machine, 0])[1] += 1
+    return [{"machine": machine, "cycles": n} for machine, n in counts.values()]
+
+
 def default_baseline(df: Any) -> str:
     """``random`` when the sweep has it, else its first strategy."""
     strategies = list(dict.fromkeys(df["strategy"]))
@@ -285,20 +303,21 @@ def picks_plot_path(out: str | Path) -> Path:
 
 def sweep_report(sweep_dirs: list[str | Path], out: str | Path | None, json_path: str | Path | None,
                  baseline: str | None = None, as_markdown: bool = False, command: str | None = None) -> list[Table]:
-    """Print the tables of one sweep or several side by side (:func:`load_sweeps`) and the machine
-    and library versions they were made with; plot at ``out`` (and the classes picked beside it,
-    :func:`picks_plot_path`) and write the numbers as JSON at ``json_path`` when given, with
-    ``command`` (the command that made them) and the machine."""
+    """Print the tables of one sweep or several side by side (:func:`load_sweeps`), the machines
+    that made the runs (:func:`run_machines`) and the machine and library versions the report was
+    made with; plot at ``out`` (and the classes picked beside it, :func:`picks_plot_path`) and write
+    the numbers as JSON at ``json_path`` when given, with ``command`` (the command that made them)
+    and both machines."""
     from rich.table import Table
 
     from fastal.atomic import atomic_write_json, check_writable
-    from fastal.machine import machine_info, made_on, portable_path
+    from fastal.machine import machine_info, made_on, portable_path, runs_made_on
     from fastal.progress import console, print_table
     from fastal.sweep.picks import pick_shares, plot_picks
 
     df, settings = load_sweeps(sweep_dirs)
     baseline = baseline or default_baseline(df)
-    picks = pick_shares(df, settings)
+    picks, machines = pick_shares(df, settings), run_machines(df)  # read (and checked) before anything is written
     bought = any(p["runs"] for p in picks)  # some strategy has picks: their bars are drawn
     for target in (out, json_path, *([picks_plot_path(out)] if out is not None and bought else [])):
         if target is not None:
@@ -316,11 +335,13 @@ def sweep_report(sweep_dirs: list[str | Path], out: str | Path | None, json_path
             t.add_row(*r)
         print_table(t)
     machine = machine_info()
-    # The project's rule: a table says on which machine and library versions it was made.
-    if as_markdown:
-        print(made_on(machine))
-    else:
-        console.print(made_on(machine), highlight=False, soft_wrap=True)
+    # The project's rule: a table says on which machine and library versions it was made: the
+    # runs' numbers on theirs, the report on this one.
+    for line in [*(runs_made_on(m["machine"], m["cycles"]) for m in machines), made_on(machine)]:
+        if as_markdown:
+            print(line)
+        else:
+            console.print(line, highlight=False, soft_wrap=True)
     if out is not None:
         plot(df, settings, out)
         if bought:
@@ -328,7 +349,7 @@ def sweep_report(sweep_dirs: list[str | Path], out: str | Path | None, json_path
             console.print(f"classes picked: {picks_plot_path(out)}")
     if json_path is not None:
         atomic_write_json(json_path, {
-            "command": command, "machine": machine,
+            "command": command, "machine": machine, "run_machines": machines,
             "sweeps": [portable_path(d) for d in sweep_dirs], "baseline": baseline,
             "summary": summary(df, settings).to_dict(orient="records"),
             "paired": paired(df, settings, baseline).to_dict(orient="records"),
