@@ -34,17 +34,18 @@ def is_sweep_dir(path: str | Path) -> bool:
 
 def load_cycles(sweep_dir: str | Path) -> tuple[Any, list[str]]:
     """``cycles.parquet`` of a sweep and its setting columns: the axes other than strategy and seed."""
-    from fastal.sweep.cycles import STRATEGY_SECONDS, TABLE, read_cycles
+    from fastal.sweep.cycles import STRATEGY_SECONDS, TABLE, is_started, read_cycles
     from fastal.sweep.spec import RUNS, SPEC, kept_sweep
 
     sweep_dir = Path(sweep_dir)
-    path = sweep_dir / TABLE
-    if not path.is_file():
-        raise FastalError(f"{path}: not found (run `fastal sweep --resume {sweep_dir}` to write it)")
-    axes = list(kept_sweep(sweep_dir / SPEC).axes)
-    df = read_cycles(path, axes)
-    if df.empty:
-        raise FastalError(f"{path}: no run has evaluated a cycle yet")
+    path, sweep = sweep_dir / TABLE, kept_sweep(sweep_dir / SPEC)
+    axes = list(sweep.axes)
+    df = read_cycles(path, axes) if path.is_file() else None
+    if df is None or df.empty:
+        if not any(is_started(sweep_dir / RUNS / run.name) for run in sweep.runs()):
+            raise FastalError(f"{sweep_dir}: no run of the sweep has an evaluated cycle yet; nothing to report")
+        raise FastalError(f"{path}: {'not found' if df is None else 'no cycle in it'} (run `fastal sweep --resume "
+                          f"{sweep_dir}` to write it)")  # fmt: skip
     settings = [a for a in axes if a not in ("strategy", "seed")]
     numbered = bool(df[BUDGET].isna().any())  # cycles people added have no planned budget
     if numbered:
