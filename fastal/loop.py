@@ -42,6 +42,7 @@ import numpy as np
 from fastal import distributed
 from fastal.atomic import atomic_write_json, check_writable
 from fastal.config import RunConfig, to_dict
+from fastal.machine import machine_info
 from fastal.progress import console, print_table
 from fastal.reference import check_reference, reference_key, shared_reference
 from fastal.run_setup import PHASE_EVAL, PHASE_SELECT, PHASE_TRAIN, Setup, check_before_training, phase_seed, prepare
@@ -298,6 +299,7 @@ def evaluate_phase(run: RunDir, cycle: int) -> dict[str, Any]:
         # a stage redone after a kill reports its last run.
         "stages": stages,
         "peak_rss_gb": overall_peak_gb(stages),
+        "machine": machine_info(),  # this process's: a run resumed elsewhere records each machine's cycles
     }
     full = run.read_json(FULL)
     run.results["full_miou"] = None if full is None else full["miou"]

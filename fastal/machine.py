@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+DESCRIBED = ("cpu", "cores", "platform", "python")  # what made_on reads of a record; the rest it reads if there
+
 
 def _cpu_model() -> str:
     try:
@@ -51,11 +53,25 @@ def machine_info() -> dict[str, Any]:
 def made_on(info: dict[str, Any]) -> str:
     """One line for the foot of a table: the machine and library versions of ``info`` (a
     :func:`machine_info` record)."""
+    return f"Made on {_described(info)}."
+
+
+def runs_made_on(info: dict[str, Any] | None, cycles: int) -> str:
+    """One line per machine that made a sweep's runs: ``info`` (the :func:`machine_info` record of
+    the processes that made ``cycles`` of its run-cycles; None: runs older than that record)."""
+    count = f"{cycles} run-cycle{'' if cycles == 1 else 's'}"
+    if info is None:
+        return f"Runs made on: a machine they did not record ({count}, made before runs recorded it)."
+    # Host and torch threads too: a line per distinct record, and a CPU's numbers depend on the threads.
+    return (f"Runs made on: {info.get('hostname')}, {_described(info)}, {info.get('torch_threads')} torch "
+            f"threads ({count}).")
+
+
+def _described(info: dict[str, Any]) -> str:
     gpu = f", {info['gpu']} (CUDA {info.get('cuda')})" if info.get("gpu") else ", no GPU"
     libraries = ", ".join(f"{name} {info[key]}" for key, name in (("torch", "torch"), ("numpy", "NumPy"),
                           ("numba", "numba"), ("pandas", "pandas")) if key in info)  # fmt: skip
-    return (f"Made on {info['cpu']} ({info['cores']} cores{gpu}), {info['platform']}, with Python {info['python']}, "
-            f"{libraries}.")
+    return f"{info['cpu']} ({info['cores']} cores{gpu}), {info['platform']}, with Python {info['python']}, {libraries}"
 
 
 def portable_path(path: str | Path, cwd: str | Path | None = None) -> str:

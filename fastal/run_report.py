@@ -15,7 +15,7 @@ import numpy as np
 
 from fastal.atomic import atomic_write_bytes, atomic_write_json, check_writable, read_json
 from fastal.errors import FastalError
-from fastal.machine import portable_path
+from fastal.machine import DESCRIBED, portable_path
 
 RESULT_KEYS = ("dataset", "strategy", "seed", "full_miou", "cycles")
 # What every cycle record of results.json holds; the report itself reads fewer.
@@ -30,6 +30,7 @@ CYCLE_KEYS = (
     "select_seconds",
     "stages",
     "peak_rss_gb",
+    "machine",  # fastal.machine.machine_info() of the process that made the cycle (absent in older runs)
 )
 
 
@@ -62,6 +63,10 @@ def read_results(run_dir: str | Path) -> dict[str, Any]:
                               "a number in [0, 1]"), ("miou", _is_fraction, "a number in [0, 1]")):  # fmt: skip
             if not ok(c[key]):
                 raise FastalError(f"{path}: cycle {c['cycle']!r}: {key} = {c[key]!r}, expected {want}")
+        machine = c.get("machine")
+        if machine is not None and not (isinstance(machine, dict) and all(k in machine for k in DESCRIBED)):
+            raise FastalError(f"{path}: cycle {c['cycle']!r}: machine = {str(machine)[:80]}, expected the record "
+                              f"fastal writes ({', '.join(DESCRIBED)}, ...)")  # fmt: skip
     return res
 
 

@@ -26,9 +26,10 @@ from fastal.data.superpixels import build_cache
 from fastal.errors import FastalError
 from fastal.loop import run_experiment
 from fastal.labelling.query_round import check_round
+from fastal.machine import machine_info
 from fastal.oracle import SimulatedOracle
 from fastal.pool import RegionPool
-from fastal.run_report import CYCLE_KEYS, RESULT_KEYS
+from fastal.run_report import CYCLE_KEYS, RESULT_KEYS, read_results
 from fastal.select.selection_table import SCHEMA, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +144,26 @@ def test_resume_of_finished_run_changes_nothing(reference: Path, tmp_path: Path)
     shutil.copytree(reference, copy)
     run_experiment(None, copy, resume=True)
     assert (copy / "results.json").read_text() == (reference / "results.json").read_text()
+
+
+def test_each_cycle_records_the_machine_that_made_it(reference: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    here = machine_info()
+    for c in read_results(reference)["cycles"]:  # torch_threads: whatever this process had then
+        assert {**c["machine"], "torch_threads": None} == {**here, "torch_threads": None}
+        assert c["machine"]["torch_threads"] >= 1
+    # Cycle 2 trained and not evaluated (a kill left it so), then resumed on another machine: its
+    # record names that one, cycle 1's stays.
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    res = json.loads((run_dir / "results.json").read_text())
+    (run_dir / "results.json").write_text(json.dumps({**res, "stopped": None, "cycles": res["cycles"][:1]}))
+    elsewhere = {**here, "hostname": "elsewhere", "cpu": "Another CPU", "torch_threads": 7}
+    monkeypatch.setattr("fastal.loop.machine_info", lambda: elsewhere)
+    run_experiment(None, run_dir, resume=True)
+    cycles = read_results(run_dir)["cycles"]
+    assert [c["machine"] for c in cycles] == [res["cycles"][0]["machine"], elsewhere]
+    assert cycles[1]["miou"] == res["cycles"][1]["miou"]
 
 
 def fastal_cli(*args: str, crash_at: str | None = None) -> subprocess.CompletedProcess:

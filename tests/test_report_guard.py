@@ -141,6 +141,22 @@ def test_a_damaged_cycles_table_is_one_line(sweep_dir: Path, tmp_path: Path, cap
     assert snapshot(sweep_dir) == before and sorted(p.name for p in tmp_path.iterdir()) == ["S"]
 
 
+@pytest.mark.parametrize("table", ["none", "empty"])
+def test_a_sweep_with_no_evaluated_cycle_yet_is_one_line(sweep_dir: Path, tmp_path: Path, capsys, table: str) -> None:
+    # Its runs started (run.json) and none evaluated a cycle: no cycles.parquet yet, or an empty one
+    # (what a sweep whose runs all failed leaves). Not a call to resume: that would run the sweep.
+    path = sweep_dir / "cycles.parquet"
+    if table == "none":
+        path.unlink()
+    else:
+        pd.read_parquet(path).iloc[:0].to_parquet(path, index=False)
+    before = snapshot(sweep_dir)
+    code, err = cli(["report", sweep_dir, "--json", tmp_path / "r.json", "--markdown"], capsys)
+    assert code == 2
+    assert one_line(err) == f"error: {sweep_dir}: no run of the sweep has an evaluated cycle yet; nothing to report"
+    assert snapshot(sweep_dir) == before and sorted(p.name for p in tmp_path.iterdir()) == ["S"]
+
+
 # ---- item 14: a table in a log is whole ------------------------------------------------------------
 def test_the_cycle_table_in_a_log_has_whole_columns(reference: Path, tmp_path: Path, capsys) -> None:
     run_dir = copy_of(reference, tmp_path)

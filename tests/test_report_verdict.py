@@ -14,6 +14,7 @@ import pytest
 
 from fastal.cli import main
 from fastal.errors import FastalError
+from fastal.machine import machine_info, made_on
 from fastal.sweep.cycles import write_cycles
 from fastal.sweep.picks import query_counts
 from fastal.sweep.report import load_cycles, selection_seconds
@@ -154,6 +155,36 @@ def test_the_verdict_tables_and_json(sweep_dir: Path, tmp_path: Path, capsys, mo
     assert seconds["random"]["n"] == 0 and seconds["random"]["seconds_mean"] is None
     pair = next(r for r in data["paired"] if r["strategy"] == "contrastive" and r["budget_pct"] == 4.0)
     assert pair["diff_se"] == pytest.approx(0.0007**0.5 / 3**0.5)
+
+
+def test_the_machines_that_made_the_runs_are_named(sweep_dir: Path, tmp_path: Path, capsys) -> None:
+    # contrastive's runs made here; entropy seed 0 here, its cycle 3 resumed elsewhere; the other
+    # runs are older than the record. 27 run-cycles: 2 + 9 here, 1 elsewhere, 15 unknown.
+    here = machine_info()
+    elsewhere = {**here, "hostname": "elsewhere", "cpu": "Another CPU", "torch_threads": 7}
+    made = {("contrastive", s): [here] * 3 for s in SEEDS} | {("entropy", 0): [here, here, elsewhere]}
+    for (strategy, seed), machines in made.items():
+        path = sweep_dir / "runs" / f"strategy={strategy},seed={seed}" / "results.json"
+        res = json.loads(path.read_text())
+        for c, machine in zip(res["cycles"], machines):
+            c["machine"] = machine
+        path.write_text(json.dumps(res))
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(sweep_dir), "--baseline", "entropy", "--markdown", "--json", str(tmp_path / "r.json"),
+              "--out", str(tmp_path / "r.png")])  # fmt: skip
+    assert e.value.code == 0
+    lines = capsys.readouterr().out.rstrip().splitlines()[-4:]
+    # Beside the report's own line, one per machine that made cycles, in the order the grid meets them.
+    described = made_on(here).removeprefix("Made on ").removesuffix(".")  # CPU, cores, GPU, platform, libraries
+    assert lines[0] == (f"Runs made on: {here['hostname']}, {described}, {here['torch_threads']} torch threads "
+                        f"(11 run-cycles).")  # fmt: skip
+    assert lines[1].startswith("Runs made on: elsewhere, Another CPU (")
+    assert lines[1].endswith(", 7 torch threads (1 run-cycle).")
+    assert lines[2] == "Runs made on: a machine they did not record (15 run-cycles, made before runs recorded it)."
+    assert lines[3] == made_on(machine_info())
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["run_machines"] == [{"machine": here, "cycles": 11}, {"machine": elsewhere, "cycles": 1},
+                                    {"machine": None, "cycles": 15}]  # fmt: skip
 
 
 def test_a_cycles_table_older_than_the_stages_says_n_a(sweep_dir: Path, tmp_path: Path, capsys) -> None:

@@ -10,7 +10,8 @@ import pytest
 
 from fastal.cli import main
 from fastal.errors import FastalError
-from fastal.run_report import group_runs
+from fastal.machine import machine_info
+from fastal.run_report import group_runs, read_results
 
 
 def fake_run(root: Path, name: str, strategy: str, seed: int, mious: list[float], full: float | None) -> Path:
@@ -98,6 +99,19 @@ def test_bad_results_named(tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text('{"dataset": "x"}')
     with pytest.raises(FastalError, match="missing key 'strategy'"):
         group_runs([tmp_path])
+
+
+def test_a_cycles_machine_is_read_when_whole_and_named_when_not(runs: list[Path]) -> None:
+    # runs[0] records none (older runs): read as before.
+    res = json.loads((runs[1] / "results.json").read_text())
+    res["cycles"][0]["machine"] = machine_info()
+    (runs[1] / "results.json").write_text(json.dumps(res))
+    assert read_results(runs[1])["cycles"][0]["machine"] == machine_info()
+    for damaged in ("laptop", {"cpu": "x"}):
+        res["cycles"][1]["machine"] = damaged
+        (runs[1] / "results.json").write_text(json.dumps(res))
+        with pytest.raises(FastalError, match=r"results.json: cycle 2: machine = .*, expected the record fastal"):
+            group_runs(runs)
 
 
 def test_an_unwritable_json_target_stops_before_the_plot_is_written(runs: list[Path], tmp_path: Path, capsys) -> None:

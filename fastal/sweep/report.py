@@ -34,17 +34,18 @@ def is_sweep_dir(path: str | Path) -> bool:
 
 def load_cycles(sweep_dir: str | Path) -> tuple[Any, list[str]]:
     """``cycles.parquet`` of a sweep and its setting columns: the axes other than strategy and seed."""
-    from fastal.sweep.cycles import STRATEGY_SECONDS, TABLE, read_cycles
+    from fastal.sweep.cycles import STRATEGY_SECONDS, TABLE, is_started, read_cycles
     from fastal.sweep.spec import RUNS, SPEC, kept_sweep
 
     sweep_dir = Path(sweep_dir)
-    path = sweep_dir / TABLE
-    if not path.is_file():
-        raise FastalError(f"{path}: not found (run `fastal sweep --resume {sweep_dir}` to write it)")
-    axes = list(kept_sweep(sweep_dir / SPEC).axes)
-    df = read_cycles(path, axes)
-    if df.empty:
-        raise FastalError(f"{path}: no run has evaluated a cycle yet")
+    path, sweep = sweep_dir / TABLE, kept_sweep(sweep_dir / SPEC)
+    axes = list(sweep.axes)
+    df = read_cycles(path, axes) if path.is_file() else None
+    if df is None or df.empty:
+        if not any(is_started(sweep_dir / RUNS / run.name) for run in sweep.runs()):
+            raise FastalError(f"{sweep_dir}: no run of the sweep has an evaluated cycle yet; nothing to report")
+        raise FastalError(f"{path}: {'not found' if df is None else 'no cycle in it'} (run `fastal sweep --resume "
+                          f"{sweep_dir}` to write it)")  # fmt: skip
     settings = [a for a in axes if a not in ("strategy", "seed")]
     numbered = bool(df[BUDGET].isna().any())  # cycles people added have no planned budget
     if numbered:
@@ -167,6 +168,24 @@ def selection_seconds(df: Any, settings: list[str]) -> Any:
     return out
 
 
+def run_machines(df: Any) -> list[dict[str, Any]]:
+    """The machines that made the cycles of ``df`` (each cycle's ``machine`` in its run's
+    results.json): ``{"machine": record, "cycles": n}`` per distinct record, in the order met;
+    ``machine`` None for the cycles of runs older than the record (or without a results.json)."""
+    import json
+
+    from fastal.sweep.cycles import read_results
+
+    counts: dict[str, list[Any]] = {}
+    for run_dir, cycles in df.groupby("run_dir", sort=False)["cycle"]:
+        res = read_results(Path(run_dir)) or {"cycles": []}
+        made = {c["cycle"]: c.get("machine") for c in res["cycles"]}
+        for cycle in cycles:
+            machine = made.get(cycle)
+            counts.setdefault(json.dumps(machine, sort_keys=True), [machine, 0])[1] += 1
+    return [{"machine": machine, "cycles": n} for machine, n in counts.values()]
+
+
 def default_baseline(df: Any) -> str:
     """``random`` when the sweep has it, else its first strategy."""
     strategies = list(dict.fromkeys(df["strategy"]))
@@ -285,20 +304,21 @@ def picks_plot_path(out: str | Path) -> Path:
 
 def sweep_report(sweep_dirs: list[str | Path], out: str | Path | None, json_path: str | Path | None,
                  baseline: str | None = None, as_markdown: bool = False, command: str | None = None) -> list[Table]:
-    """Print the tables of one sweep or several side by side (:func:`load_sweeps`) and the machine
-    and library versions they were made with; plot at ``out`` (and the classes picked beside it,
-    :func:`picks_plot_path`) and write the numbers as JSON at ``json_path`` when given, with
-    ``command`` (the command that made them) and the machine."""
+    """Print the tables of one sweep or several side by side (:func:`load_sweeps`), the machines
+    that made the runs (:func:`run_machines`) and the machine and library versions the report was
+    made with; plot at ``out`` (and the classes picked beside it, :func:`picks_plot_path`) and write
+    the numbers as JSON at ``json_path`` when given, with ``command`` (the command that made them)
+    and both machines."""
     from rich.table import Table
 
     from fastal.atomic import atomic_write_json, check_writable
-    from fastal.machine import machine_info, made_on, portable_path
+    from fastal.machine import machine_info, made_on, portable_path, runs_made_on
     from fastal.progress import console, print_table
     from fastal.sweep.picks import pick_shares, plot_picks
 
     df, settings = load_sweeps(sweep_dirs)
     baseline = baseline or default_baseline(df)
-    picks = pick_shares(df, settings)
+    picks, machines = pick_shares(df, settings), run_machines(df)  # read (and checked) before anything is written
     bought = any(p["runs"] for p in picks)  # some strategy has picks: their bars are drawn
     for target in (out, json_path, *([picks_plot_path(out)] if out is not None and bought else [])):
         if target is not None:
@@ -316,11 +336,13 @@ def sweep_report(sweep_dirs: list[str | Path], out: str | Path | None, json_path
             t.add_row(*r)
         print_table(t)
     machine = machine_info()
-    # The project's rule: a table says on which machine and library versions it was made.
-    if as_markdown:
-        print(made_on(machine))
-    else:
-        console.print(made_on(machine), highlight=False, soft_wrap=True)
+    # The project's rule: a table says on which machine and library versions it was made: the
+    # runs' numbers on theirs, the report on this one.
+    for line in [*(runs_made_on(m["machine"], m["cycles"]) for m in machines), made_on(machine)]:
+        if as_markdown:
+            print(line)
+        else:
+            console.print(line, highlight=False, soft_wrap=True)
     if out is not None:
         plot(df, settings, out)
         if bought:
@@ -328,7 +350,7 @@ def sweep_report(sweep_dirs: list[str | Path], out: str | Path | None, json_path
             console.print(f"classes picked: {picks_plot_path(out)}")
     if json_path is not None:
         atomic_write_json(json_path, {
-            "command": command, "machine": machine,
+            "command": command, "machine": machine, "run_machines": machines,
             "sweeps": [portable_path(d) for d in sweep_dirs], "baseline": baseline,
             "summary": summary(df, settings).to_dict(orient="records"),
             "paired": paired(df, settings, baseline).to_dict(orient="records"),
