@@ -4,7 +4,7 @@ copy of DEST to run only what is left.
 
     python benchmarks/keep_sweep.py sweeps/sweep_camvid_verdict experiments/kept/sweep_camvid_verdict
 
-DEST gets sweep.json, the JSON of every finished reference (references/<name>.json), the files of
+DEST gets sweep.json, threads.json (the torch threads per run a resume must keep), the JSON of every finished reference (references/<name>.json), the files of
 every finished run named in RUN_FILES, and a cycles.parquet written from those runs. Left out:
 what a resume recomputes (unfinished runs, shared first cycles in first/) or does without (the
 references' training directories), and what neither it nor the report reads of a finished run (its config.toml, which
@@ -25,6 +25,7 @@ from fastal.atomic import atomic_dir
 from fastal.errors import FastalError
 from fastal.rundir import QUERIES, RESULTS, RUN
 from fastal.sweep.cycles import TABLE, is_finished, write_cycles
+from fastal.sweep.driver import THREADS
 from fastal.sweep.spec import REFERENCES, RUNS, SPEC, Sweep, first_difference, kept_sweep
 from fastal.sweep.tasks import CLASSES
 
@@ -69,7 +70,7 @@ def is_kept(rel: Path, directory: bool) -> bool:
     parts = rel.parts
     if directory:
         return parts in ((RUNS,), (REFERENCES,)) or (len(parts) == 2 and parts[0] == RUNS)
-    return (parts in ((SPEC,), (TABLE,)) or (len(parts) == 2 and parts[0] == REFERENCES and rel.suffix == ".json")
+    return (parts in ((SPEC,), (TABLE,), (THREADS,)) or (len(parts) == 2 and parts[0] == REFERENCES and rel.suffix == ".json")
             or (len(parts) == 3 and parts[0] == RUNS and parts[2] in RUN_FILES))  # fmt: skip
 
 
@@ -88,6 +89,9 @@ def keep(sweep_dir: Path, dest: Path) -> dict[str, int]:
     references = {p.name: p for root in (dest, sweep_dir) for p in sorted((root / REFERENCES).glob("*.json"))}
     with atomic_dir(dest) as tmp:
         shutil.copy2(sweep_dir / SPEC, tmp / SPEC)
+        for root in (dest, sweep_dir):  # the sweep's own where both have one
+            if (root / THREADS).is_file():
+                shutil.copy2(root / THREADS, tmp / THREADS)
         (tmp / REFERENCES).mkdir()
         for name, path in references.items():
             shutil.copy2(path, tmp / REFERENCES / name)

@@ -109,6 +109,7 @@ def test_a_copy_of_the_kept_sweep_resumes_only_the_unfinished_run(done: Path, pa
                                                                   capsys) -> None:  # fmt: skip
     dest = tmp_path / "kept"
     assert keep(partial, dest, capsys)[0] == 0
+    assert json.loads((dest / "threads.json").read_text()) == {"torch_threads_per_run": 1}  # a resume keeps it
     elsewhere = tmp_path / "elsewhere"  # a fresh machine: the kept copy is all it has of the sweep
     shutil.copytree(dest, elsewhere)
     stamps = {n: (elsewhere / "runs" / n / "results.json").stat().st_mtime_ns for n in FINISHED}
