@@ -81,7 +81,8 @@ def test_the_report_of_the_kept_copy_gives_the_finished_runs_numbers(partial: Pa
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     assert out == f"{dest}: 2 finished runs (2 new), 1 references, {size} bytes; 1 runs not finished, left out\n"
     # The finished runs' small files, the reference's JSON, no first cycle, no model, no pool.
-    assert sorted(p.name for p in dest.iterdir()) == ["cycles.parquet", "references", "runs", "sweep.json"]
+    top = ["cycles.parquet", "references", "runs", "sweep.json", "threads.json"]
+    assert sorted(p.name for p in dest.iterdir()) == top
     assert sorted(p.name for p in (dest / "runs").iterdir()) == sorted(FINISHED)
     for name in FINISHED:
         files = sorted(p.name for p in (dest / "runs" / name).iterdir())

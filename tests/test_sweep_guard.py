@@ -76,7 +76,8 @@ def test_a_damaged_sweep_json_is_refused_and_nothing_is_rewritten(sweep_dir: Pat
 
 
 @pytest.mark.parametrize("kept, options, message", [
-    ('{"torch_threads_per_run": 1}', ["--threads-per-worker", "2"], "--threads-per-worker 2: this sweep's runs were started with 1 torch threads each"),
+    ('{"torch_threads_per_run": 1}', ["--threads-per-worker", "2"],
+     "--threads-per-worker 2: this sweep's runs were started with 1 torch threads each"),
     ('{"torch_threads_per_run": 0}', [], 'expected {"torch_threads_per_run": N} with N >= 1, found'),
     ("[1]", [], 'expected {"torch_threads_per_run": N} with N >= 1, found [1]'),
 ])  # fmt: skip

@@ -255,8 +255,9 @@ def kept_threads(out: Path, threads: int | None) -> int | None:
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise FastalError(f"{path}: expected {{\"torch_threads_per_run\": N}} with N >= 1, found {str(kept)[:80]}")
     if threads is not None and threads != n:
-        raise FastalError(f"--threads-per-worker {threads}: this sweep's runs were started with {n} torch threads each "
-                          f"({path}), and results on a CPU depend on the count; leave the option out, or use another --out")
+        raise FastalError(f"--threads-per-worker {threads}: this sweep's runs were started with {n} torch threads "
+                          f"each ({path}), and results on a CPU depend on the count; leave the option out, or use "
+                          "another --out")  # fmt: skip
     return n
 
 
