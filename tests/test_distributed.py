@@ -182,6 +182,7 @@ def test_a_ddp_step_equals_one_process_with_the_whole_batch(job: dict) -> None:
                 assert float((got_g - g).abs().max()) <= 1e-4 * float(g.abs().max()), name
         got = ranked["train-0.0"]
         assert got.keys() == want.keys()
+        moved, weights = 0, 0  # weights further than 1e-5 from the whole batch's, of all weights
         for key, value in want.items():
             if not value.is_floating_point():  # step and batch counters
                 assert torch.equal(got[key], value), key
@@ -194,7 +195,10 @@ def test_a_ddp_step_equals_one_process_with_the_whole_batch(job: dict) -> None:
                 # of float-noise size can move it either way: all within that, nearly all closer.
                 diff = (got[key] - value).abs()
                 assert float(diff.max()) <= 2.5 * TRAIN_LR * STEPS, key
-                assert float((diff > 1e-5).float().mean()) < 0.05, key  # measured: 0.5 % of the weights in all
+                moved, weights = moved + int((diff > 1e-5).sum()), weights + diff.numel()
+        # Counted over all weights: a small tensor (a batch norm's 64 biases) may have a few such
+        # by chance, and which ones differs between CPUs. Measured: 0.3-0.5 % on two CPUs.
+        assert moved / weights < 0.02, (moved, weights)
         # The queues hold entries in the same slots, written by the same pushes.
         for key in ("bank.ptr", "bank.count", "bank.inserted"):
             assert torch.equal(got[key], want[key]), key
