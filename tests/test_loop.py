@@ -33,7 +33,7 @@ from fastal.run_report import CYCLE_KEYS, RESULT_KEYS, read_results
 from fastal.select.selection_table import SCHEMA, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMINGS = ("train_seconds", "select_seconds", "stages", "peak_rss_gb")
+TIMINGS = ("train_seconds", "select_seconds", "stages", "peak_rss_gb", "machine")  # measured, or where: not reproduced
 
 
 def strip_timings(results: dict) -> dict:

@@ -67,7 +67,7 @@ def results(run_dir: Path) -> dict | None:
 
 
 def without_times(res: dict) -> dict:
-    measured = (*TIMES, "stages", "peak_rss_gb")  # seconds and memory: not reproduced
+    measured = (*TIMES, "stages", "peak_rss_gb", "machine")  # seconds, memory, where: not reproduced
     return {**{k: v for k, v in res.items() if k != "setup"},
             "cycles": [{k: v for k, v in c.items() if k not in measured} for c in res["cycles"]]}
 
