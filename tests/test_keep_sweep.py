@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from test_sweep import ROOT, SWEEP, assert_same_runs, cli, results, write_sweep
 from fastal.cli import main
 from fastal.rundir import create_run_dir
 from fastal.sweep.cycles import write_cycles
+from fastal.sweep.driver import THREAD_VARS
 from fastal.sweep.spec import kept_sweep
 
 _spec = importlib.util.spec_from_file_location("keep_sweep", ROOT / "benchmarks" / "keep_sweep.py")
@@ -35,9 +37,13 @@ def done(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("done")
     path = write_sweep(tmp, {"strategy": STRATEGIES, "seed": [0]})
     path.write_text("share_first_cycle = true\n" + path.read_text())
+    threads = {v: os.environ.get(v) for v in THREAD_VARS}
     with pytest.raises(SystemExit) as e:
         main(["sweep", str(path), "--out", str(tmp / "out"), *SWEEP])
     assert e.value.code == 0
+    # Dask set its workers' thread variables in this process too: put back, or later subprocesses
+    # (the resume tests' `fastal run`) would run at 1 thread against an in-process run's 2.
+    assert {v: os.environ.get(v) for v in THREAD_VARS} == threads
     return tmp / "out"
 
 

@@ -71,25 +71,42 @@ def connect(scheduler: str, workers: int | None, threads: int | None) -> Iterato
             yield client, threads or 1, False
         return
     cores = len(os.sched_getaffinity(0))
-    # Workers must be able to start processes (the superpixel cache is built in a process pool).
-    with dask.config.set({"distributed.worker.daemon": False}):
-        if cuda_cluster_available():
-            import torch
-            from dask_cuda import LocalCUDACluster
+    # Dask's nanny sets its workers' variables (distributed.nanny.pre-spawn-environ: OMP_NUM_THREADS=1,
+    # ...) in this process's environment before it spawns them: a caller's later subprocesses would
+    # run at 1 thread. They are put back when the cluster closes.
+    names = {*THREAD_VARS, *dask.config.get("distributed.nanny.pre-spawn-environ", {})}
+    kept = {v: os.environ.get(v) for v in names}
+    try:
+        # Workers must be able to start processes (the superpixel cache is built in a process pool).
+        with dask.config.set({"distributed.worker.daemon": False}):
+            if cuda_cluster_available():
+                import torch
+                from dask_cuda import LocalCUDACluster
 
-            t = threads or max(1, cores // torch.cuda.device_count())
-            cluster = LocalCUDACluster(n_workers=workers, threads_per_worker=1, resources={"GPU": 1},
-                                       dashboard_address=None)  # fmt: skip
-            gpu = True
+                t = threads or max(1, cores // torch.cuda.device_count())
+                cluster = LocalCUDACluster(n_workers=workers, threads_per_worker=1, resources={"GPU": 1},
+                                           dashboard_address=None)  # fmt: skip
+                gpu = True
+            else:
+                n = workers or cores
+                t = threads or max(1, cores // n)
+                # One task per worker (threads_per_worker=1); the run inside it uses t threads.
+                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       env={v: str(t) for v in THREAD_VARS})  # fmt: skip
+                gpu = False
+            with cluster, Client(cluster) as client:
+                yield client, t, gpu
+    finally:
+        restore_environ(kept)
+
+
+def restore_environ(kept: dict[str, str | None]) -> None:
+    """Put the environment variables of ``kept`` back as they were (None: unset)."""
+    for name, value in kept.items():
+        if value is None:
+            os.environ.pop(name, None)
         else:
-            n = workers or cores
-            t = threads or max(1, cores // n)
-            # One task per worker (threads_per_worker=1); the run inside it uses t threads.
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   env={v: str(t) for v in THREAD_VARS})  # fmt: skip
-            gpu = False
-        with cluster, Client(cluster) as client:
-            yield client, t, gpu
+            os.environ[name] = value
 
 
 def check_options(scheduler: str, workers: int | None, threads: int | None) -> None:
