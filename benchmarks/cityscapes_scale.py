@@ -80,6 +80,7 @@ def main() -> None:
             sys.exit(f"{shlex.join(argv)} failed ({os.waitstatus_to_exitcode(status)})")
         res = read_json(run_dir / "results.json")
         stages, peaks = flatten(res, "seconds"), flatten(res, "peak_rss_gb")
+        wait4_peak = round(usage.ru_maxrss / 2**20, 3)  # KiB -> GiB
         out = {
             "images": n or None,
             "superpixels": res["num_superpixels"],
@@ -87,8 +88,8 @@ def main() -> None:
             "scale": cfg["scale"],
             # The stages reset the kernel's high-water mark (fastal.stages), so wait4's is only the
             # peak since the last reset: the run's peak is the highest of it and every stage's.
-            "peak_rss_gb": max(round(usage.ru_maxrss / 2**20, 3), *peaks.values()),
-            "wait4_peak_rss_gb": round(usage.ru_maxrss / 2**20, 3),  # KiB -> GiB
+            "peak_rss_gb": max(wait4_peak, *peaks.values()),
+            "wait4_peak_rss_gb": wait4_peak,
             "stages": stages,
             "stages_peak_rss_gb": peaks,
             "stages_cpu_seconds": flatten(res, "cpu_seconds"),  # this process's; setup's workers not counted

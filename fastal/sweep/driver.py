@@ -25,7 +25,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from fastal.atomic import atomic_write_json
+from fastal.atomic import atomic_write_json, read_json
 from fastal.errors import FastalError
 from fastal.progress import console, progress
 from fastal.sweep.spec import FIRST, REFERENCES, RUNS, RunSpec, Sweep
@@ -262,8 +262,6 @@ def kept_threads(out: Path, threads: int | None) -> int | None:
     """The torch threads per run for a sweep in ``out``: those its runs were started with (results
     on a CPU depend on the count, so a resumed sweep keeps it whatever ``--workers`` gives), else
     ``threads``. A ``threads`` other than the kept count is refused."""
-    from fastal.atomic import read_json
-
     path = out / THREADS
     if not path.is_file():
         return threads
