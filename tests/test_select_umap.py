@@ -86,6 +86,22 @@ def test_cell_pruned_knn_recall_against_exact(metric: str) -> None:
         torch.testing.assert_close(d, d0, atol=1e-4, rtol=1e-4)
 
 
+def test_cell_pruned_knn_in_query_chunks_equals_one_pass() -> None:
+    # The (queries x cells) bounds made for a few hundred queries at a time (the floor is one
+    # batch, 256): 2,000 queries in 8 chunks find the same neighbours as in one, up to the
+    # rounding of matmuls of other shapes (which may swap two neighbours at equal distance).
+    blobs, _ = make_blobs(7000, 32, centers=11, cluster_std=2.0, random_state=6)
+    data = torch.from_numpy(blobs.astype(np.float32))
+    index = build_cell_index(data[:5000], "euclidean")
+    n_cells = len(index.offsets) - 1
+    d1, i1 = knn_search_cells(data[5000:], index, 15)
+    d8, i8 = knn_search_cells(data[5000:], index, 15, max_entries=256 * n_cells)
+    assert (i1 != i8).float().mean() < 1e-3
+    torch.testing.assert_close(d8, d1, atol=1e-4, rtol=1e-5)
+    d0, _ = knn_search(data[5000:], data[:5000], 15, "euclidean")
+    torch.testing.assert_close(d8, d0, atol=1e-4, rtol=1e-4)
+
+
 def test_fuzzy_set_and_ab_match_umap_learn() -> None:
     from umap.umap_ import find_ab_params as umap_find_ab_params
     from umap.umap_ import fuzzy_simplicial_set as umap_fuzzy
