@@ -58,6 +58,27 @@ def test_pruned_assignment_equals_full_scan(use_numba: bool) -> None:
     assert (got == ref).float().mean() > 0.999
 
 
+@pytest.mark.parametrize("rows", [40, 600])  # all rows compared with every point; through the k-d tree
+def test_seeding_distance_passes_equal_a_float64_scan(rows: int) -> None:
+    # Clustered points with a heavy tail: far points have every candidate nearer than their seed
+    # (the tree's list is not enough for them), near ones only a few.
+    from fastal.select.kmeans.cpu import seed_gains_cpu, seed_update_cpu
+
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(8, 2))[rng.integers(8, size=6000)] + rng.standard_t(2, size=(6000, 2)) * 0.3).astype(np.float32)
+    seeds, cand = x[rng.choice(6000, 30, replace=False)], x[rng.choice(6000, rows, replace=False)]
+    d2 = _nearest_f64(x, seeds)[1]
+    gains = seed_gains_cpu(torch.from_numpy(x), torch.from_numpy(d2), torch.from_numpy(cand)).numpy()
+    # The kernels square float32 differences and add in float64: so does the reference, so that
+    # a pair left out shows (a float64 scan differs from both by ~1e-6 relative).
+    t = x[:, None, :] - cand[None]
+    pair = (t[..., 0] * t[..., 0]).astype(np.float64) + (t[..., 1] * t[..., 1]).astype(np.float64)
+    np.testing.assert_allclose(gains, np.where(pair < d2[:, None], d2[:, None] - pair, 0).sum(0), rtol=1e-12)
+    got = torch.from_numpy(d2.copy())
+    seed_update_cpu(torch.from_numpy(x), got, torch.from_numpy(cand))
+    np.testing.assert_allclose(got.numpy(), np.minimum(d2, pair.min(1)), rtol=1e-12)
+
+
 def _moves(centres: torch.Tensor, rounds: int) -> list[torch.Tensor]:
     """Centres moved as Lloyd moves them (small steps, shrinking) plus a few long jumps (an
     emptied cluster's centre moved onto a far point)."""

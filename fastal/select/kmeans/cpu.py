@@ -1,9 +1,11 @@
 """CPU KMeans in low dimension: nearest-centre searches and the seeding's distance passes.
 
 For the 2-D UMAP embedding a scalar numba loop over a point's candidate centres beats tensor
-code (gathers of (N, m, 2) blocks). The full search and each centre's neighbour list use
-scipy's k-d tree instead, far faster than a full scan or matmul and top-k at D = 2 (numbers:
-benchmarks/bench_kmeans.py and the docs). Deterministic.
+code (gathers of (N, m, 2) blocks). The full search, each centre's neighbour list, the points
+the pruned search cannot prove and the seeding's rounds use scipy's k-d tree instead, far faster
+than a full scan or matmul and top-k at D = 2 (numbers: benchmarks/bench_kmeans.py and the
+docs): with k a share of the pool, anything that compares points with every centre grows as the
+pool squared. Deterministic.
 """
 
 from __future__ import annotations
@@ -29,10 +31,8 @@ def _sq_to(x, i, c, j):  # pragma: no cover - compiled
 
 
 @numba.njit(parallel=True, cache=True)
-def _assign_pruned(x, centers, labels, near, bound, out_labels, out_d2):  # pragma: no cover - compiled
-    n = x.shape[0]
-    k = centers.shape[0]
-    for i in numba.prange(n):
+def _assign_pruned(x, centers, labels, near, bound, out_labels, out_d2, unsure):  # pragma: no cover - compiled
+    for i in numba.prange(x.shape[0]):
         own = labels[i]
         best = np.inf
         arg = -1
@@ -41,14 +41,10 @@ def _assign_pruned(x, centers, labels, near, bound, out_labels, out_d2):  # prag
             d = _sq_to(x, i, centers, c)
             if d < best or (d == best and c < arg):
                 best, arg = d, c
-        # exact iff the nearest centre outside the list is >= 2 d(x, own): bound >= 4 d2(x, own)
-        if bound[own] < 4.0 * _sq_to(x, i, centers, own):
-            for c in range(k):
-                d = _sq_to(x, i, centers, c)
-                if d < best or (d == best and c < arg):
-                    best, arg = d, c
         out_labels[i] = arg
         out_d2[i] = best
+        # exact iff the nearest centre outside the list is >= 2 d(x, own): bound >= 4 d2(x, own)
+        unsure[i] = bound[own] < 4.0 * _sq_to(x, i, centers, own)
 
 
 def _tree(centers: torch.Tensor) -> cKDTree:
@@ -71,45 +67,95 @@ def near_centres_cpu(centers: torch.Tensor, m: int) -> tuple[torch.Tensor, torch
 def assign_pruned_cpu(
     x: torch.Tensor, centers: torch.Tensor, labels: torch.Tensor, near: torch.Tensor, bound: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact nearest centre per row, searching ``near[labels[i]]`` first (see TorchKMeans._assign)."""
+    """Exact nearest centre per row, searching ``near[labels[i]]`` first (see TorchKMeans._assign);
+    the rows whose list the bound cannot prove ask the k-d tree (log k each: a scan of every centre
+    made the assignment grow as rows x k, with k a share of the rows)."""
     out_labels = np.empty(x.shape[0], np.int64)
     out_d2 = np.empty(x.shape[0], np.float64)
+    unsure = np.empty(x.shape[0], np.bool_)
+    xn = x.contiguous().numpy()
     with numba.parallel_chunksize(CHUNK):
-        _assign_pruned(x.contiguous().numpy(), centers.contiguous().numpy(), labels.numpy(),
-                       near.contiguous().numpy(), bound.double().numpy(), out_labels, out_d2)  # fmt: skip
+        _assign_pruned(xn, centers.contiguous().numpy(), labels.numpy(), near.contiguous().numpy(),
+                       bound.double().numpy(), out_labels, out_d2, unsure)  # fmt: skip
+    rows = np.flatnonzero(unsure)
+    if rows.size:
+        _, out_labels[rows] = _tree(centers).query(xn[rows].astype(np.float64), k=1, workers=torch.get_num_threads())
+        diff = xn[rows].astype(np.float64) - centers.double().numpy()[out_labels[rows]]
+        out_d2[rows] = (diff * diff).sum(1)
     return torch.from_numpy(out_labels), torch.from_numpy(out_d2).to(x.dtype)
 
 
-@numba.njit(parallel=True, cache=True)
-def _seed_gains(x, d2, cand, out):  # pragma: no cover - compiled
-    for c in numba.prange(cand.shape[0]):
-        g = 0.0
-        for i in range(x.shape[0]):
-            d = _sq_to(x, i, cand, c)
-            if d < d2[i]:
-                g += d2[i] - d
-        out[c] = g
+# Candidates a point is compared with through the k-d tree in the seeding; a point with all of
+# them nearer than its nearest seed so far is compared with every candidate. Up to TREE_FROM
+# rows, a round's rows are all compared with every point: there a tree's query costs more.
+SEED_NEIGHBOURS = 8
+TREE_FROM = 128
+_SLACK = 1e-5  # relative: the tree's float64 distances against the kernels' float32 differences
+
+
+@numba.njit(cache=True)
+def _seed_gains(x, d2, cand, near, everyone, out):  # pragma: no cover - compiled
+    # Sequential: each candidate's gain is summed in the points' order, as a scan of every pair
+    # would, and there is no race on ``out``.
+    for i in range(x.shape[0]):
+        if everyone[i]:
+            for c in range(cand.shape[0]):
+                d = _sq_to(x, i, cand, c)
+                if d < d2[i]:
+                    out[c] += d2[i] - d
+        else:
+            for j in range(near.shape[1]):
+                c = near[i, j]
+                d = _sq_to(x, i, cand, c)
+                if d < d2[i]:
+                    out[c] += d2[i] - d
 
 
 @numba.njit(parallel=True, cache=True)
-def _seed_update(x, d2, new):  # pragma: no cover - compiled
+def _seed_update(x, d2, new, near):  # pragma: no cover - compiled
     for i in numba.prange(x.shape[0]):
         best = d2[i]
-        for c in range(new.shape[0]):
-            d = _sq_to(x, i, new, c)
+        for j in range(near.shape[1]):
+            d = _sq_to(x, i, new, near[i, j])
             if d < best:
                 best = d
         d2[i] = best
 
 
+def _nearest_rows(rows: torch.Tensor, x: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``m`` rows of ``rows`` nearest each point of ``x`` by a k-d tree: (dist, idx) (N, m);
+    every row (dist 0, a placeholder) where there are at most TREE_FROM rows."""
+    if rows.shape[0] <= TREE_FROM:
+        everything = np.broadcast_to(np.arange(rows.shape[0]), (len(x), rows.shape[0]))
+        return np.zeros(everything.shape), everything
+    d, idx = _tree(rows).query(x.astype(np.float64), k=m, workers=torch.get_num_threads())
+    return d.reshape(len(x), m), idx.reshape(len(x), m)
+
+
 def seed_gains_cpu(x: torch.Tensor, d2: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-    """How much each candidate alone lowers the potential: sum_i max(0, d2_i - |x_i - c|^2), float64."""
-    out = np.empty(cand.shape[0], np.float64)
-    _seed_gains(x.contiguous().numpy(), d2.numpy(), cand.contiguous().numpy(), out)
+    """How much each candidate alone lowers the potential: sum_i max(0, d2_i - |x_i - c|^2), float64.
+
+    Only a point's nearest candidates can be nearer than its seed: each point is compared with
+    its ``SEED_NEIGHBOURS`` nearest (a k-d tree), with all of them where even the last is nearer
+    than its seed. A scan of every pair grew as the seeding's sample x k, both a share of the pool.
+    """
+    xn = x.contiguous().numpy()
+    dist, near = _nearest_rows(cand, xn, min(cand.shape[0], SEED_NEIGHBOURS))
+    dn = d2.numpy()
+    if near.shape[1] < cand.shape[0]:
+        everyone = dist[:, -1] ** 2 < dn * (1 + _SLACK)
+    else:
+        everyone = np.zeros(len(xn), np.bool_)
+    out = np.zeros(cand.shape[0], np.float64)
+    _seed_gains(xn, dn, cand.contiguous().numpy(), near, everyone, out)
     return torch.from_numpy(out)
 
 
 def seed_update_cpu(x: torch.Tensor, d2: torch.Tensor, new: torch.Tensor) -> None:
-    """``d2`` (float64, in place) = min(d2, squared distance to the nearest row of ``new``)."""
+    """``d2`` (float64, in place) = min(d2, squared distance to the nearest row of ``new``): the
+    exact distances to each point's four nearest rows by the k-d tree (more would matter only in
+    a tie of five at float rounding)."""
+    xn = x.contiguous().numpy()
+    _, near = _nearest_rows(new, xn, min(new.shape[0], 4))
     with numba.parallel_chunksize(CHUNK):
-        _seed_update(x.contiguous().numpy(), d2.numpy(), new.contiguous().numpy())
+        _seed_update(xn, d2.numpy(), new.contiguous().numpy(), near)
