@@ -47,6 +47,35 @@ def _assign_pruned(x, centers, labels, near, bound, out_labels, out_d2, unsure):
         unsure[i] = bound[own] < 4.0 * _sq_to(x, i, centers, own)
 
 
+# Centres a point is first compared with (TorchKMeans' n_candidates on this path): the rest of
+# the points ask the k-d tree, cheaper here than a longer list for every point.
+CANDIDATES = 8
+
+
+@numba.njit(parallel=True, cache=True)
+def _morton(q, out):  # pragma: no cover - compiled
+    dims = q.shape[1]
+    for i in numba.prange(q.shape[0]):
+        code = np.uint64(0)
+        for b in range(64 // dims):
+            for d in range(dims):
+                code |= ((q[i, d] >> np.uint64(b)) & np.uint64(1)) << np.uint64(b * dims + d)
+        out[i] = code
+
+
+def spatial_order(x: torch.Tensor) -> torch.Tensor:
+    """A permutation of the rows of ``x`` (N, D <= 4) along a Morton (Z-order) curve: near points
+    end up near in memory, so that each pass reads the centres and their lists in runs instead
+    of at random (at 6 M points and 30 k centres the random reads doubled the assignment's time)."""
+    xn = x.double().numpy()
+    lo, span = xn.min(0), np.ptp(xn, axis=0)
+    bits = 64 // x.shape[1]
+    q = ((xn - lo) / np.where(span > 0, span, 1.0) * (2.0**bits - 1)).astype(np.uint64)
+    code = np.empty(len(xn), np.uint64)
+    _morton(q, code)
+    return torch.from_numpy(np.argsort(code, kind="stable"))
+
+
 def _tree(centers: torch.Tensor) -> cKDTree:
     return cKDTree(centers.double().numpy())
 

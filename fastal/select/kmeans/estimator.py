@@ -16,7 +16,8 @@ that answer is exact whenever the nearest centre outside the list is at least 2 
 (triangle inequality). Points failing the test get a chunked full scan. On CPU tensors of low
 dimension (the UMAP embedding) the pruned assignment and the seeding's distance passes are numba
 loops, the full assignment and the centres' neighbour lists scipy k-d tree queries
-(:mod:`fastal.select.kmeans.cpu`: at D = 2 a matmul form spends its time writing (n, b) blocks);
+(:mod:`fastal.select.kmeans.cpu`: at D = 2 a matmul form spends its time writing (n, b) blocks),
+and the points are fitted in Morton order, so that near points read the same centres;
 in high dimension the pruning rarely holds and the scalar loop loses to BLAS, so there
 Lloyd's iterations keep Yinyang group bounds and measure (numba, vectorised over D) only the
 groups of centres the bounds leave open (:mod:`fastal.select.kmeans.bounds`). The choice is made once per fit
@@ -87,6 +88,8 @@ class AssignmentOps:
     seed_update: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
     seed_dtype: torch.dtype = torch.float32  # of the seeding's squared distances
     bounded: bool = False  # Lloyd's iterations through Yinyang group bounds (kmeans.bounds)
+    candidates: int = 32  # n_candidates when TorchKMeans leaves it None
+    order: Callable[[torch.Tensor], torch.Tensor] | None = None  # a locality-preserving permutation of the points
 
 
 def seed_in_rounds(x: torch.Tensor, k: int, generator: torch.Generator, ops: AssignmentOps, rounds: int = 32) -> torch.Tensor:
@@ -171,7 +174,8 @@ def assignment_ops(
         from fastal.select.kmeans import cpu
 
         return AssignmentOps(cpu.assign_full_cpu, cpu.assign_pruned_cpu, cpu.near_centres_cpu, cpu.seed_gains_cpu,
-                             cpu.seed_update_cpu, torch.float64)  # fmt: skip
+                             cpu.seed_update_cpu, torch.float64, candidates=cpu.CANDIDATES,
+                             order=cpu.spatial_order)  # fmt: skip
 
     def pruned(xs, c, labels, near, bound):
         return pruned_assign(xs, c, labels, near, bound, chunk_size, unsure_cap)
@@ -258,7 +262,7 @@ class TorchKMeans:
         *,
         max_iter: int = 100,
         tol: float = 1e-4,
-        n_candidates: int = 32,
+        n_candidates: int | None = None,
         seed_sample: int | None = 16_384,
         seed_rounds: int = 32,
         random_state: int = 0,
@@ -270,7 +274,7 @@ class TorchKMeans:
         self.n_clusters = n_clusters
         self.max_iter = max_iter
         self.tol = tol
-        self.n_candidates = n_candidates
+        self.n_candidates = n_candidates  # None: the path's (8 on the 2-D CPU path, 32 elsewhere)
         self.seed_sample = seed_sample
         self.seed_rounds = seed_rounds
         self.random_state = random_state
@@ -284,7 +288,7 @@ class TorchKMeans:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact nearest centre, searching the neighbours of each point's current centre first."""
         k = centers.shape[0]
-        m = min(self.n_candidates, k)
+        m = min(ops.candidates if self.n_candidates is None else self.n_candidates, k)
         if m == k or ops.pruned is None:
             return ops.full(x, centers)
         return ops.pruned(x, centers, labels, *ops.near(centers, m))
@@ -310,9 +314,15 @@ class TorchKMeans:
         n, dev = x.shape[0], x.device
         cap = max(1024, n // 32) if self.unsure_cap is None else self.unsure_cap
         ops = assignment_ops(x, self.use_numba, self.chunk_size, cap, self.bounds)
+        perm = ops.order(x) if ops.order is not None else None
+        if perm is not None:
+            x = x.index_select(0, perm)
         gen = torch.Generator(device=dev).manual_seed(self.random_state)
         n_seed = n if self.seed_sample is None else min(n, max(self.seed_sample, 4 * k))
-        sample = x if n_seed == n else x.index_select(0, torch.randperm(n, generator=gen, device=dev)[:n_seed])
+        if n_seed == n:
+            sample = x
+        else:  # in the points' order: each seeding pass then reads the points in runs
+            sample = x.index_select(0, torch.randperm(n, generator=gen, device=dev)[:n_seed].sort().values)
         centers = seed_in_rounds(sample, k, gen, ops, self.seed_rounds)
         tracker = self._group_bounds(x, centers) if ops.bounded else None
         labels, d2 = (tracker.labels, tracker.d2) if tracker is not None else ops.full(x, centers)
@@ -341,6 +351,8 @@ class TorchKMeans:
             labels = new_labels
             if flag.set_and_poll(done):
                 break
+        if perm is not None:  # back to the caller's order
+            labels = torch.empty_like(labels).index_copy_(0, perm, labels)
         self.cluster_centers_ = centers
         self.labels_ = labels
         self._inertia = d2.double().sum()  # stays on the device until inertia_ is read
