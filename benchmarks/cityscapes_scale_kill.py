@@ -20,11 +20,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from fastal.atomic import atomic_write_json, read_json
 from fastal.config import read_toml
 from fastal.machine import command_line, machine_info, portable_path
+from fastal.testing import run_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 KILLS = ("table:2", "queries:2")  # fastal.loop / fastal.rundir crash points inside cycle 2's selection
@@ -36,34 +35,6 @@ def run(argv: list[str], crash_at: str | None) -> tuple[int, float]:
     start = time.perf_counter()
     code = subprocess.run([sys.executable, "-m", "fastal", *argv], env=env, check=False).returncode
     return code, round(time.perf_counter() - start, 1)
-
-
-def differences(a: Path, b: Path) -> list[str]:
-    """What differs between run directories ``a`` and ``b`` (empty: the same run)."""
-    import pandas as pd
-    import torch
-
-    from fastal.pool import RegionPool
-    from fastal.select.selection_table import read_table
-
-    found = []
-    pa, pb = RegionPool.load(a / "pool.npz"), RegionPool.load(b / "pool.npz")
-    found += [f"pool.npz {n}" for n in ("state", "order", "classes", "clicks")
-              if not np.array_equal(getattr(pa, n), getattr(pb, n))]  # fmt: skip
-    if (a / "queries.jsonl").read_bytes() != (b / "queries.jsonl").read_bytes():
-        found.append("queries.jsonl")
-    ra, rb = read_json(a / "results.json"), read_json(b / "results.json")
-    if [c["miou"] for c in ra["cycles"]] != [c["miou"] for c in rb["cycles"]]:
-        found.append("mIoU")
-    for table in sorted(p.name for p in (a / "selection").glob("*.parquet")):
-        try:
-            pd.testing.assert_frame_equal(read_table(a / "selection" / table), read_table(b / "selection" / table))
-        except (AssertionError, FileNotFoundError):
-            found.append(f"selection/{table}")
-    last = f"checkpoints/cycle-{len(ra['cycles'])}.pt"
-    ta, tb = (torch.load(d / last, map_location="cpu", weights_only=True)["teacher"] for d in (a, b))
-    found += [f"teacher {k}" for k in ta if not torch.equal(ta[k], tb[k])]
-    return found
 
 
 def main() -> None:
@@ -88,7 +59,7 @@ def main() -> None:
         print(steps[-1], flush=True)
         if code != (-signal.SIGKILL if crash_at else 0):
             sys.exit(f"{steps[-1]}: expected {'SIGKILL' if crash_at else 'exit 0'}")
-    found = differences(reference, killed)
+    found = run_differences(reference, killed)
     res = read_json(killed / "results.json")
     atomic_write_json(a.results / f"{name}_sigkill.json", {
         "images": a.images,

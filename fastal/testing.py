@@ -1,10 +1,13 @@
-"""Inputs for tests and benchmarks: a synthetic scored pool with a memory bank
-(:func:`synthetic_selection_inputs`) and grid regions standing in for superpixels
-(:func:`grid_regions`). Deterministic for a seed; nothing here is used by a run."""
+"""Inputs and checks for tests and benchmarks: a synthetic scored pool with a memory bank
+(:func:`synthetic_selection_inputs`), grid regions standing in for superpixels
+(:func:`grid_regions`), and whether two run directories hold the same run
+(:func:`run_differences`). Deterministic for a seed; nothing here is used by a run."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,3 +54,45 @@ def grid_regions(height: int, width: int, regions: int) -> torch.Tensor:
     r = torch.arange(height) * rows // height
     c = torch.arange(width) * cols // width
     return r[:, None] * cols + c[None, :]
+
+
+# What a rerun of a cycle does not reproduce: its measurements and the machine it ran on.
+MEASURED = ("train_seconds", "select_seconds", "strategy_seconds", "seconds", "stages", "peak_rss_gb", "machine")
+
+
+def reproducible(results: dict) -> dict:
+    """``results`` (a results.json) without its ``setup`` record and each cycle's MEASURED keys."""
+    return {**{k: v for k, v in results.items() if k != "setup"},
+            "cycles": [{k: v for k, v in c.items() if k not in MEASURED} for c in results["cycles"]]}  # fmt: skip
+
+
+def run_differences(a: Path, b: Path) -> list[str]:
+    """What differs between the run directories ``a`` and ``b`` (empty: the same run): pool.npz's
+    arrays, queries.jsonl, results.json's reproducible part, the selection tables, and the last
+    cycle's teacher where either run kept its checkpoints."""
+    import pandas as pd
+
+    from fastal.select.selection_table import read_table
+
+    found = []
+    with np.load(a / "pool.npz") as pa, np.load(b / "pool.npz") as pb:
+        found += [f"pool.npz {k}" for k in sorted(set(pa.files) | set(pb.files))
+                  if k not in pa.files or k not in pb.files or not np.array_equal(pa[k], pb[k])]  # fmt: skip
+    if (a / "queries.jsonl").read_bytes() != (b / "queries.jsonl").read_bytes():
+        found.append("queries.jsonl")
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    if reproducible(ra) != reproducible(rb):
+        found.append("results.json")
+    for table in sorted({p.name for d in (a, b) for p in (d / "selection").glob("*.parquet")}):
+        try:
+            pd.testing.assert_frame_equal(read_table(a / "selection" / table), read_table(b / "selection" / table))
+        except (AssertionError, FileNotFoundError):
+            found.append(f"selection/{table}")
+    last = f"checkpoints/cycle-{len(ra['cycles'])}.pt"
+    if (a / last).exists() or (b / last).exists():
+        if not ((a / last).exists() and (b / last).exists()):
+            found.append(last)
+        else:
+            ta, tb = (torch.load(d / last, map_location="cpu", weights_only=True)["teacher"] for d in (a, b))
+            found += [f"teacher {k}" for k in sorted(set(ta) | set(tb)) if k not in ta or k not in tb or not torch.equal(ta[k], tb[k])]
+    return found

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -31,38 +30,9 @@ from fastal.oracle import SimulatedOracle
 from fastal.pool import RegionPool
 from fastal.run_report import CYCLE_KEYS, RESULT_KEYS, read_results
 from fastal.select.selection_table import SCHEMA, read_table
+from fastal.testing import run_differences
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMINGS = ("train_seconds", "select_seconds", "stages", "peak_rss_gb", "machine")  # measured, or where: not reproduced
-
-
-def strip_timings(results: dict) -> dict:
-    out = json.loads(json.dumps(results))
-    out.pop("setup", None)
-    for c in out["cycles"]:
-        for k in TIMINGS:
-            c.pop(k)
-    return out
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    pa, pb = RegionPool.load(a / "pool.npz"), RegionPool.load(b / "pool.npz")
-    for name in ("state", "order", "classes", "clicks"):
-        np.testing.assert_array_equal(getattr(pa, name), getattr(pb, name), err_msg=name)
-    assert (a / "queries.jsonl").read_text() == (b / "queries.jsonl").read_text()
-    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
-    assert strip_timings(ra) == strip_timings(rb)
-    # The selection tables: a cycle redone after a kill rewrote the same one.
-    tables = sorted(p.name for p in (a / "selection").glob("*.parquet"))
-    assert tables == sorted(p.name for p in (b / "selection").glob("*.parquet")) and tables
-    for name in tables:
-        pd.testing.assert_frame_equal(read_table(a / "selection" / name), read_table(b / "selection" / name))
-    last = f"checkpoints/cycle-{len(ra['cycles'])}.pt"
-    ta, tb = (torch.load(d / last, map_location="cpu", weights_only=True)["teacher"] for d in (a, b))
-    for k in ta:
-        assert torch.equal(ta[k], tb[k]), k
-
-
 def test_run_end_to_end(reference: Path, tiny: dict) -> None:
     res = json.loads((reference / "results.json").read_text())
     assert (res["dataset"], res["strategy"], res["seed"], res["full_miou"]) == ("synthetic", "contrastive", 3, None)
@@ -201,7 +171,7 @@ def test_resume_after_sigkill_anywhere(reference: Path, tiny: dict, tmp_path: Pa
             assert logged > RegionPool.load(run_dir / "pool.npz").num_labelled  # lines without commit
     p = fastal_cli("run", "--resume", str(run_dir))
     assert p.returncode == 0, p.stderr
-    assert_same_run(reference, run_dir)
+    assert run_differences(reference, run_dir) == []
 
 
 def test_people_round_trip(reference: Path, tiny: dict, tmp_path: Path, capsys, monkeypatch) -> None:
@@ -339,7 +309,7 @@ def test_budget_schedule_and_its_resume(reference: Path, tiny: dict, tmp_path: P
     logged = len((run_dir / "queries.jsonl").read_text().splitlines())
     assert logged > RegionPool.load(run_dir / "pool.npz").num_labelled == np.count_nonzero(np.isin(pool.state, [1, 2]))
     run_experiment(None, run_dir, resume=True)
-    assert_same_run(uninterrupted, run_dir)
+    assert run_differences(uninterrupted, run_dir) == []
 
 
 def test_shared_reference_trained_once_then_checked(tiny: dict, tmp_path: Path) -> None:
@@ -440,7 +410,7 @@ def test_prefix_budget_and_bank_per_cycle_and_their_resume(tiny: dict, tmp_path:
     p = fastal_cli("run", str(config), "--out", str(run_dir), crash_at="trained:2")
     assert p.returncode == -signal.SIGKILL, p.stderr
     run_experiment(None, run_dir, resume=True)
-    assert_same_run(uninterrupted, run_dir)
+    assert run_differences(uninterrupted, run_dir) == []
 
 
 def test_reference_killed_between_epochs_goes_on_to_the_same_model(tiny: dict, tmp_path: Path, monkeypatch) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_loop import ROOT, assert_same_run, strip_timings
+from test_loop import ROOT
 
 from fastal.cli import main
 from fastal.config import dumps_toml, make_config
@@ -26,6 +26,7 @@ from fastal.errors import FastalError, RunDirLocked
 from fastal.loop import run_experiment
 from fastal.oracle import SimulatedOracle
 from fastal.pool import RegionPool
+from fastal.testing import reproducible, run_differences
 
 
 def cli(args: list[str], capsys) -> tuple[int, str]:
@@ -127,7 +128,7 @@ def test_a_second_writer_is_refused_naming_the_first(reference: Path, tiny: dict
         err = resume_frozen(first)
     assert first.returncode == 0, err
     # The first run went on alone: the same run as an uninterrupted one, no query twice.
-    assert_same_run(reference, run_dir)
+    assert run_differences(reference, run_dir) == []
     lines = (run_dir / "queries.jsonl").read_text().splitlines()
     assert len({json.loads(line)["superpixel"] for line in lines}) == len(lines)
 
@@ -200,7 +201,7 @@ def test_what_the_other_files_determine_is_rebuilt_and_contradictions_refused(
     (run_dir / "results.json").unlink()
     (run_dir / "queries.jsonl").write_text("")  # and the query log emptied: rebuilt from the pool
     run_experiment(None, run_dir, resume=True)
-    assert strip_timings(json.loads((run_dir / "results.json").read_text())) == strip_timings(want)
+    assert reproducible(json.loads((run_dir / "results.json").read_text())) == reproducible(want)
     assert (run_dir / "queries.jsonl").read_text() == (full_run / "queries.jsonl").read_text()
     # What contradicts the pool is refused, naming both files.
     cases = [
@@ -249,7 +250,7 @@ def test_an_edited_config_is_refused_unless_accepted_and_then_recorded(reference
     assert res["strategy"] == "entropy" and res["budgets"] == [25.0, 30.0, 35.0]
     assert [c["cycle"] for c in res["cycles"]] == [1, 2, 3] and res["stopped"] == "budget"
     ref = json.loads((reference / "results.json").read_text())
-    assert strip_timings(res)["cycles"][:2] == strip_timings(ref)["cycles"]
+    assert reproducible(res)["cycles"][:2] == reproducible(ref)["cycles"]
     code, err = cli(["run", "--resume", run_dir], capsys)  # the accepted config is the one checked now
     assert code == 0, err
 
@@ -295,7 +296,7 @@ def test_a_full_disk_while_the_query_log_is_appended(reference: Path, tiny: dict
     assert not (run_dir / "pool.npz").exists()  # nothing committed
     code, err = cli(["run", "--resume", run_dir], capsys)  # the run ends as if nothing had happened
     assert code == 0, err
-    assert_same_run(reference, run_dir)
+    assert run_differences(reference, run_dir) == []
 
 
 def test_report_on_results_of_the_wrong_types(reference: Path, tmp_path: Path, capsys) -> None:
@@ -340,7 +341,7 @@ def test_a_stopped_run_says_how_to_resume(reference: Path, tmp_path: Path, sig: 
     assert err.strip().splitlines()[-1] == f"stopped by {sig.name}: continue with `fastal run --resume {run_dir}`"
     assert not list(run_dir.rglob("*.tmp"))
     run_experiment(None, run_dir, resume=True)
-    assert_same_run(reference, run_dir)
+    assert run_differences(reference, run_dir) == []
 
 
 def test_unclear_messages_made_clear(reference: Path, tiny: dict, tmp_path: Path, capsys, monkeypatch) -> None:

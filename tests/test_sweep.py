@@ -29,6 +29,7 @@ from fastal.data.camvid import CLASSES
 from fastal.loop import run_experiment
 from fastal.sweep import load_sweep, open_sweep_dir, run_sweep
 from fastal.sweep.tasks import use_threads
+from fastal.testing import run_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 # 8 images 32x48, ~12 superpixels each; a random 4 %, then one cycle to 8 %; one epoch per cycle.
@@ -66,20 +67,9 @@ def results(run_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def without_times(res: dict) -> dict:
-    measured = (*TIMES, "stages", "peak_rss_gb", "machine")  # seconds, memory, where: not reproduced
-    return {**{k: v for k, v in res.items() if k != "setup"},
-            "cycles": [{k: v for k, v in c.items() if k not in measured} for c in res["cycles"]]}
-
-
 def assert_same_runs(a: Path, b: Path, names: list[str]) -> None:
     for name in names:
-        ra, rb = a / "runs" / name, b / "runs" / name
-        assert without_times(results(ra)) == without_times(results(rb)), name
-        assert (ra / "queries.jsonl").read_text() == (rb / "queries.jsonl").read_text(), name
-        pa, pb = np.load(ra / "pool.npz"), np.load(rb / "pool.npz")
-        for k in pa.files:
-            np.testing.assert_array_equal(pa[k], pb[k], err_msg=f"{name}: {k}")
+        assert run_differences(a / "runs" / name, b / "runs" / name) == [], name
 
 
 def mid_run_worker(out: Path) -> tuple[str, int] | None:
