@@ -194,6 +194,17 @@ def test_transform_is_deterministic_and_seeded(fitted, data) -> None:
     assert not torch.equal(a, other.transform(torch.from_numpy(new[:300])))
 
 
+def test_transform_in_row_chunks_equals_one_chunk(fitted, data, monkeypatch) -> None:
+    # Weights and starting points made 128 rows at a time (the floor of sigma from the mean of
+    # every row's distances, not the chunk's): the same embedding as in one chunk.
+    import fastal.select.umap.estimator as estimator
+
+    new = torch.from_numpy(data[2][:1000])
+    whole = fitted.transform(new)
+    monkeypatch.setattr(estimator, "TRANSFORM_ROWS", 128)
+    assert torch.equal(fitted.transform(new), whole)
+
+
 def test_params_translation_and_errors() -> None:
     p = UMAPParams(metric="manhattan", random_state=None, transform_seed=7)
     assert translate_umap_params(p, "umap-learn")["metric"] == "manhattan"

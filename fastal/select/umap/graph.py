@@ -30,13 +30,18 @@ _MIN_K_DIST_SCALE = 1e-3  # umap_.MIN_K_DIST_SCALE
 
 
 def smooth_knn_dist(
-    dists: torch.Tensor, k: float, local_connectivity: float = 1.0, n_iter: int = 64
+    dists: torch.Tensor,
+    k: float,
+    local_connectivity: float = 1.0,
+    n_iter: int = 64,
+    mean_distance: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """umap-learn's ``smooth_knn_dist`` for sorted kNN distances (N, K): (sigma (N,), rho (N,)).
 
     Vectorised over rows. sigma is any value whose kernel sum is within umap-learn's tolerance of
     log2(k) (Newton; umap-learn's bisection for rows Newton leaves unsettled), then floored as in
-    umap-learn.
+    umap-learn. Rows are independent but for one floor, a share of the mean of all distances:
+    ``mean_distance`` gives it where ``dists`` is a chunk of the rows (None: ``dists.mean()``).
     """
     n, kk = dists.shape
     target = float(np.log2(k))
@@ -74,7 +79,7 @@ def smooth_knn_dist(
         if left.numel():  # rows Newton did not settle: umap-learn's own bisection
             mid[left] = _bisect_sigma(d[left], target, n_iter)
     floor_row = _MIN_K_DIST_SCALE * dists.mean(1)
-    floor_all = _MIN_K_DIST_SCALE * dists.mean()
+    floor_all = _MIN_K_DIST_SCALE * (dists.mean() if mean_distance is None else mean_distance)
     sigma = torch.where(rho > 0, torch.maximum(mid, floor_row), torch.maximum(mid, floor_all))
     return sigma, rho
 

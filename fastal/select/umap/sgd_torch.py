@@ -24,8 +24,11 @@ import torch
 
 def epochs_per_sample(w: torch.Tensor, n_epochs: int) -> torch.Tensor:
     """umap-learn's ``make_epochs_per_sample`` (float32 ratio, float64 schedule); -1 where w = 0."""
-    n_samples = n_epochs * (w / w.max())
-    return torch.where(w > 0, float(n_epochs) / n_samples.double(), torch.full_like(w, -1.0, dtype=torch.float64))
+    # In place where it can be: for a pool's (N, k) weights the temporaries were the transform's
+    # memory peak (five (N, k) arrays, three of them float64).
+    eps = (w / w.max()).mul_(n_epochs).double()
+    eps.reciprocal_().mul_(float(n_epochs))  # what torch makes of n_epochs / eps
+    return eps.masked_fill_(~(w > 0), -1.0)
 
 
 def _sq_norm(diff: torch.Tensor) -> torch.Tensor:
