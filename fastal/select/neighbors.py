@@ -137,7 +137,7 @@ def knn_search_cells(
 
     The queries' distances and bounds to every cell are (queries, cells) arrays: they are made
     for at most ``max_entries`` / cells queries at a time, so that a pool of millions of regions
-    does not hold them all at once (at 3 M regions and ~300 cells they were 10 GB).
+    does not hold them all at once (docs/cityscapes-scale.md).
     """
     n_cells = len(index.offsets) - 1
     rows = max(BATCH, max_entries // n_cells)

@@ -15,10 +15,11 @@ each point is first compared with the ``n_candidates`` centres nearest to its cu
 that answer is exact whenever the nearest centre outside the list is at least 2 d(x, c) from c
 (triangle inequality). Points failing the test get a chunked full scan. On CPU tensors of low
 dimension (the UMAP embedding) the pruned assignment and the seeding's distance passes are numba
-loops, the full assignment and the centres' neighbour lists scipy k-d tree queries
-(:mod:`fastal.select.kmeans.cpu`: at D = 2 a matmul form spends its time writing (n, b) blocks),
-and the points are fitted in Morton order, so that near points read the same centres;
-in high dimension the pruning rarely holds and the scalar loop loses to BLAS, so there
+loops, and the full assignment, the points failing the test, the seeding's nearest candidates and
+the centres' neighbour lists scipy k-d tree queries (:mod:`fastal.select.kmeans.cpu`: at D = 2 a
+matmul form spends its time writing (n, b) blocks, and with k a share of the points any scan of
+every centre grows as the points squared); the points are fitted in Morton order, so that near
+points read the same centres. In high dimension the pruning rarely holds and the scalar loop loses to BLAS, so there
 Lloyd's iterations keep Yinyang group bounds and measure (numba, vectorised over D) only the
 groups of centres the bounds leave open (:mod:`fastal.select.kmeans.bounds`). The choice is made once per fit
 (:func:`assignment_ops`).

@@ -149,7 +149,7 @@ class TorchUMAP:
         else:
             dists, idx = knn_search(x, self.fit_data_.to(x.device), k, p.metric, self.chunk_size)
         # Weights and starting points a chunk of rows at a time: their (rows, k) temporaries for
-        # the whole pool were the selection's memory peak (~1.6 GB at 3 M regions).
+        # a pool of millions of regions were a peak of the selection's memory.
         mean_distance = dists.mean()
         w = torch.empty_like(dists)
         head = torch.empty(x.shape[0], tail.shape[1], dtype=tail.dtype, device=x.device)
