@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cityscapes_scale_table import exponent  # this folder: the scripts run from it
 from fastal.atomic import atomic_write_json
 from fastal.machine import command_line, machine_info, portable_path
 from fastal.select.kmeans.estimator import TorchKMeans
@@ -58,14 +59,13 @@ def main() -> None:
         rows.append({"points": len(x), "k": k, "cpu_seconds": round(time.process_time() - t0, 2),
                      "iterations": km.n_iter_, "inertia": km.inertia_})  # fmt: skip
         print(rows[-1], flush=True)
-    logs = np.log([[r["points"], r["cpu_seconds"]] for r in rows])
-    exponent = float(np.polyfit(logs[:, 0], logs[:, 1], 1)[0]) if len(rows) > 1 else None
+    slope = exponent([r["points"] for r in rows], [r["cpu_seconds"] for r in rows])
     atomic_write_json(RESULTS / f"kmeans_embedding_{a.tag}.json", {
         "table": portable_path(a.table), "base_points": len(base), "share": a.share, "jitter": a.jitter,
-        "fits": rows, "exponent": exponent, "command": command_line(["python", *sys.argv]),
+        "fits": rows, "exponent": slope, "command": command_line(["python", *sys.argv]),
         "machine": machine_info(),
     })  # fmt: skip
-    print(f"exponent (log CPU s against log points): {exponent:.2f}" if exponent is not None else "")
+    print(f"exponent (log CPU s against log points): {slope:.2f}" if slope is not None else "")
 
 
 if __name__ == "__main__":

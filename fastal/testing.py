@@ -5,13 +5,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fastal.atomic import read_json
 from fastal.select.scoring import PoolScores, with_pool_statistics
 
 
@@ -80,7 +80,7 @@ def run_differences(a: Path, b: Path) -> list[str]:
                   if k not in pa.files or k not in pb.files or not np.array_equal(pa[k], pb[k])]  # fmt: skip
     if (a / "queries.jsonl").read_bytes() != (b / "queries.jsonl").read_bytes():
         found.append("queries.jsonl")
-    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    ra, rb = (read_json(d / "results.json") for d in (a, b))
     if reproducible(ra) != reproducible(rb):
         found.append("results.json")
     for table in sorted({p.name for d in (a, b) for p in (d / "selection").glob("*.parquet")}):

@@ -108,8 +108,9 @@ def assign_pruned_cpu(
                        bound.double().numpy(), out_labels, out_d2, unsure)  # fmt: skip
     rows = np.flatnonzero(unsure)
     if rows.size:
-        _, out_labels[rows] = _tree(centers).query(xn[rows].astype(np.float64), k=1, workers=torch.get_num_threads())
-        diff = xn[rows].astype(np.float64) - centers.double().numpy()[out_labels[rows]]
+        open_rows = xn[rows].astype(np.float64)
+        _, out_labels[rows] = _tree(centers).query(open_rows, k=1, workers=torch.get_num_threads())
+        diff = open_rows - centers.double().numpy()[out_labels[rows]]
         out_d2[rows] = (diff * diff).sum(1)
     return torch.from_numpy(out_labels), torch.from_numpy(out_d2).to(x.dtype)
 
@@ -127,17 +128,11 @@ def _seed_gains(x, d2, cand, near, everyone, out):  # pragma: no cover - compile
     # Sequential: each candidate's gain is summed in the points' order, as a scan of every pair
     # would, and there is no race on ``out``.
     for i in range(x.shape[0]):
-        if everyone[i]:
-            for c in range(cand.shape[0]):
-                d = _sq_to(x, i, cand, c)
-                if d < d2[i]:
-                    out[c] += d2[i] - d
-        else:
-            for j in range(near.shape[1]):
-                c = near[i, j]
-                d = _sq_to(x, i, cand, c)
-                if d < d2[i]:
-                    out[c] += d2[i] - d
+        for j in range(cand.shape[0] if everyone[i] else near.shape[1]):
+            c = j if everyone[i] else near[i, j]
+            d = _sq_to(x, i, cand, c)
+            if d < d2[i]:
+                out[c] += d2[i] - d
 
 
 @numba.njit(parallel=True, cache=True)
